@@ -1,0 +1,59 @@
+"""The ``capsim`` command: a click group whose errors are one line, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from capsim import __version__
+from capsim.errors import CapsimError
+
+
+class CapsimGroup(click.Group):
+    """Turns CapsimError into 'capsim: error: ...' on stderr and exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except CapsimError as err:
+            click.echo(f"capsim: error: {err}", err=True)
+            ctx.exit(err.exit_code)
+
+
+@click.group(cls=CapsimGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="capsim")
+@click.option(
+    "--hardware-db",
+    type=click.Path(file_okay=False),
+    envvar="CAPSIM_HARDWARE_DB",
+    default=None,
+    help="Folder of your own hardware YAML, merged over the built-in database (env CAPSIM_HARDWARE_DB).",
+)
+@click.pass_context
+def cli(ctx: click.Context, hardware_db: str | None) -> None:
+    """capsim: predict throughput, latency, utilisation (S-MBU, S-MFU) and cost of
+    Mixture-of-Experts inference on hardware you may not have."""
+    ctx.ensure_object(dict)
+    ctx.obj["hardware_db"] = hardware_db
+
+
+def _register() -> None:
+    from capsim.cli.hw import hw
+
+    cli.add_command(hw)
+
+
+_register()
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name="capsim")
+    except CapsimError as err:  # raised outside a command (e.g. while parsing)
+        click.echo(f"capsim: error: {err}", err=True)
+        sys.exit(err.exit_code)
+
+
+if __name__ == "__main__":
+    main()

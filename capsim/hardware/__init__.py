@@ -1,0 +1,1 @@
+"""Hardware database: sourced YAML items (devices, CPUs, memory, links, storage, systems) and topology."""

@@ -1,0 +1,237 @@
+"""A system as a networkx graph of devices, memory tiers and links.
+
+Nodes are component instances (``gpu0``, ``cpu1``, ``dram0``, ``nvme0``,
+``nvswitch0``); an accelerator node is also its own memory tier (HBM, GDDR or
+unified memory). Edges are directed, one per direction of a full-duplex link,
+carrying ``bandwidth_bytes_per_s`` (per direction, x the number of parallel
+links) and ``latency_s``. Each DRAM instance is joined to the CPU of the same
+index by an edge of the DRAM's own bandwidth (channels x per-channel rate).
+
+Questions the graph answers (pure functions, no I/O):
+
+* :func:`path` - bandwidth and latency between two memory tiers, optionally via
+  waypoints (NVMe -> DRAM -> PCIe -> HBM is bounded by its slowest hop, tier
+  bandwidths included);
+* :func:`ring_bandwidth` - per-direction bandwidth of a ring among devices,
+  with links that several ring hops share divided among them;
+* :func:`alltoall_bandwidth` - bytes per second each device can send to all
+  others at once, set by the most loaded link.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+import networkx as nx
+
+from capsim.errors import CapsimError
+from capsim.hardware.db import HardwareDB
+from capsim.hardware.schema import Accelerator, Component, Link, Memory, Storage, System
+
+TIER_ROLES = ("accelerator", "dram", "storage")  # nodes that hold data; never routed through
+
+
+def _instances(comp: Component) -> list[str]:
+    return [f"{comp.name}{i}" for i in range(comp.count)]
+
+
+def _pairs(a: list[str], b: list[str], how: str, same: bool) -> list[tuple[str, str]]:
+    if how == "auto":
+        if same:
+            how = "all-pairs"
+        elif len(a) == len(b):
+            how = "one-to-one"
+        elif len(b) == 1 or len(a) == 1:
+            how = "all-to-one"
+        elif len(a) % len(b) == 0 or len(b) % len(a) == 0:
+            how = "blocked"
+        else:
+            raise ValueError(f"cannot map {len(a)} onto {len(b)} instances automatically; set map")
+    if how == "one-to-one":
+        if len(a) != len(b):
+            raise ValueError(f"one-to-one needs equal counts, got {len(a)} and {len(b)}")
+        return list(zip(a, b, strict=True))
+    if how == "all-to-one":
+        if len(b) == 1:
+            return [(x, b[0]) for x in a]
+        if len(a) == 1:
+            return [(a[0], y) for y in b]
+        raise ValueError("all-to-one needs one instance on one side")
+    if how == "blocked":
+        if len(a) < len(b):
+            return [(y, x) for x, y in _pairs(b, a, "blocked", same)]
+        per = len(a) // len(b)
+        return [(x, b[i // per]) for i, x in enumerate(a)]
+    if how == "all-pairs":
+        return [(x, y) for i, x in enumerate(a) for y in (b[i + 1 :] if same else b) if x != y]
+    raise ValueError(f"unknown map {how!r}")
+
+
+def tier_bandwidth(comp: Component, db: HardwareDB) -> float:
+    """Peak bandwidth of the memory tier a component holds (inf for cpu, switch, nic)."""
+    item = db.items.get(comp.item) if comp.item else None
+    if comp.role == "accelerator" and isinstance(item, Accelerator):
+        return item.memory.bandwidth_bytes_per_s.value
+    if comp.role == "dram":
+        if comp.bandwidth_bytes_per_s is not None:
+            return comp.bandwidth_bytes_per_s.value
+        if isinstance(item, Memory) and comp.channels:
+            return comp.channels * item.bandwidth_per_channel_bytes_per_s.value
+        raise ValueError(f"dram component {comp.name!r} needs channels or bandwidth_bytes_per_s")
+    if comp.role == "storage" and isinstance(item, Storage):
+        return item.sequential_read_bytes_per_s.value
+    return math.inf
+
+
+def tier_capacity(comp: Component, db: HardwareDB) -> float | None:
+    item = db.items.get(comp.item) if comp.item else None
+    if comp.capacity_bytes is not None:
+        return comp.capacity_bytes.value
+    if isinstance(item, Accelerator):
+        return item.memory.capacity_bytes.value
+    if isinstance(item, Storage) and item.capacity_bytes is not None:
+        return item.capacity_bytes.value
+    return None
+
+
+def _add_edge(g: nx.DiGraph, u: str, v: str, bw: float, lat: float, link: str) -> None:
+    for x, y in ((u, v), (v, u)):
+        if g.has_edge(x, y):  # parallel links between the same pair add up
+            g[x][y]["bandwidth_bytes_per_s"] += bw
+        else:
+            g.add_edge(x, y, bandwidth_bytes_per_s=bw, latency_s=lat, link=link)
+
+
+def build_graph(system: System, db: HardwareDB) -> nx.DiGraph:
+    """The system's topology graph; raises CapsimError naming the system and component on bad structure."""
+    g = nx.DiGraph(system=system.id)
+    try:
+        for comp in system.components:
+            for node in _instances(comp):
+                g.add_node(
+                    node,
+                    role=comp.role,
+                    item=comp.item,
+                    component=comp.name,
+                    bandwidth_bytes_per_s=tier_bandwidth(comp, db),
+                    capacity_bytes=tier_capacity(comp, db),
+                )
+        cpus = [c for c in system.components if c.role == "cpu"]
+        for comp in system.components:
+            if comp.role == "dram" and cpus:
+                bw = tier_bandwidth(comp, db)
+                for d, c in _pairs(_instances(comp), _instances(cpus[0]), "auto", same=False):
+                    _add_edge(g, d, c, bw, 0.0, "memory-bus")
+        for i, conn in enumerate(system.connections):
+            link = db.items[conn.link]
+            assert isinstance(link, Link)
+            bw = link.bandwidth_per_direction_bytes_per_s.value * conn.count
+            lat = link.latency_s.value if link.latency_s else 0.0
+            a, b = system.instances(conn.a), system.instances(conn.b)
+            try:
+                pairs = _pairs(a, b, conn.map, same=conn.a == conn.b)
+            except ValueError as err:
+                raise CapsimError(f"system {system.id}: connections.{i} ({conn.a}-{conn.b}): {err}") from None
+            for u, v in pairs:
+                _add_edge(g, u, v, bw, lat, conn.link)
+    except ValueError as err:
+        raise CapsimError(f"system {system.id}: {err}") from None
+    return g
+
+
+@dataclass(frozen=True)
+class Path:
+    nodes: tuple[str, ...]
+    bandwidth_bytes_per_s: float  # bottleneck over hops and memory tiers on the path
+    latency_s: float  # sum of link latencies
+    bottleneck: str  # the hop or tier that sets the bandwidth
+
+
+def _node(g: nx.DiGraph, name: str) -> str:
+    if name in g:
+        return name
+    if f"{name}0" in g:
+        return f"{name}0"
+    raise CapsimError(f"system {g.graph.get('system')}: no node {name!r} (have {', '.join(sorted(g))})")
+
+
+def _widest(g: nx.DiGraph, src: str, dst: str) -> list[str]:
+    """Max-bottleneck path (fewest hops among equals) that routes only through non-tier nodes."""
+    best = {src: math.inf}
+    heap: list[tuple[float, int, str, list[str]]] = [(-math.inf, 0, src, [src])]
+    while heap:
+        neg_bw, hops, u, nodes = heapq.heappop(heap)
+        if u == dst:
+            return nodes
+        if u != src and g.nodes[u]["role"] in TIER_ROLES:
+            continue
+        for v, data in g[u].items():
+            bw = min(-neg_bw, data["bandwidth_bytes_per_s"])
+            if bw > best.get(v, -1.0):
+                best[v] = bw
+                heapq.heappush(heap, (-bw, hops + 1, v, [*nodes, v]))
+    raise CapsimError(f"system {g.graph.get('system')}: no path from {src} to {dst}")
+
+
+def path(g: nx.DiGraph, src: str, dst: str, via: tuple[str, ...] | list[str] = ()) -> Path:
+    """Bandwidth and latency from memory tier ``src`` to ``dst`` through the ``via`` tiers, in order."""
+    stops = [_node(g, n) for n in (src, *via, dst)]
+    nodes: list[str] = [stops[0]]
+    for a, b in zip(stops, stops[1:], strict=False):
+        nodes += _widest(g, a, b)[1:]
+    limits: list[tuple[float, str]] = []
+    for n in dict.fromkeys(stops):  # tiers on the path: endpoints and waypoints
+        limits.append((g.nodes[n]["bandwidth_bytes_per_s"], n))
+    latency = 0.0
+    for u, v in zip(nodes, nodes[1:], strict=False):
+        e = g[u][v]
+        limits.append((e["bandwidth_bytes_per_s"], f"{u}->{v} ({e['link']})"))
+        latency += e["latency_s"]
+    bw, where = min(limits, key=lambda t: t[0])
+    return Path(tuple(nodes), bw, latency, where)
+
+
+def _edge_loads(g: nx.DiGraph, flows: list[tuple[str, str]]) -> Counter:
+    load: Counter = Counter()
+    for a, b in flows:
+        nodes = _widest(g, a, b)
+        for u, v in zip(nodes, nodes[1:], strict=False):
+            load[(u, v)] += 1
+    return load
+
+
+def ring_bandwidth(g: nx.DiGraph, devices: list[str]) -> float:
+    """Per-direction bandwidth of a ring over ``devices`` in the given order (B/s).
+
+    Each ring hop is routed on its widest path; a directed link carried by k hops
+    gives each 1/k of its bandwidth; the ring runs at its slowest hop.
+    """
+    devs = [_node(g, d) for d in devices]
+    if len(devs) < 2:
+        return math.inf
+    flows = list(zip(devs, devs[1:] + devs[:1], strict=True))
+    load = _edge_loads(g, flows)
+    return min(g[u][v]["bandwidth_bytes_per_s"] / k for (u, v), k in load.items())
+
+
+def alltoall_bandwidth(g: nx.DiGraph, devices: list[str]) -> float:
+    """Bytes/s each device sends in an all-to-all where every device sends M bytes to every other.
+
+    Time for the exchange is max over directed links of (flows on it x M / bandwidth);
+    each device sends (n - 1) x M in that time.
+    """
+    devs = [_node(g, d) for d in devices]
+    n = len(devs)
+    if n < 2:
+        return math.inf
+    flows = [(a, b) for a in devs for b in devs if a != b]
+    load = _edge_loads(g, flows)
+    worst = max(k / g[u][v]["bandwidth_bytes_per_s"] for (u, v), k in load.items())
+    return (n - 1) / worst
+
+
+def devices(g: nx.DiGraph, role: str = "accelerator") -> list[str]:
+    return [n for n, d in g.nodes(data=True) if d["role"] == role]
