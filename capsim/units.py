@@ -60,6 +60,8 @@ _BASE_UNITS: dict[str, tuple[str, float, bool, bool]] = {
     "FLOPS": ("FLOP/s", 1.0, False, True),
     "FLOP/s": ("FLOP/s", 1.0, False, True),
     "flops": ("FLOP/s", 1.0, False, True),
+    "FLOPs": ("FLOP/s", 1.0, False, True),  # as datasheets print it ("teraFLOPs"): a rate there
+    "OPs": ("FLOP/s", 1.0, False, True),
     "OPS": ("FLOP/s", 1.0, False, True),
     "OP/s": ("FLOP/s", 1.0, False, True),
     "W": ("W", 1.0, False, True),
@@ -132,7 +134,7 @@ def _unit_factor(unit: str) -> tuple[str, float]:
     for word, short in DECIMAL_WORDS.items():  # teraFLOPS, gigabytes
         if unit.lower().startswith(word) and len(unit) > len(word):
             rest = unit[len(word) :]
-            rest = {"FLOPS": "FLOPS", "flops": "FLOPS", "bytes": "B", "byte": "B", "OPS": "OPS"}.get(rest, rest)
+            rest = {"flops": "FLOPS", "FLOPs": "FLOPS", "bytes": "B", "byte": "B", "OPs": "OPS"}.get(rest, rest)
             return _unit_factor(short + rest)
     # Longest base spelling first so that 'B/s' wins over 'B' and 'FLOP/s' over 's'.
     for base in sorted(_BASE_UNITS, key=len, reverse=True):

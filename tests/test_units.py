@@ -37,6 +37,8 @@ from capsim.units import (
         ("4800 MT/s", 4.8e9, "T/s"),
         ("10.2kW", 10.2e3, "W"),
         ("56 cores", 56.0, "1"),
+        ("30.3 teraFLOPs", 30.3e12, "FLOP/s"),  # L4 datasheet spelling
+        ("485 TOPs*", 485e12, "FLOP/s"),
     ],
 )
 def test_parse_exact(text, value, dim):

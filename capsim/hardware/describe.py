@@ -69,10 +69,12 @@ def system_summary(system: System, db: HardwareDB) -> dict[str, float]:
     g = build_graph(system, db)
     accs = devices(g, "accelerator")
     out: dict[str, float] = {"accelerators": float(len(accs))}
-    out["accelerator_memory_bytes"] = sum(g.nodes[n]["capacity_bytes"] or 0.0 for n in accs)
     drams = devices(g, "dram")
+    for key, nodes in (("accelerator_memory_bytes", accs), ("dram_bytes", drams)):
+        caps = [g.nodes[n]["capacity_bytes"] for n in nodes]
+        if caps and None not in caps:  # unknown capacity is left out, never shown as 0 B
+            out[key] = sum(caps)
     if drams:
-        out["dram_bytes"] = sum(g.nodes[n]["capacity_bytes"] or 0.0 for n in drams)
         out["dram_bandwidth_bytes_per_s"] = sum(g.nodes[n]["bandwidth_bytes_per_s"] for n in drams)
     if len(accs) > 1:
         out["ring_bandwidth_bytes_per_s"] = ring_bandwidth(g, accs)
