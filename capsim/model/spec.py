@@ -1,0 +1,230 @@
+"""ModelSpec: the shapes of a (MoE) transformer, read from a Hugging Face config.json.
+
+Pure Python (no torch): the prediction path builds specs from config dicts.
+One reader covers every family through a table of key synonyms; the few
+family facts that a config does not state (Qwen2's q/k/v bias, GPT-OSS's expert
+biases and attention sinks) are named constants citing the transformers class
+that defines them. :mod:`capsim.model.meta` checks every count here against
+the real transformers class instantiated on torch's meta device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from capsim.errors import CapsimError
+
+# Facts the config does not carry, from the transformers modelling code (v5.23):
+QKV_BIAS_MODEL_TYPES = {"qwen2_moe", "qwen2"}  # Qwen2MoeAttention: q/k/v_proj bias=True, o_proj bias=False
+EXPERT_BIAS_MODEL_TYPES = {"gpt_oss"}  # GptOssExperts: gate_up_proj_bias, down_proj_bias; GptOssTopKRouter: bias
+ATTENTION_SINK_MODEL_TYPES = {"gpt_oss"}  # GptOssAttention.sinks: one parameter per attention head
+SHARED_EXPERT_GATE_MODEL_TYPES = {"qwen2_moe"}
+QK_NORM_MODEL_TYPES = {"qwen3_moe", "qwen3"}  # Qwen3MoeAttention.q_norm / k_norm: RMSNorm(head_dim) each  # Qwen2MoeSparseMoeBlock.shared_expert_gate: Linear(h, 1)
+ALIASED_MODEL_TYPES = {"kimi_k2": "deepseek_v3"}  # Kimi-K2 ships DeepseekV3 code (remote code)
+
+_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "num_experts": ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts"),
+    "top_k": ("num_experts_per_tok", "experts_per_token", "moe_top_k"),
+    "expert_intermediate": ("moe_intermediate_size",),
+    "layers": ("num_hidden_layers", "n_layers"),
+    "hidden": ("hidden_size", "d_model"),
+    "heads": ("num_attention_heads", "n_heads"),
+}
+
+
+@dataclass(frozen=True)
+class Attention:
+    kind: str  # "gqa" or "mla"
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int  # q/k per head (MLA: qk_nope + qk_rope)
+    v_head_dim: int
+    q_lora_rank: int | None = None
+    kv_lora_rank: int | None = None
+    qk_rope_head_dim: int | None = None
+    qkv_bias: bool = False
+    o_bias: bool = False
+    sinks: bool = False
+    qk_norm: bool = False
+
+    def norm_params(self) -> int:
+        """RMSNorm weights inside the attention block: MLA latent norms, Qwen3 per-head q/k norms."""
+        if self.kind == "mla":
+            return (self.q_lora_rank or 0) + self.kv_lora_rank
+        return 2 * self.head_dim if self.qk_norm else 0
+
+    def params(self, hidden: int) -> int:
+        """Weights of one layer's attention projections, biases and sinks (norms: see norm_params)."""
+        h, nh = hidden, self.num_heads
+        if self.kind == "mla":
+            q_out = nh * self.head_dim
+            q = h * q_out if not self.q_lora_rank else h * self.q_lora_rank + self.q_lora_rank * q_out
+            kv_a = h * (self.kv_lora_rank + self.qk_rope_head_dim)
+            kv_b = self.kv_lora_rank * nh * (self.head_dim - self.qk_rope_head_dim + self.v_head_dim)
+            return q + kv_a + kv_b + nh * self.v_head_dim * h
+        q = h * nh * self.head_dim
+        kv = 2 * h * self.num_kv_heads * self.head_dim
+        o = nh * self.head_dim * h
+        bias = (nh * self.head_dim + 2 * self.num_kv_heads * self.head_dim) if self.qkv_bias else 0
+        return q + kv + o + bias + (h if self.o_bias else 0) + (nh if self.sinks else 0)
+
+    def kv_elements_per_token(self) -> int:
+        """Cached elements per token per layer: K and V heads (GQA) or the compressed latent + rope key (MLA)."""
+        if self.kind == "mla":
+            return self.kv_lora_rank + self.qk_rope_head_dim
+        return self.num_kv_heads * (self.head_dim + self.v_head_dim)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    id: str
+    model_type: str
+    hidden: int
+    layers: int
+    vocab: int
+    tie_embeddings: bool
+    attention: Attention
+    moe_layers: tuple[bool, ...]  # per layer: MoE FFN (True) or dense FFN (False)
+    num_experts: int  # routed experts per MoE layer (0 for a dense model)
+    top_k: int
+    expert_intermediate: int
+    shared_intermediate: int  # total intermediate width of the shared expert(s); 0 if none
+    dense_intermediate: int  # FFN width of dense layers
+    gated_ffn: bool = True  # SwiGLU: gate, up, down (3 matrices); plain: up, down (2)
+    expert_bias: bool = False
+    shared_expert_gate: bool = False
+
+    # ------------------------------------------------------------ parameter counts
+    def ffn_params(self, intermediate: int, bias: bool = False) -> int:
+        mats = 3 if self.gated_ffn else 2
+        return mats * self.hidden * intermediate + ((2 * intermediate + self.hidden) if bias else 0)
+
+    @property
+    def expert_params(self) -> int:
+        """One routed expert."""
+        return self.ffn_params(self.expert_intermediate, self.expert_bias)
+
+    @property
+    def router_params(self) -> int:
+        return self.hidden * self.num_experts + (self.num_experts if self.expert_bias else 0)
+
+    @property
+    def shared_params(self) -> int:
+        if not self.shared_intermediate:
+            return 0
+        return self.ffn_params(self.shared_intermediate) + (self.hidden if self.shared_expert_gate else 0)
+
+    @property
+    def num_moe_layers(self) -> int:
+        return sum(self.moe_layers)
+
+    def params_breakdown(self) -> dict[str, int]:
+        """Parameters by component over the whole model (norm weights counted, rotary buffers not)."""
+        n_moe = self.num_moe_layers
+        n_dense = self.layers - n_moe
+        embed = self.vocab * self.hidden
+        return {
+            "embedding": embed,
+            "lm_head": 0 if self.tie_embeddings else embed,
+            "attention": self.layers * self.attention.params(self.hidden),
+            "norms": (2 * self.layers + 1) * self.hidden + self.layers * self.attention.norm_params(),
+            "dense_ffn": n_dense * self.ffn_params(self.dense_intermediate),
+            "router": n_moe * self.router_params,
+            "shared_experts": n_moe * self.shared_params,
+            "routed_experts": n_moe * self.num_experts * self.expert_params,
+        }
+
+    @property
+    def total_params(self) -> int:
+        return sum(self.params_breakdown().values())
+
+    @property
+    def active_params(self) -> int:
+        """Parameters one token uses: all but the routed experts it is not sent to."""
+        b = self.params_breakdown()
+        return self.total_params - b["routed_experts"] + self.num_moe_layers * self.top_k * self.expert_params
+
+
+def _get(cfg: dict[str, Any], name: str, default: Any = None, required: bool = True) -> Any:
+    for key in _SYNONYMS.get(name, (name,)):
+        if cfg.get(key) is not None:
+            return cfg[key]
+    if required and default is None:
+        raise CapsimError(f"config.json: field {'/'.join(_SYNONYMS.get(name, (name,)))} is missing")
+    return default
+
+
+def _flatten(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Nested sub-configs (Llama-4 text_config, DBRX ffn_config / attn_config) lifted to the top."""
+    out = dict(cfg)
+    for sub in ("text_config", "ffn_config", "attn_config"):
+        if isinstance(cfg.get(sub), dict):
+            out = {**cfg[sub], **{k: v for k, v in out.items() if k not in cfg[sub]}}
+    return out
+
+
+def _moe_layer_mask(cfg: dict[str, Any], layers: int, num_experts: int) -> tuple[bool, ...]:
+    if not num_experts:
+        return (False,) * layers
+    first_dense = int(cfg.get("first_k_dense_replace") or 0)  # DeepSeek-V2/V3
+    freq = int(cfg.get("moe_layer_freq") or 1)
+    step = int(cfg.get("decoder_sparse_step") or 1)  # Qwen2-MoE / Qwen3-MoE
+    mlp_only = set(cfg.get("mlp_only_layers") or [])
+    interleave = int(cfg.get("interleave_moe_layer_step") or 1)  # Llama-4: every n-th layer is MoE
+    mask = []
+    for i in range(layers):
+        moe = i >= first_dense and i % freq == 0 and (i + 1) % step == 0 and i not in mlp_only
+        moe = moe and (i + 1) % interleave == 0
+        mask.append(moe)
+    return tuple(mask)
+
+
+def spec_from_config(cfg: dict[str, Any], model_id: str = "custom") -> ModelSpec:
+    """A ModelSpec from a config.json dict; CapsimError naming the missing field otherwise."""
+    cfg = _flatten(cfg)
+    model_type = ALIASED_MODEL_TYPES.get(cfg.get("model_type", ""), cfg.get("model_type", ""))
+    hidden = int(_get(cfg, "hidden"))
+    layers = int(_get(cfg, "layers"))
+    heads = int(_get(cfg, "heads"))
+    num_experts = int(_get(cfg, "num_experts", 0, required=False))
+    if "kv_lora_rank" in cfg and cfg["kv_lora_rank"]:
+        rope, nope = int(cfg["qk_rope_head_dim"]), int(cfg["qk_nope_head_dim"])
+        attn = Attention(
+            "mla", heads, heads, rope + nope, int(cfg["v_head_dim"]),
+            q_lora_rank=cfg.get("q_lora_rank"), kv_lora_rank=int(cfg["kv_lora_rank"]), qk_rope_head_dim=rope,
+        )
+    else:
+        head_dim = int(cfg.get("head_dim") or hidden // heads)
+        kv_heads = int(cfg.get("num_key_value_heads") or cfg.get("kv_n_heads") or heads)
+        bias = bool(cfg.get("attention_bias", False))
+        attn = Attention(
+            "gqa", heads, kv_heads, head_dim, head_dim,
+            qkv_bias=bias or model_type in QKV_BIAS_MODEL_TYPES, o_bias=bias,
+            sinks=model_type in ATTENTION_SINK_MODEL_TYPES, qk_norm=model_type in QK_NORM_MODEL_TYPES,
+        )
+    inter = int(_get(cfg, "intermediate_size", 0, required=not num_experts) or 0)
+    expert_inter = int(_get(cfg, "expert_intermediate", inter, required=False))
+    shared = int(cfg.get("shared_expert_intermediate_size") or 0)
+    if cfg.get("n_shared_experts"):
+        shared = int(cfg["n_shared_experts"]) * expert_inter
+    if model_type.startswith("llama4"):  # one shared expert of the expert width in every MoE layer
+        shared = expert_inter
+    dense_inter = int(cfg.get("intermediate_size_mlp") or inter)
+    return ModelSpec(
+        id=model_id,
+        model_type=model_type,
+        hidden=hidden,
+        layers=layers,
+        vocab=int(_get(cfg, "vocab_size")),
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        attention=attn,
+        moe_layers=_moe_layer_mask(cfg, layers, num_experts),
+        num_experts=num_experts,
+        top_k=int(_get(cfg, "top_k", 0, required=bool(num_experts)) or 0),
+        expert_intermediate=expert_inter,
+        shared_intermediate=shared,
+        dense_intermediate=dense_inter,
+        expert_bias=model_type in EXPERT_BIAS_MODEL_TYPES,
+        shared_expert_gate=model_type in SHARED_EXPERT_GATE_MODEL_TYPES and bool(shared),
+    )
