@@ -90,7 +90,7 @@ class Accelerator(Item):
     form_factor: str | None = None
 
     @model_validator(mode="after")
-    def _has_bf16_or_fp16(self) -> Accelerator:
+    def _has_a_peak(self) -> Accelerator:
         if not self.peak_flop_per_s:
             raise ValueError("peak_flop_per_s needs at least one dtype")
         return self

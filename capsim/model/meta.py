@@ -1,7 +1,7 @@
 """Exact parameter counts from the real transformers model class on torch's meta device.
 
 Imports torch and transformers: never imported by the prediction path. Used to
-check :func:`capsim.model.spec.spec_from_config` (tests, catalogue build).
+check :func:`capsim.model.spec.spec_from_config` in the tests.
 """
 
 from __future__ import annotations

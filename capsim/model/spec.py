@@ -2,8 +2,8 @@
 
 Pure Python (no torch): the prediction path builds specs from config dicts.
 One reader covers every family through a table of key synonyms; the few
-family facts that a config does not state (Qwen2's q/k/v bias, GPT-OSS's expert
-biases and attention sinks) are named constants citing the transformers class
+family facts that a config does not state (Qwen2's q/k/v bias, Qwen3's q/k norms,
+GPT-OSS's expert biases and attention sinks) are named constants citing the transformers class
 that defines them. :mod:`capsim.model.meta` checks every count here against
 the real transformers class instantiated on torch's meta device.
 """
@@ -19,8 +19,8 @@ from capsim.errors import CapsimError
 QKV_BIAS_MODEL_TYPES = {"qwen2_moe", "qwen2"}  # Qwen2MoeAttention: q/k/v_proj bias=True, o_proj bias=False
 EXPERT_BIAS_MODEL_TYPES = {"gpt_oss"}  # GptOssExperts: gate_up_proj_bias, down_proj_bias; GptOssTopKRouter: bias
 ATTENTION_SINK_MODEL_TYPES = {"gpt_oss"}  # GptOssAttention.sinks: one parameter per attention head
-SHARED_EXPERT_GATE_MODEL_TYPES = {"qwen2_moe"}
-QK_NORM_MODEL_TYPES = {"qwen3_moe", "qwen3"}  # Qwen3MoeAttention.q_norm / k_norm: RMSNorm(head_dim) each  # Qwen2MoeSparseMoeBlock.shared_expert_gate: Linear(h, 1)
+SHARED_EXPERT_GATE_MODEL_TYPES = {"qwen2_moe"}  # Qwen2MoeSparseMoeBlock.shared_expert_gate: Linear(h, 1)
+QK_NORM_MODEL_TYPES = {"qwen3_moe", "qwen3"}  # Qwen3MoeAttention.q_norm / k_norm: RMSNorm(head_dim) each
 ALIASED_MODEL_TYPES = {"kimi_k2": "deepseek_v3"}  # Kimi-K2 ships DeepseekV3 code (remote code)
 
 _SYNONYMS: dict[str, tuple[str, ...]] = {
