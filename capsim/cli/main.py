@@ -40,8 +40,12 @@ def cli(ctx: click.Context, hardware_db: str | None) -> None:
 
 def _register() -> None:
     from capsim.cli.hw import hw
+    from capsim.cli.model import model
+    from capsim.cli.predict import predict_cmd
 
     cli.add_command(hw)
+    cli.add_command(model)
+    cli.add_command(predict_cmd)
 
 
 _register()

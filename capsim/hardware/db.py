@@ -86,13 +86,16 @@ def _pydantic_problems(file: str, err: ValidationError, strip_tag: bool) -> list
     return out
 
 
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: ~10x faster
+
+
 def _read_yaml(path: Path) -> tuple[object, list[Problem]]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         return None, [Problem(str(path), "", f"cannot read file: {err.strerror}")]
     try:
-        return yaml.safe_load(text), []
+        return yaml.load(text, Loader=_LOADER), []
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -15,7 +15,7 @@ from capsim.model.spec import ALIASED_MODEL_TYPES
 _COMPONENTS = (
     ("embedding", re.compile(r"embed_tokens|\.wte\.")),
     ("lm_head", re.compile(r"^lm_head\.")),
-    ("norms", re.compile(r"(layernorm|norm)\.weight$|\.norm\.weight$|norm_[12]\.weight$")),
+    ("norms", re.compile(r"(layernorm|norm)\.weight$|\.norm\.weight$|norm_[12f]\.weight$")),  # DBRX: norm_1, norm_2, norm_f
     ("attention", re.compile(r"self_attn\.|\.attn\.|norm_attn_norm\.attn")),
     ("shared_experts", re.compile(r"shared_expert")),
     ("routed_experts", re.compile(r"\.experts\.")),

@@ -21,12 +21,18 @@ EXPERT_BIAS_MODEL_TYPES = {"gpt_oss"}  # GptOssExperts: gate_up_proj_bias, down_
 ATTENTION_SINK_MODEL_TYPES = {"gpt_oss"}  # GptOssAttention.sinks: one parameter per attention head
 SHARED_EXPERT_GATE_MODEL_TYPES = {"qwen2_moe"}  # Qwen2MoeSparseMoeBlock.shared_expert_gate: Linear(h, 1)
 QK_NORM_MODEL_TYPES = {"qwen3_moe", "qwen3"}  # Qwen3MoeAttention.q_norm / k_norm: RMSNorm(head_dim) each
+# OlmoeAttention.q_norm: RMSNorm(hidden_size = heads x head_dim), k_norm: RMSNorm(kv_heads x head_dim):
+# one norm over the whole projection width, not one per head.
+FULL_WIDTH_QK_NORM_MODEL_TYPES = {"olmoe"}
+# DbrxNormAttentionNorm.norm_1 / norm_2 and DbrxModel.norm_f are nn.LayerNorm(d_model, bias=False): a weight
+# only, so they count like the RMSNorms of the other families. DbrxAttention.Wqkv fuses q, k, v without bias.
 ALIASED_MODEL_TYPES = {"kimi_k2": "deepseek_v3"}  # Kimi-K2 ships DeepseekV3 code (remote code)
 
 _SYNONYMS: dict[str, tuple[str, ...]] = {
     "num_experts": ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts"),
     "top_k": ("num_experts_per_tok", "experts_per_token", "moe_top_k"),
-    "expert_intermediate": ("moe_intermediate_size",),
+    # OLMoE has no moe_intermediate_size: its intermediate_size is the expert width (OlmoeExperts).
+    "expert_intermediate": ("moe_intermediate_size", "ffn_hidden_size"),  # DBRX: ffn_config.ffn_hidden_size
     "layers": ("num_hidden_layers", "n_layers"),
     "hidden": ("hidden_size", "d_model"),
     "heads": ("num_attention_heads", "n_heads"),
@@ -47,12 +53,17 @@ class Attention:
     o_bias: bool = False
     sinks: bool = False
     qk_norm: bool = False
+    qk_norm_full_width: bool = False  # OLMoE: q/k norms span all heads rather than one head_dim
 
     def norm_params(self) -> int:
-        """RMSNorm weights inside the attention block: MLA latent norms, Qwen3 per-head q/k norms."""
+        """RMSNorm weights inside the attention block: MLA latent norms, Qwen3 per-head or OLMoE full q/k norms."""
         if self.kind == "mla":
             return (self.q_lora_rank or 0) + self.kv_lora_rank
-        return 2 * self.head_dim if self.qk_norm else 0
+        if not self.qk_norm:
+            return 0
+        if self.qk_norm_full_width:
+            return (self.num_heads + self.num_kv_heads) * self.head_dim
+        return 2 * self.head_dim
 
     def params(self, hidden: int) -> int:
         """Weights of one layer's attention projections, biases and sinks (norms: see norm_params)."""
@@ -156,11 +167,18 @@ def _get(cfg: dict[str, Any], name: str, default: Any = None, required: bool = T
 
 
 def _flatten(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Nested sub-configs (Llama-4 text_config, DBRX ffn_config / attn_config) lifted to the top."""
+    """Nested sub-configs (Llama-4 text_config, DBRX ffn_config / attn_config) lifted to the top.
+
+    text_config's keys win (Llama-4: model_type llama4_text, and the text model's shapes). DBRX's sub-configs
+    only fill keys the top level lacks: transformers dumps of them carry PretrainedConfig defaults such as
+    ``"model_type": ""`` and ``"tie_word_embeddings": true`` that must not override the model's own keys.
+    """
     out = dict(cfg)
-    for sub in ("text_config", "ffn_config", "attn_config"):
+    if isinstance(cfg.get("text_config"), dict):
+        out = {**out, **cfg["text_config"]}
+    for sub in ("ffn_config", "attn_config"):
         if isinstance(cfg.get(sub), dict):
-            out = {**cfg[sub], **{k: v for k, v in out.items() if k not in cfg[sub]}}
+            out = {**cfg[sub], **out}
     return out
 
 
@@ -201,7 +219,9 @@ def spec_from_config(cfg: dict[str, Any], model_id: str = "custom") -> ModelSpec
         attn = Attention(
             "gqa", heads, kv_heads, head_dim, head_dim,
             qkv_bias=bias or model_type in QKV_BIAS_MODEL_TYPES, o_bias=bias,
-            sinks=model_type in ATTENTION_SINK_MODEL_TYPES, qk_norm=model_type in QK_NORM_MODEL_TYPES,
+            sinks=model_type in ATTENTION_SINK_MODEL_TYPES,
+            qk_norm=model_type in QK_NORM_MODEL_TYPES | FULL_WIDTH_QK_NORM_MODEL_TYPES,
+            qk_norm_full_width=model_type in FULL_WIDTH_QK_NORM_MODEL_TYPES,
         )
     inter = int(_get(cfg, "intermediate_size", 0, required=not num_experts) or 0)
     expert_inter = int(_get(cfg, "expert_intermediate", inter, required=False))

@@ -1,0 +1,108 @@
+"""``capsim predict``: latency, throughput, utilisation and cost of one scenario."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from capsim.cli.table import render
+from capsim.hardware import db as hwdb
+from capsim.predict import DEFAULT_INPUT_LEN, DEFAULT_OUTPUT_LEN, Query, predict
+from capsim.units import format_quantity
+
+
+def _t(seconds: float) -> str:
+    return format_quantity(seconds, "s", digits=3)
+
+
+def _rate(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:,.2f}"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _bound_line(rep: dict) -> str:
+    dec = rep["phases"]["decode"]
+    sc = rep["scenario"]
+    share = dec["time_by_bound_s"][dec["bottleneck"]] / dec["step_s"]
+    what = {
+        "memory": f"reading weights and KV cache from {sc['device']} memory",
+        "compute": f"in {sc['compute_dtype']} matmuls at the dense peak",
+        "transfer": f"in collectives over {sc['collective_link']}",
+        "overhead": "in kernel-launch and scheduling overhead",
+    }[dec["bottleneck"]]
+    return f"Decode is {dec['bottleneck']}-bound: {share:.0%} of each step is spent {what}."
+
+
+def human(rep: dict) -> str:
+    sc, pre, dec = rep["scenario"], rep["phases"]["prefill"], rep["phases"]["decode"]
+    par = f"TP{sc['tp']}" + (f" EP{sc['ep']}" if sc["ep"] > 1 else "") + (f" DP{sc['dp']}" if sc["dp"] > 1 else "")
+    weight_only = " (weight-only)" if sc["weight_only"] else ""
+    lines = [
+        f"{sc['model']} on {sc['devices']}x {sc['device']} ({sc['hardware']}, {par}), engine {sc['engine']}",
+        f"weights {sc['precision']} ({sc['bits_per_weight']:.3g} bits), KV {sc['kv_precision']}, "
+        f"compute {sc['compute_dtype']}{weight_only}; batch {sc['batch']}, input {sc['input_len']}, "
+        f"output {sc['output_len']} tokens",
+        "",
+    ]
+    ne = rep["num_experts"]
+    rows = [
+        ["step time", _t(pre["step_s"]), _t(dec["step_s"])],
+        ["tokens/s (all sequences)", _rate(pre["tokens_per_s"]), _rate(dec["tokens_per_s"])],
+        ["S-MBU / MBU", f"{_pct(pre['s_mbu'])} / {_pct(pre['mbu'])}", f"{_pct(dec['s_mbu'])} / {_pct(dec['mbu'])}"],
+        ["S-MFU / MFU", f"{_pct(pre['s_mfu'])} / {_pct(pre['mfu'])}", f"{_pct(dec['s_mfu'])} / {_pct(dec['mfu'])}"],
+    ]
+    if ne:
+        rows.append(["activated experts / layer", f"{pre['activated_experts_per_layer']:.1f} of {ne}",
+                     f"{dec['activated_experts_per_layer']:.2f} of {ne}"])
+    rows.append(["bound by", pre["bottleneck"], dec["bottleneck"]])
+    lines.append(render(["", "prefill", "decode"], rows))
+    mem = rep["memory_bytes"]["device"]
+    cap = format_quantity(mem["capacity"], "B") if mem["capacity"] else "unknown"
+    cost = rep["cost_usd_per_million_tokens"]
+    cost_s = f"${cost:,.2f} per 1M output tokens ({rep['cost']['basis']})" if cost is not None else rep["cost"]["basis"]
+    lines += [
+        "",
+        f"TTFT {_t(rep['ttft_s'])}   TPOT {_t(rep['tpot_s'])}   request {_t(rep['request_latency_s'])}   "
+        f"{_rate(rep['decode_tokens_per_s_per_user'])} tokens/s per user",
+        f"memory per device {format_quantity(mem['total'], 'B')} of {cap} "
+        f"(weights {format_quantity(mem['weights'], 'B')}, KV {format_quantity(mem['kv_cache'], 'B')})"
+        + ("" if rep["fits"] else "  DOES NOT FIT"),
+        f"cost {cost_s}",
+        _bound_line(rep),
+    ]
+    lines += [f"note: {n}" for n in sc["notes"]]
+    return "\n".join(lines)
+
+
+@click.command("predict")
+@click.option("--model", "-m", required=True, help="Catalogue id or alias ('capsim model list'), or a config.json / checkpoint folder.")
+@click.option("--hardware", "-H", required=True, help="System or device id ('capsim hw list').")
+@click.option("--devices", type=int, default=None, help="Devices to use [default: all of a system's, 1 for a device].")
+@click.option("--engine", default="roofline", show_default=True, help="Engine profile.")
+@click.option("--precision", default=None, help="Weight format (bf16, fp16, fp8, int8, int4, gguf-q8_0, gguf-q4_0, gguf-q4_k_m, gguf-q3_k_s, nvfp4, mxfp4) [default: the checkpoint's].")
+@click.option("--kv-precision", default=None, help="KV-cache format (bf16, fp16, fp8, int8) [default: bf16].")
+@click.option("--compute-dtype", default=None, help="Force the matmul dtype [default: the best the device offers for the weight format].")
+@click.option("--batch", type=int, default=1, show_default=True, help="Concurrent sequences.")
+@click.option("--input-len", type=int, default=DEFAULT_INPUT_LEN, show_default=True, help="Prompt tokens per sequence.")
+@click.option("--output-len", type=int, default=DEFAULT_OUTPUT_LEN, show_default=True, help="Generated tokens per sequence.")
+@click.option("--tp", type=int, default=None, help="Tensor-parallel size [default: all devices].")
+@click.option("--ep", type=int, default=None, help="Expert-parallel size: 1 or the number of devices [default: 1].")
+@click.option("--trace", default=None, help="Replay a routing trace (arrives with the traces issue).")
+@click.option("--usd-per-hour", type=float, default=None, help="Price of the devices used, overriding the database.")
+@click.option("--no-memory-check", is_flag=True, help="Predict even when the scenario does not fit in memory.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (SI units).")
+@click.pass_context
+def predict_cmd(ctx: click.Context, model, hardware, devices, engine, precision, kv_precision, compute_dtype, batch,
+                input_len, output_len, tp, ep, trace, usd_per_hour, no_memory_check, as_json) -> None:
+    """Predict TTFT, TPOT, throughput, S-MBU / S-MFU, memory and cost of serving MODEL on HARDWARE."""
+    db = hwdb.load(ctx.obj.get("hardware_db") if ctx.obj else None)
+    q = Query(model=model, hardware=hardware, devices=devices, engine=engine, precision=precision,
+              kv_precision=kv_precision, compute_dtype=compute_dtype, batch=batch, input_len=input_len,
+              output_len=output_len, tp=tp, ep=ep, trace=trace, usd_per_h=usd_per_hour,
+              check_memory=not no_memory_check)
+    rep = predict(q, db)
+    click.echo(json.dumps(rep, indent=2) if as_json else human(rep))

@@ -1,0 +1,67 @@
+"""Engine profiles: the few parameters that turn a roofline into a forecast for one engine.
+
+One YAML file per profile in this folder (``<id>.yaml``): id, version, description,
+``fitted_to`` (what data fitted it) and ``parameters`` (names in :data:`PARAMETERS`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from capsim.errors import CapsimError
+
+FOLDER = Path(__file__).parent
+PARAMETERS = {
+    "compute_efficiency": (0.0, 1.0),
+    "memory_efficiency": (0.0, 1.0),
+    "link_efficiency": (0.0, 1.0),
+    "kernel_overhead_s": (0.0, 1.0),
+    "step_overhead_s": (0.0, 10.0),
+    "collective_latency_s": (0.0, 1.0),
+    "transfer_overlap": (0.0, 1.0),
+    "memory_reserve_fraction": (0.0, 0.9),
+}
+
+
+@dataclass(frozen=True)
+class EngineProfile:
+    id: str
+    version: int
+    description: str
+    fitted_to: str
+    compute_efficiency: float = 1.0
+    memory_efficiency: float = 1.0
+    link_efficiency: float = 1.0
+    kernel_overhead_s: float = 0.0
+    step_overhead_s: float = 0.0
+    collective_latency_s: float = 0.0
+    transfer_overlap: float = 0.0
+    memory_reserve_fraction: float = 0.0
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in FOLDER.glob("*.yaml"))
+
+
+def load(name: str) -> EngineProfile:
+    path = FOLDER / f"{name}.yaml"
+    if not path.is_file():
+        raise CapsimError(f"--engine {name!r}: unknown engine profile (available: {', '.join(available())})")
+    data = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    params = data.get("parameters") or {}
+    for key, value in params.items():
+        if key not in PARAMETERS:
+            raise CapsimError(f"{path}: parameters.{key}: unknown parameter (expected {', '.join(PARAMETERS)})")
+        lo, hi = PARAMETERS[key]
+        if not isinstance(value, (int, float)) or not lo <= value <= hi:
+            raise CapsimError(f"{path}: parameters.{key}: expected a number in [{lo}, {hi}], got {value!r}")
+    eff = {k: params.get(k, 1.0) for k in ("compute_efficiency", "memory_efficiency", "link_efficiency")}
+    if min(eff.values()) <= 0:
+        raise CapsimError(f"{path}: efficiencies must be > 0")
+    return EngineProfile(
+        id=data["id"], version=int(data["version"]), description=data["description"],
+        fitted_to=data["fitted_to"], **{k: float(v) for k, v in params.items()},
+    )

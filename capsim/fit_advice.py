@@ -1,0 +1,66 @@
+"""What would make a scenario fit in device memory: more devices, lower precision, smaller batch, offload.
+
+Each candidate is re-checked with the same memory model the prediction uses;
+only changes that fit are suggested.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from capsim import precision
+from capsim.errors import CapsimError
+from capsim.hardware.db import HardwareDB
+from capsim.sim.memory import memory_use
+from capsim.sim.shape import shape_of, weight_bytes
+
+DEVICE_COUNTS = (2, 4, 8, 16, 32, 64)
+LOWER_PRECISIONS = ("fp8", "int8", "int4", "nvfp4", "mxfp4", "gguf-q4_k_m", "gguf-q3_k_s")
+
+
+def _fits(shape, q, target, reserve, tp, ep, n, kv_b, batch=None) -> bool:
+    m = memory_use(shape, batch=batch or q.batch, input_len=q.input_len, output_len=q.output_len,
+                   kv_bytes_per_element=kv_b, capacity_bytes=target.memory_capacity_bytes,
+                   reserve_fraction=reserve, tp=tp, ep=ep, n=n)
+    return bool(m.fits)
+
+
+def suggestions(q, r: dict[str, Any], db: HardwareDB) -> list[str]:
+    out: list[str] = []
+    t, s, kv_b = r["target"], r["shape"], r["kv_bytes"]
+    reserve = r["profile"].memory_reserve_fraction
+    # 1. more devices (tensor parallel over all of them)
+    limit = t.n_available or max(DEVICE_COUNTS)
+    for n in DEVICE_COUNTS:
+        if n > t.n_devices and _fits(s, q, t, reserve, n, 1, n, kv_b):
+            where = "" if n <= limit else f" (the system has {t.n_available}; multi-node is not modelled yet)"
+            out.append(f"--devices {n}{where}")
+            break
+    # 2. a smaller weight format the device can compute with
+    current = r["precision"].bits_per_weight
+    for name in LOWER_PRECISIONS:
+        p = precision.PRECISIONS[name]
+        if p.bits_per_weight >= current:
+            continue
+        try:
+            precision.choose_compute(p, t.peak_flop_per_s, t.device_id)
+        except CapsimError:
+            continue
+        if _fits(shape_of(r["spec"], p), q, t, reserve, r["tp"], r["ep"], t.n_devices, kv_b):
+            out.append(f"--precision {name}")
+            break
+    # 3. a smaller batch, when the weights alone fit
+    for b in range(q.batch - 1, 0, -1):
+        if _fits(s, q, t, reserve, r["tp"], r["ep"], t.n_devices, kv_b, batch=b):
+            out.append(f"--batch {b}")
+            break
+    # 4. routed experts in host DRAM
+    routed = weight_bytes(s)["routed_experts"]
+    if routed and t.host_dram_bytes and routed <= t.host_dram_bytes:
+        no_experts = replace(s, num_experts=0)
+        if _fits(no_experts, q, t, reserve, r["tp"], r["ep"], t.n_devices, kv_b):
+            out.append(f"the routed experts ({routed / 1e9:.0f} GB) offloaded to host DRAM "
+                       f"({t.host_dram_bytes / 1e9:.0f} GB; offload is modelled from the memory-tiers issue on)")
+    return out
+

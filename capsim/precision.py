@@ -1,0 +1,112 @@
+"""Weight and KV-cache formats: their real storage cost and the dtype an engine computes in.
+
+A format's ``bits_per_weight`` includes its block scales (and zero points), so
+"int4" is not 4 bits and never 0 bytes. Formats apply to the linear layers in
+their ``scope``; embedding, LM head, router and norm weights stay in the
+16-bit activation dtype (vLLM and NVIDIA ModelOpt leave them unquantised),
+except where a format says otherwise (GGUF Q4_K_M stores the output matrix in Q6_K).
+
+``compute`` lists the dtypes whose dense peak the engine runs the matmuls at, in
+order of preference: the first one the device publishes a peak for is used
+(fp8 weights on an A100 run weight-only at bf16, as vLLM's Marlin kernels do).
+A format whose list the device cannot meet is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from capsim.errors import CapsimError
+
+ACTIVATION_BYTES = 2.0  # activations between ops are bf16/fp16 in every engine modelled (2 bytes)
+SIXTEEN_BIT = 16.0
+
+# GGUF block layouts, ggml/src/ggml-common.h (github.com/ggml-org/llama.cpp):
+GGUF_Q8_0_BPW = 34 * 8 / 32  # block_q8_0: fp16 scale + 32 x int8 = 34 bytes per 32 weights = 8.5
+GGUF_Q4_0_BPW = 18 * 8 / 32  # block_q4_0: fp16 scale + 32 x 4 bit = 18 bytes per 32 weights = 4.5
+GGUF_Q6_K_BPW = 210 * 8 / 256  # block_q6_K: 210 bytes per 256 weights = 6.5625
+# Mixes (per-tensor types differ), tools/quantize/README.md, table "Llama 2 7B", bits per weight:
+GGUF_Q4_K_M_BPW = 4.84
+GGUF_Q3_K_S_BPW = 3.50
+# int4 with group scales (AWQ / GPTQ, group size 128): fp16 scale + packed 4-bit zero point per group.
+INT4_GROUP_SIZE = 128
+INT4_G128_BPW = 4 + (16 + 4) / INT4_GROUP_SIZE  # 4.15625
+# NVFP4: E2M1 values, one FP8 E4M3 scale per 16 values (NVIDIA, "Introducing NVFP4", 2025) = 4.5
+NVFP4_BPW = 4 + 8 / 16
+# MXFP4: E2M1 values, one E8M0 scale per 32 values (OCP Microscaling Formats spec v1.0, 2023) = 4.25
+MXFP4_BPW = 4 + 8 / 32
+
+
+@dataclass(frozen=True)
+class Precision:
+    name: str
+    bits_per_weight: float  # storage of the quantised linear weights, scales included
+    compute: tuple[str, ...]  # dtypes the engine can run the matmuls in, preferred first
+    scope: str = "all-linear"  # "all-linear" or "experts" (gpt-oss ships MXFP4 experts, bf16 attention)
+    lm_head_bits: float = SIXTEEN_BIT
+    source: str = ""
+
+    @property
+    def bytes_per_weight(self) -> float:
+        return self.bits_per_weight / 8.0
+
+
+PRECISIONS: dict[str, Precision] = {
+    p.name: p
+    for p in (
+        Precision("bf16", 16, ("bf16", "fp32"), source="IEEE-style 16-bit brain float"),
+        Precision("fp16", 16, ("fp16", "fp32"), source="IEEE 754 binary16"),
+        Precision("fp8", 8, ("fp8", "bf16", "fp16"), source="E4M3 (OCP 8-bit FP spec); per-tensor/block scales negligible"),
+        Precision("int8", 8, ("int8", "bf16", "fp16"), source="per-channel int8 (SmoothQuant W8A8 or W8A16)"),
+        Precision("int4", INT4_G128_BPW, ("fp16", "bf16", "fp32"), source="AWQ/GPTQ packing, group 128"),
+        Precision("gguf-q8_0", GGUF_Q8_0_BPW, ("int8", "fp16", "fp32"), source="ggml-common.h block_q8_0"),
+        Precision("gguf-q4_0", GGUF_Q4_0_BPW, ("int8", "fp16", "fp32"), source="ggml-common.h block_q4_0"),
+        Precision(
+            "gguf-q4_k_m", GGUF_Q4_K_M_BPW, ("int8", "fp16", "fp32"), lm_head_bits=GGUF_Q6_K_BPW,
+            source="llama.cpp tools/quantize/README.md (Llama 2 7B: 4.84 bpw); output.weight in Q6_K",
+        ),
+        Precision(
+            "gguf-q3_k_s", GGUF_Q3_K_S_BPW, ("int8", "fp16", "fp32"), lm_head_bits=GGUF_Q6_K_BPW,
+            source="llama.cpp tools/quantize/README.md (Llama 2 7B: 3.50 bpw); output.weight in Q6_K",
+        ),
+        Precision("nvfp4", NVFP4_BPW, ("fp4",), source="NVIDIA NVFP4: E2M1 + E4M3 scale per 16"),
+        Precision("mxfp4", MXFP4_BPW, ("fp4", "bf16"), scope="experts", source="OCP MX v1.0: E2M1 + E8M0 per 32"),
+    )
+}
+ALIASES = {"q8_0": "gguf-q8_0", "q4_0": "gguf-q4_0", "q4_k_m": "gguf-q4_k_m", "q3_k_s": "gguf-q3_k_s",
+           "awq": "int4", "gptq": "int4", "w4a16": "int4", "fp4": "nvfp4"}
+KV_PRECISIONS = ("bf16", "fp16", "fp8", "int8")  # KV-cache element formats engines offer (bytes: dtypes.py)
+
+
+def get(name: str, flag: str = "--precision") -> Precision:
+    key = name.strip().lower().replace("-", "_")
+    key = ALIASES.get(key, key)
+    for cand in (key, key.replace("_", "-", 1) if key.startswith("gguf_") else key):
+        if cand in PRECISIONS:
+            return PRECISIONS[cand]
+    raise CapsimError(f"{flag} {name!r}: unknown precision (expected one of {', '.join(PRECISIONS)})")
+
+
+def kv_bytes(name: str) -> float:
+    key = name.strip().lower()
+    if key not in KV_PRECISIONS:
+        raise CapsimError(f"--kv-precision {name!r}: expected one of {', '.join(KV_PRECISIONS)}")
+    return {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0}[key]
+
+
+def choose_compute(prec: Precision, peaks: dict[str, float], device: str, explicit: str | None = None) -> str:
+    """The dtype whose dense peak the matmuls run at on ``device`` (CapsimError if none)."""
+    have = ", ".join(sorted(peaks)) or "none"
+    if explicit:
+        if explicit not in peaks:
+            raise CapsimError(
+                f"--compute-dtype {explicit}: {device} publishes no {explicit} peak (it has: {have})"
+            )
+        return explicit
+    for dt in prec.compute:
+        if dt in peaks:
+            return dt
+    raise CapsimError(
+        f"--precision {prec.name}: {device} cannot compute in it (needs one of {', '.join(prec.compute)}; "
+        f"{device} has: {have})"
+    )

@@ -1,0 +1,220 @@
+"""One prediction: resolve the inputs into a scenario, run the simulator, assemble the report.
+
+This is the only layer that reads data (catalogue, hardware database, engine
+profile); the functions in :mod:`capsim.sim` it calls are pure.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from capsim import engines, precision
+from capsim.errors import CapsimError
+from capsim.hardware.db import HardwareDB
+from capsim.hardware.target import Target, resolve_target
+from capsim.model.catalogue import load_model
+from capsim.sim import cost
+from capsim.sim.memory import memory_use
+from capsim.sim.metrics import utilisation
+from capsim.sim.request import simulate_request
+from capsim.sim.roofline import CATEGORIES
+from capsim.sim.shape import shape_of
+
+DEFAULT_INPUT_LEN = 512  # the peers' comparison point (shared/reference/peers.md: 512 in, 128 out)
+DEFAULT_OUTPUT_LEN = 128
+SIXTEEN_BIT_PREFERENCE = ("bf16", "fp16", "fp32")  # attention runs in a 16-bit dtype (FlashAttention)
+
+
+@dataclass(frozen=True)
+class Query:
+    model: str
+    hardware: str
+    devices: int | None = None
+    engine: str = "roofline"
+    precision: str | None = None  # default: the checkpoint's own
+    kv_precision: str | None = None  # default: bf16
+    compute_dtype: str | None = None  # default: the best the device offers for the precision
+    batch: int = 1
+    input_len: int = DEFAULT_INPUT_LEN
+    output_len: int = DEFAULT_OUTPUT_LEN
+    tp: int | None = None
+    ep: int | None = None
+    trace: str | None = None
+    usd_per_h: float | None = None
+    check_memory: bool = True
+
+
+def _check_ints(q: Query) -> None:
+    for flag, value, low in (("--batch", q.batch, 1), ("--input-len", q.input_len, 1),
+                             ("--output-len", q.output_len, 1)):
+        if not isinstance(value, int) or value < low:
+            raise CapsimError(f"{flag} {value}: expected an integer >= {low}")
+    for flag, value in (("--tp", q.tp), ("--ep", q.ep), ("--devices", q.devices)):
+        if value is not None and value < 1:
+            raise CapsimError(f"{flag} {value}: expected a positive integer")
+    if q.usd_per_h is not None and not q.usd_per_h > 0:
+        raise CapsimError(f"--usd-per-hour {q.usd_per_h}: expected a positive price")
+
+
+def _parallelism(q: Query, target: Target) -> tuple[int, int]:
+    n = target.n_devices
+    ep = q.ep or 1
+    tp = q.tp or n
+    if n % tp:
+        raise CapsimError(f"--tp {tp}: must divide the {n} devices used (--devices)")
+    if ep not in (1, n):
+        raise CapsimError(f"--ep {ep}: expert parallelism spans all devices here, so --ep must be 1 or {n}")
+    return tp, ep
+
+
+def _peaks(target: Target, compute: str) -> dict[str, float]:
+    p = target.peak_flop_per_s
+    attn = next((d for d in SIXTEEN_BIT_PREFERENCE if d in p), compute)
+    return {"matmul": p[compute], "attention": p[attn], "vector": p.get("fp32", p[compute])}
+
+
+def resolve(q: Query, db: HardwareDB) -> dict[str, Any]:
+    """Every input made explicit (the report's ``scenario``) plus the objects the simulator needs."""
+    _check_ints(q)
+    if q.trace is not None:
+        raise CapsimError("--trace: trace replay is not available yet (it arrives with the traces issue)")
+    spec, info = load_model(q.model)
+    if spec.num_experts == 0 and not spec.layers:
+        raise CapsimError(f"--model {q.model}: no layers")
+    try:
+        target = resolve_target(db, q.hardware, q.devices)
+    except CapsimError as err:
+        raise CapsimError(f"--hardware: {err}") from None
+    prec = precision.get(q.precision or info["native_precision"])
+    kv_name = (q.kv_precision or "bf16").lower()
+    kv_b = precision.kv_bytes(kv_name)
+    compute = precision.choose_compute(prec, target.peak_flop_per_s, target.device_id, q.compute_dtype)
+    tp, ep = _parallelism(q, target)
+    profile = engines.load(q.engine)
+    scenario = {
+        "model": info["id"], "model_source": info["source"], "hardware": target.hardware_id,
+        "device": target.device_id, "device_role": target.device_role, "devices": target.n_devices,
+        "engine": profile.id, "engine_version": profile.version, "precision": prec.name,
+        "bits_per_weight": prec.bits_per_weight, "precision_scope": prec.scope, "kv_precision": kv_name,
+        "compute_dtype": compute, "weight_only": compute not in prec.compute[:1],
+        "batch": q.batch, "input_len": q.input_len, "output_len": q.output_len, "tp": tp, "ep": ep,
+        "dp": target.n_devices // tp, "routing": "uniform (expected distinct experts)", "trace": None,
+        "collective_link": target.collective_link,
+    }
+    return {"scenario": scenario, "spec": spec, "shape": shape_of(spec, prec), "target": target,
+            "profile": profile, "peaks": _peaks(target, compute), "kv_bytes": kv_b, "tp": tp, "ep": ep,
+            "precision": prec}
+
+
+def _f(x) -> float:
+    return float(np.asarray(x))
+
+
+def _phase(step, timing, util, target: Target, tokens: float) -> dict[str, Any]:
+    b = CATEGORIES[int(timing.bottleneck())]
+    ops = {}
+    for name in step.ops:
+        tc, tm = _f(timing.op_compute_s[name]), _f(timing.op_memory_s[name])
+        ops[name] = {"time_s": _f(timing.op_s[name]), "flops": _f(step.ops[name].flops),
+                     "bytes": _f(step.ops[name].bytes), "bound": "compute" if tc > tm else "memory"}
+    for name, t in timing.transfer_s.items():
+        ops[name] = {"time_s": _f(t), "bytes": _f(step.transfer_bytes[name]), "bound": "transfer"}
+    return {
+        "step_s": _f(timing.step_s), "tokens_per_s": tokens / _f(timing.step_s),
+        "s_mbu": _f(util["s_mbu"]), "s_mfu": _f(util["s_mfu"]), "mbu": _f(util["mbu"]), "mfu": _f(util["mfu"]),
+        "activated_experts_per_layer": _f(step.activated_experts), "bottleneck": b,
+        "time_by_bound_s": {c: _f(timing.by_category_s[c]) for c in CATEGORIES},
+        "flops_per_device": _f(util["flops_per_device"]), "bytes_per_device": _f(util["bytes_per_device"]),
+        "operators": ops,
+    }
+
+
+def _cost(q: Query, target: Target, seconds: float, tokens: float) -> dict[str, Any]:
+    if q.usd_per_h is not None:
+        per_h, basis = q.usd_per_h, "--usd-per-hour"
+    else:
+        per_h = cost.hourly_usd(target.usd_per_h, target.purchase_usd, target.power_w)
+        basis = {"cloud": "on-demand cloud price", "purchase": (
+            f"purchase over {cost.AMORTISATION_YEARS:g} years + energy at {cost.ELECTRICITY_USD_PER_KWH} $/kWh")
+        }.get(target.usd_per_h_basis, "")
+    if per_h is None:
+        return {"usd_per_million_output_tokens": None, "usd_per_h": None,
+                "basis": f"no price for {target.hardware_id} in the hardware database; pass --usd-per-hour"}
+    return {"usd_per_million_output_tokens": _f(cost.usd_per_million_tokens(per_h, seconds, tokens)),
+            "usd_per_h": per_h, "basis": basis}
+
+
+def predict(q: Query, db: HardwareDB) -> dict[str, Any]:
+    r = resolve(q, db)
+    s, target, profile = r["shape"], r["target"], r["profile"]
+    tp, ep, n = r["tp"], r["ep"], target.n_devices
+    mem = memory_use(s, batch=q.batch, input_len=q.input_len, output_len=q.output_len, kv_bytes_per_element=r["kv_bytes"],
+                     capacity_bytes=target.memory_capacity_bytes, reserve_fraction=profile.memory_reserve_fraction,
+                     tp=tp, ep=ep, n=n)
+    fits = bool(mem.fits)
+    if not fits and q.check_memory:
+        raise CapsimError(_no_fit_message(q, r, mem, db))
+    res = simulate_request(
+        s, batch=q.batch, input_len=q.input_len, output_len=q.output_len, kv_bytes_per_element=r["kv_bytes"],
+        peak_flop_per_s=r["peaks"], bandwidth_bytes_per_s=target.memory_bandwidth_bytes_per_s,
+        ring_bandwidth_bytes_per_s=target.ring_bandwidth_bytes_per_s,
+        alltoall_bandwidth_bytes_per_s=target.alltoall_bandwidth_bytes_per_s, profile=profile, tp=tp, ep=ep, n=n)
+    util_kw = dict(bandwidth_bytes_per_s=target.memory_bandwidth_bytes_per_s, peak_flop_per_s=r["peaks"]["matmul"])
+    pre = _phase(res.prefill, res.prefill_timing, utilisation(res.prefill, res.prefill_timing, **util_kw), target,
+                 q.batch * q.input_len)
+    dec = _phase(res.decode, res.decode_timing, utilisation(res.decode, res.decode_timing, **util_kw), target,
+                 q.batch)
+    dec["mean_context"] = _f(res.decode_context)
+    request_s = _f(res.request_s)
+    ttft, tpot = _f(res.ttft_s), _f(res.tpot_s)
+    cost_info = _cost(q, target, request_s, q.batch * q.output_len)
+    scenario = dict(r["scenario"], notes=list(target.notes))
+    if not fits:
+        scenario["notes"].append("does not fit in device memory (memory check skipped on request)")
+    return {
+        "ttft_s": ttft,
+        "tpot_s": tpot,
+        "request_latency_s": request_s,
+        "prefill_tokens_per_s": q.batch * q.input_len / ttft,
+        "decode_tokens_per_s": q.batch / tpot,
+        "decode_tokens_per_s_per_user": 1.0 / tpot,
+        "s_mbu": dec["s_mbu"], "s_mfu": dec["s_mfu"], "mbu": dec["mbu"], "mfu": dec["mfu"],
+        "activated_experts_per_layer": dec["activated_experts_per_layer"],
+        "activated_experts_per_layer_prefill": pre["activated_experts_per_layer"],
+        "num_experts": r["spec"].num_experts, "top_k": r["spec"].top_k,
+        "memory_bytes": _memory_report(mem, target),
+        "fits": fits,
+        "bottleneck": {"prefill": pre["bottleneck"], "decode": dec["bottleneck"]},
+        "cost_usd_per_million_tokens": cost_info["usd_per_million_output_tokens"],
+        "cost": cost_info,
+        "phases": {"prefill": pre, "decode": dec},
+        "engine": asdict(profile),
+        "scenario": scenario,
+    }
+
+
+def _memory_report(mem, target: Target) -> dict[str, Any]:
+    device = {k: _f(getattr(mem, k)) for k in ("weights", "kv_cache", "activations", "reserve", "total", "capacity")}
+    if math.isinf(device["capacity"]):
+        device["capacity"] = None
+    host = {"used": 0.0, "capacity": target.host_dram_bytes}
+    return {"per_device": True, "device": device, "host_dram": host, "ssd": {"used": 0.0}}
+
+
+def _gb(x: float) -> str:
+    return f"{x / 1e9:.1f} GB"
+
+
+def _no_fit_message(q: Query, r: dict[str, Any], mem, db: HardwareDB) -> str:
+    from capsim.fit_advice import suggestions
+
+    t: Target = r["target"]
+    head = (f"{r['scenario']['model']} ({r['scenario']['precision']}) needs {_gb(_f(mem.total))} per device "
+            f"(weights {_gb(_f(mem.weights))}, KV cache {_gb(_f(mem.kv_cache))}, activations "
+            f"{_gb(_f(mem.activations))}) but {t.device_id} has {_gb(t.memory_capacity_bytes)}")
+    tips = suggestions(q, r, db)
+    return head + ("; it would fit with " + ", or ".join(tips) if tips else "; nothing tried fits")

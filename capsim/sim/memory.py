@@ -1,0 +1,68 @@
+"""Device memory one device needs: weights, KV cache, activations and the engine's reserve (bytes).
+
+Weights split as in :mod:`capsim.sim.ops` (attention, dense FFN, shared experts,
+embedding and LM head over ``tp``; routed experts over ``tp``, or whole experts over
+``ep`` ranks; router and norms replicated). The KV cache holds every sequence of
+the device's data-parallel group at its final length (input + output). Activations
+are the live tensors of the widest layer during the prefill pass (engines free
+activations layer by layer) plus the fp32 logits of the last positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from capsim.precision import ACTIVATION_BYTES
+from capsim.sim.shape import Shape, weight_bytes
+
+LOGIT_BYTES = 4.0  # logits are upcast to fp32 before sampling (vLLM Sampler, HF generate)
+
+
+@dataclass(frozen=True)
+class MemoryUse:
+    weights: np.ndarray
+    kv_cache: np.ndarray
+    activations: np.ndarray
+    reserve: np.ndarray
+    capacity: np.ndarray
+
+    @property
+    def total(self) -> np.ndarray:
+        return self.weights + self.kv_cache + self.activations + self.reserve
+
+    @property
+    def fits(self) -> np.ndarray:
+        return self.total <= self.capacity
+
+
+def weights_per_device(s: Shape, tp=1, ep=1) -> np.ndarray:
+    tp, ep = np.asarray(tp, float), np.asarray(ep, float)
+    w = weight_bytes(s)
+    split_tp = w["embedding"] + w["lm_head"] + w["attention"] + w["dense_ffn"] + w["shared_experts"]
+    routed = np.where(ep > 1, w["routed_experts"] / ep, w["routed_experts"] / tp)
+    return split_tp / tp + routed + w["router"] + w["norms"]
+
+
+def kv_bytes_per_token(s: Shape, kv_bytes_per_element, tp=1) -> np.ndarray:
+    """KV-cache bytes one token of one sequence takes on one device (all layers)."""
+    tp = np.asarray(tp, float)
+    frac = 1.0 if s.mla else np.ceil(s.num_kv_heads / tp) / s.num_kv_heads
+    return s.kv_elements_per_token_layer * s.layers * frac * np.asarray(kv_bytes_per_element, float)
+
+
+def memory_use(s: Shape, *, batch, input_len, output_len, kv_bytes_per_element, capacity_bytes,
+               reserve_fraction=0.0, tp=1, ep=1, n=1) -> MemoryUse:
+    tp, n = np.asarray(tp, float), np.asarray(n, float)
+    dp = n / tp
+    b_g = np.asarray(batch, float) / dp
+    ctx = np.asarray(input_len, float) + np.asarray(output_len, float)
+    kv = b_g * ctx * kv_bytes_per_token(s, kv_bytes_per_element, tp)
+    t_g = b_g * np.asarray(input_len, float)
+    widest = max(s.attn_io_width, s.top_k * s.expert_io_width + s.shared_io_width, s.dense_io_width)
+    act = t_g * ACTIVATION_BYTES * (widest / tp + s.hidden) + b_g * s.vocab * LOGIT_BYTES / tp
+    cap = np.asarray(capacity_bytes, float)
+    w = weights_per_device(s, tp, ep)
+    reserve = reserve_fraction * np.where(np.isinf(cap), 0.0, cap)
+    return MemoryUse(*np.broadcast_arrays(w, kv, act, reserve, cap))

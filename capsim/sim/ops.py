@@ -1,0 +1,145 @@
+"""FLOPs and bytes of one step (a prefill pass or one decode iteration of a batch), per operator, per device.
+
+Pure functions over numpy arrays: every argument except the Shape may be an
+array of scenarios and the results broadcast. Counts are for ONE device of a
+group of ``n`` identical devices: attention and dense weights split ``tp`` ways
+(``dp = n / tp`` data-parallel replicas of the attention, each with its share of
+the sequences); routed experts follow the attention tensor parallelism when
+``ep == 1`` and are spread whole over all devices when ``ep == n``.
+
+Conventions (each a choice stated once):
+- a matmul of T tokens with a K x N weight costs 2 T K N FLOPs and reads the
+  weight once per step, plus T (K + N) activation elements;
+- routed-expert weights are read once per step per ACTIVATED expert
+  (:mod:`capsim.sim.experts`), FLOPs are per token x top-k;
+- attention scores cost 2 x heads x (d_qk + d_v) FLOPs per (query, key) pair and
+  read each cached key/value once per step (an ideal single-pass fused kernel);
+- the LM head runs on the last position of each sequence only (vLLM, and HF
+  generate with logits_to_keep=1);
+- norms: :data:`NORM_FLOPS_PER_ELEMENT` FLOPs per element, never compute bound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from capsim.precision import ACTIVATION_BYTES
+from capsim.sim.experts import expected_activated
+from capsim.sim.shape import Shape
+
+NORM_FLOPS_PER_ELEMENT = 4  # RMSNorm: square, accumulate, scale by rsqrt, multiply by weight
+# Kernel launches per layer (per step for embedding and LM head) of a fused engine; the engine
+# profile's per-kernel overhead multiplies these. Fused QKV + output projection; one attention kernel;
+# fused-MoE: one grouped GEMM for gate/up, one for down; router GEMM + top-k.
+KERNELS_PER_LAYER = {
+    "attn_proj": 2, "attn_scores": 1, "norms": 2, "router": 2,
+    "routed_experts": 2, "shared_experts": 2, "dense_ffn": 2,
+}
+OPS = ("embedding", "attn_proj", "attn_scores", "norms", "router", "routed_experts",
+       "shared_experts", "dense_ffn", "lm_head")
+ALLREDUCES_PER_LAYER = 2  # Megatron-style TP: after attention and after the FFN/MoE block
+
+
+@dataclass(frozen=True)
+class OpCost:
+    flops: np.ndarray
+    weight_bytes: np.ndarray
+    kv_bytes: np.ndarray
+    act_bytes: np.ndarray
+    kernels: np.ndarray
+    compute: str  # which peak: "matmul", "attention" or "vector"
+
+    @property
+    def bytes(self) -> np.ndarray:
+        return self.weight_bytes + self.kv_bytes + self.act_bytes
+
+
+@dataclass(frozen=True)
+class Step:
+    ops: dict[str, OpCost]
+    transfer_bytes: dict[str, np.ndarray]  # per device, by collective
+    activated_experts: np.ndarray  # distinct routed experts per MoE layer, over the tokens one expert group sees
+    all_expert_weight_bytes: np.ndarray  # per device, if every expert were read (for dense MBU)
+    all_expert_flops: np.ndarray  # per device, if every token ran every expert (for dense MFU)
+
+
+def _f(x) -> np.ndarray:
+    return np.asarray(x, dtype=float)
+
+
+def step_costs(
+    s: Shape,
+    *,
+    tokens,
+    seqs,
+    pairs,
+    kv_read_tokens,
+    decode: bool,
+    kv_bytes_per_element,
+    tp=1,
+    ep=1,
+    n=1,
+) -> Step:
+    """Per-device costs of one step.
+
+    tokens: tokens processed in the step (all sequences); seqs: sequences in the batch;
+    pairs: attention (query, key) pairs per layer over all sequences; kv_read_tokens: cached
+    tokens whose K/V (or latent) are read per layer over all sequences.
+    """
+    tp, ep, n = _f(tp), _f(ep), _f(n)
+    dp = n / tp
+    t_g, b_g = _f(tokens) / dp, _f(seqs) / dp  # per data-parallel group
+    pairs_g, kv_g = _f(pairs) / dp, _f(kv_read_tokens) / dp
+    ab, L, h = ACTIVATION_BYTES, s.layers, s.hidden
+    zero = np.zeros(np.broadcast(t_g, tp, ep).shape)
+    ops: dict[str, OpCost] = {}
+
+    def put(name, flops, wbytes, act, kernels, compute="matmul", kv=0.0):
+        ops[name] = OpCost(zero + flops, zero + wbytes, zero + kv, zero + act, zero + kernels, compute)
+
+    put("embedding", 0.0, t_g * h * s.other_weight_bytes / tp, t_g * h * ab, 1.0, "vector")
+    put("attn_proj", 2 * t_g * s.attn_params * L / tp, L * s.attn_params * s.attn_weight_bytes / tp,
+        t_g * s.attn_io_width * ab * L / tp, KERNELS_PER_LAYER["attn_proj"] * L)
+    qk, v = (s.qk_dim_decode, s.v_dim_decode) if decode else (s.qk_dim_prefill, s.v_dim_prefill)
+    kv_frac = 1.0 if s.mla else np.ceil(s.num_kv_heads / tp) / s.num_kv_heads  # MLA latent: replicated over TP
+    kv_elems = s.kv_elements_per_token_layer * L * kv_frac * _f(kv_bytes_per_element)
+    put("attn_scores", 2 * pairs_g * s.heads * (qk + v) * L / tp, 0.0, t_g * s.heads * (qk + v) * ab * L / tp,
+        KERNELS_PER_LAYER["attn_scores"] * L, "attention", kv=(kv_g + t_g) * kv_elems)  # read cache + write new
+    n_norms = 2 * L + 1
+    put("norms", NORM_FLOPS_PER_ELEMENT * t_g * h * n_norms,
+        (L * s.norm_params_layer + s.final_norm_params) * s.other_weight_bytes, 2 * t_g * h * ab * n_norms,
+        KERNELS_PER_LAYER["norms"] * L + 1, "vector")
+    lm, e, k = s.moe_layers, s.num_experts, s.top_k
+    put("router", 2 * t_g * h * e * lm, s.router_params * s.other_weight_bytes * lm, t_g * (h + e) * ab * lm,
+        KERNELS_PER_LAYER["router"] * lm if e else 0.0)
+    expert_bytes = s.expert_params * s.expert_weight_bytes * lm
+    expert_flops_token = 2 * s.expert_params * lm
+    if np.any(ep > 1) and np.any(ep != n):
+        raise ValueError("ep must be 1 or equal to the number of devices")
+    all_tokens = _f(tokens)
+    active_tp = expected_activated(e, k, t_g)  # ep == 1: each TP group sees its own tokens
+    active_ep = expected_activated(e, k, all_tokens)  # ep == n: every expert sees the whole step
+    is_ep = ep > 1
+    activated = np.where(is_ep, active_ep, active_tp)
+    routed_w = np.where(is_ep, active_ep / ep * expert_bytes, active_tp * expert_bytes / tp)
+    all_w = np.where(is_ep, e / ep * expert_bytes, e * expert_bytes / tp)
+    put("routed_experts", t_g * k * expert_flops_token / tp, routed_w,
+        t_g * k * s.expert_io_width * ab * lm / tp, KERNELS_PER_LAYER["routed_experts"] * lm if e else 0.0)
+    put("shared_experts", 2 * t_g * s.shared_params * lm / tp, s.shared_params * s.ffn_weight_bytes * lm / tp,
+        t_g * s.shared_io_width * ab * lm / tp, KERNELS_PER_LAYER["shared_experts"] * lm if s.shared_params else 0.0)
+    ld = s.dense_layers
+    put("dense_ffn", 2 * t_g * s.dense_params * ld / tp, s.dense_params * s.ffn_weight_bytes * ld / tp,
+        t_g * s.dense_io_width * ab * ld / tp, KERNELS_PER_LAYER["dense_ffn"] * ld)
+    lm_bytes = s.other_weight_bytes if s.tie_embeddings else s.lm_head_weight_bytes
+    put("lm_head", 2 * b_g * h * s.vocab / tp, h * s.vocab * lm_bytes / tp, b_g * (h + s.vocab) * ab / tp, 1.0)
+
+    msg = t_g * h * ab  # one all-reduce message: the group's hidden states
+    transfers = {
+        "tp_allreduce": np.where(tp > 1, ALLREDUCES_PER_LAYER * L * 2 * (tp - 1) / tp * msg, 0.0) + zero,
+        # dispatch + combine: each device sends its share of tokens' k copies to the other ranks
+        "ep_alltoall": np.where(is_ep, 2 * (all_tokens / n) * k * h * ab * (ep - 1) / ep * lm, 0.0) + zero,
+    }
+    all_flops = t_g * e * expert_flops_token / tp
+    return Step(ops, transfers, zero + activated, zero + all_w, zero + all_flops)

@@ -1,0 +1,128 @@
+"""The per-layer numbers the simulator needs, taken once from a ModelSpec and a precision.
+
+Plain floats (counts of parameters and elements), so that the step formulas in
+:mod:`capsim.sim.ops` broadcast over numpy arrays of scenarios.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from capsim.model.spec import ModelSpec
+from capsim.precision import ACTIVATION_BYTES, Precision
+
+# DeepSeek-V2 paper (arXiv:2405.04434) section 2.1.2: at inference W_UK is absorbed into W_Q and W_UV
+# into W_O, so decode attends over the compressed latent (vLLM and SGLang MLA backends do this);
+# prefill decompresses K and V and attends per head.
+MLA_DECODE_ABSORBED = True
+
+
+@dataclass(frozen=True)
+class Shape:
+    layers: int
+    moe_layers: int
+    dense_layers: int
+    hidden: int
+    vocab: int
+    heads: int
+    num_kv_heads: int
+    mla: bool
+    kv_elements_per_token_layer: int  # cached elements per token per layer
+    qk_dim_prefill: int  # per head, score dot-product length
+    v_dim_prefill: int
+    qk_dim_decode: int
+    v_dim_decode: int
+    attn_params: int  # one layer's attention projections
+    attn_io_width: int  # activation elements in + out of the projections, per token
+    num_experts: int
+    top_k: int
+    expert_params: int
+    expert_io_width: int  # per token per expert: in + intermediates + out
+    shared_params: int
+    shared_io_width: int
+    dense_params: int
+    dense_io_width: int
+    router_params: int
+    norm_params_layer: int
+    final_norm_params: int
+    # bytes per parameter, by component class
+    attn_weight_bytes: float
+    expert_weight_bytes: float
+    ffn_weight_bytes: float  # dense FFN and shared experts
+    lm_head_weight_bytes: float
+    other_weight_bytes: float  # router, norms, embedding table
+    tie_embeddings: bool
+
+    @property
+    def shared_experts_present(self) -> bool:
+        return self.shared_params > 0
+
+
+def _ffn_io(spec: ModelSpec, inter: int) -> int:
+    """Per token: read the input, write and read gate/up outputs, write the output."""
+    mats = 2 if spec.gated_ffn else 1
+    return 2 * spec.hidden + (mats + 1) * inter
+
+
+def shape_of(spec: ModelSpec, prec: Precision) -> Shape:
+    a = spec.attention
+    if a.kind == "mla":
+        qk_dec = (a.kv_lora_rank or 0) + (a.qk_rope_head_dim or 0) if MLA_DECODE_ABSORBED else a.head_dim
+        v_dec = (a.kv_lora_rank or 0) if MLA_DECODE_ABSORBED else a.v_head_dim
+        io = 2 * spec.hidden + (a.q_lora_rank or 0) + a.num_heads * (a.head_dim + a.v_head_dim) + a.kv_elements_per_token()
+    else:
+        qk_dec, v_dec = a.head_dim, a.v_head_dim
+        io = 2 * spec.hidden + a.num_heads * (a.head_dim + a.v_head_dim) + a.kv_elements_per_token()
+    lin = prec.bytes_per_weight
+    sixteen = ACTIVATION_BYTES
+    experts_only = prec.scope == "experts"
+    n_moe = spec.num_moe_layers
+    return Shape(
+        layers=spec.layers,
+        moe_layers=n_moe,
+        dense_layers=spec.layers - n_moe,
+        hidden=spec.hidden,
+        vocab=spec.vocab,
+        heads=a.num_heads,
+        num_kv_heads=a.num_kv_heads,
+        mla=a.kind == "mla",
+        kv_elements_per_token_layer=a.kv_elements_per_token(),
+        qk_dim_prefill=a.head_dim,
+        v_dim_prefill=a.v_head_dim,
+        qk_dim_decode=qk_dec,
+        v_dim_decode=v_dec,
+        attn_params=a.params(spec.hidden),
+        attn_io_width=io,
+        num_experts=spec.num_experts,
+        top_k=spec.top_k,
+        expert_params=spec.expert_params if spec.num_experts else 0,
+        expert_io_width=_ffn_io(spec, spec.expert_intermediate) if spec.num_experts else 0,
+        shared_params=spec.shared_params,
+        shared_io_width=_ffn_io(spec, spec.shared_intermediate) if spec.shared_intermediate else 0,
+        dense_params=spec.ffn_params(spec.dense_intermediate) if spec.layers > n_moe else 0,
+        dense_io_width=_ffn_io(spec, spec.dense_intermediate),
+        router_params=spec.router_params if spec.num_experts else 0,
+        norm_params_layer=2 * spec.hidden + a.norm_params(),
+        final_norm_params=spec.hidden,
+        attn_weight_bytes=sixteen if experts_only else lin,
+        expert_weight_bytes=lin,
+        ffn_weight_bytes=sixteen if experts_only else lin,
+        lm_head_weight_bytes=prec.lm_head_bits / 8.0,
+        other_weight_bytes=sixteen,
+        tie_embeddings=spec.tie_embeddings,
+    )
+
+
+def weight_bytes(s: Shape) -> dict[str, float]:
+    """Stored weight bytes by component for the whole model (every expert)."""
+    embed = s.vocab * s.hidden
+    return {
+        "embedding": embed * s.other_weight_bytes,
+        "lm_head": 0.0 if s.tie_embeddings else embed * s.lm_head_weight_bytes,
+        "attention": s.layers * s.attn_params * s.attn_weight_bytes,
+        "norms": (s.layers * s.norm_params_layer + s.final_norm_params) * s.other_weight_bytes,
+        "dense_ffn": s.dense_layers * s.dense_params * s.ffn_weight_bytes,
+        "router": s.moe_layers * s.router_params * s.other_weight_bytes,
+        "shared_experts": s.moe_layers * s.shared_params * s.ffn_weight_bytes,
+        "routed_experts": s.moe_layers * s.num_experts * s.expert_params * s.expert_weight_bytes,
+    }

@@ -1,0 +1,87 @@
+"""Regenerate capsim/catalogue/models.json from the committed config.json files.
+
+Run: python scripts/build_catalogue.py [--check]
+With torch and transformers installed, every parameter breakdown is also counted
+on the real transformers class instantiated on the meta device and must equal
+the analytic count (else the script fails). --check exits 1 if models.json is stale.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from capsim.model.catalogue import CATALOGUE, MODELS_JSON, native_precision  # noqa: E402
+from capsim.model.spec import spec_from_config  # noqa: E402
+
+COUNTED = "analytic (capsim.model.spec); equal to transformers on the meta device (checked at build and in tests)"
+
+
+def build(with_meta: bool) -> dict:
+    aliases = yaml.safe_load((CATALOGUE / "aliases.yaml").read_text())
+    published = yaml.safe_load((CATALOGUE / "published.yaml").read_text())
+    models = []
+    for mid, extra in aliases.items():
+        file = CATALOGUE / "configs" / (mid.replace("/", "__") + ".json")
+        if not file.is_file():
+            print(f"skip {mid}: no committed config ({file.name})", file=sys.stderr)
+            continue
+        raw = file.read_bytes()
+        cfg = json.loads(raw)
+        spec = spec_from_config(cfg, mid)
+        breakdown = spec.params_breakdown()
+        if with_meta:
+            from capsim.model.meta import meta_breakdown
+
+            meta = meta_breakdown(cfg)
+            if meta != breakdown:
+                raise SystemExit(f"{mid}: analytic {breakdown} != transformers meta {meta}")
+        pub = published.get(mid, {})
+        models.append({
+            "id": mid,
+            "aliases": [*extra.get("aliases", []), *extra.get("same_shape", [])],
+            "config_file": f"capsim/catalogue/configs/{file.name}",
+            "config_sha256": hashlib.sha256(raw).hexdigest(),
+            "native_precision": native_precision(cfg),
+            "params_counted": COUNTED,
+            "total_params": spec.total_params,
+            "active_params": spec.active_params,
+            "params_breakdown": breakdown,
+            "published": {k: pub.get(k) for k in ("total_params", "active_params", "source")},
+            "spec": dataclasses.asdict(spec),
+        })
+    return {"generated_by": "scripts/build_catalogue.py", "models": models}
+
+
+def main() -> None:
+    check = "--check" in sys.argv
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+
+        with_meta = not check
+    except ImportError:
+        with_meta = False
+    data = build(with_meta)
+    text = json.dumps(data, indent=1) + "\n"
+    if check:
+        if MODELS_JSON.read_text() != text:
+            raise SystemExit("capsim/catalogue/models.json is stale: run python scripts/build_catalogue.py")
+        print("models.json is up to date")
+        return
+    tmp = MODELS_JSON.with_suffix(".json.tmp")
+    tmp.write_text(text)
+    tmp.replace(MODELS_JSON)
+    print(f"wrote {MODELS_JSON.relative_to(ROOT)}: {len(data['models'])} models")
+
+
+if __name__ == "__main__":
+    main()
