@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.capsim-installed
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,12 +17,14 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/capsim hw list
-	$(BIN)/capsim hw show dgx-h100
+	$(BIN)/capsim predict --model mixtral --hardware dgx-h100 --devices 2 --batch 32
 
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_predict.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -44,13 +44,15 @@ class Query:
     tp: int | None = None
     ep: int | None = None
     trace: str | None = None
+    trace_samples: int = 200  # batch compositions drawn from the trace
     usd_per_h: float | None = None
     check_memory: bool = True
+    allow_dense: bool = False  # a local config.json without routed experts
 
 
 def _check_ints(q: Query) -> None:
     for flag, value, low in (("--batch", q.batch, 1), ("--input-len", q.input_len, 1),
-                             ("--output-len", q.output_len, 1)):
+                             ("--output-len", q.output_len, 1), ("--trace-samples", q.trace_samples, 1)):
         if not isinstance(value, int) or value < low:
             raise CapsimError(f"{flag} {value}: expected an integer >= {low}")
     for flag, value in (("--tp", q.tp), ("--ep", q.ep), ("--devices", q.devices)):
@@ -80,11 +82,7 @@ def _peaks(target: Target, compute: str) -> dict[str, float]:
 def resolve(q: Query, db: HardwareDB) -> dict[str, Any]:
     """Every input made explicit (the report's ``scenario``) plus the objects the simulator needs."""
     _check_ints(q)
-    if q.trace is not None:
-        raise CapsimError("--trace: trace replay is not available yet (it arrives with the traces issue)")
-    spec, info = load_model(q.model)
-    if spec.num_experts == 0 and not spec.layers:
-        raise CapsimError(f"--model {q.model}: no layers")
+    spec, info = load_model(q.model, allow_dense=q.allow_dense)
     try:
         target = resolve_target(db, q.hardware, q.devices)
     except CapsimError as err:
@@ -102,7 +100,7 @@ def resolve(q: Query, db: HardwareDB) -> dict[str, Any]:
         "bits_per_weight": prec.bits_per_weight, "precision_scope": prec.scope, "kv_precision": kv_name,
         "compute_dtype": compute, "weight_only": compute not in prec.compute[:1],
         "batch": q.batch, "input_len": q.input_len, "output_len": q.output_len, "tp": tp, "ep": ep,
-        "dp": target.n_devices // tp, "routing": "uniform (expected distinct experts)", "trace": None,
+        "dp": target.n_devices // tp, "routing": "uniform (expected distinct experts)", "trace": q.trace,
         "collective_link": target.collective_link,
     }
     return {"scenario": scenario, "spec": spec, "shape": shape_of(spec, prec), "target": target,
@@ -111,11 +109,41 @@ def resolve(q: Query, db: HardwareDB) -> dict[str, Any]:
 
 
 def _f(x) -> float:
-    return float(np.asarray(x))
+    """A headline number: the value, or the mean over replayed batch compositions."""
+    return float(np.mean(x))
+
+
+def _spread(x) -> dict[str, float]:
+    p10, p50, p90 = np.percentile(np.asarray(x, float).ravel(), [10, 50, 90])
+    return {"p10": float(p10), "p50": float(p50), "p90": float(p90)}
+
+
+def _replay(q: Query, r: dict[str, Any]) -> tuple[dict | None, dict | None, list[str]]:
+    """Routing measured on the trace for this batch (None, None when no trace)."""
+    if q.trace is None:
+        return None, None, []
+    from capsim.traces import replay
+    from capsim.traces.format import open_trace
+
+    trace = open_trace(q.trace)
+    spec = r["spec"]
+    replay.check_compatible(trace, spec.num_experts, spec.top_k, r["ep"])
+    # ep == 1: each data-parallel group routes its own share of the batch
+    group = q.batch if r["ep"] > 1 else max(1, q.batch // r["scenario"]["dp"])
+    n = max(1, q.trace_samples)
+    dec, notes = replay.decode_routing(trace, group, r["ep"], samples=n)
+    pre, notes_pre = replay.prefill_routing(trace, group, r["ep"], samples=n)
+    r["scenario"].update(routing=f"trace replay ({n} batch compositions)",
+                         trace_model=trace.meta["model_id"], trace_synthetic=bool(trace.meta["synthetic"]),
+                         trace_sha256=trace.meta["content_sha256"])
+    if trace.meta.get("moe_layers") != spec.num_moe_layers:
+        notes.append(f"trace has {trace.meta.get('moe_layers')} MoE layers, the model {spec.num_moe_layers}: "
+                     "per-layer routing averaged over the trace's layers")
+    return pre, dec, notes + notes_pre
 
 
 def _phase(step, timing, util, target: Target, tokens: float) -> dict[str, Any]:
-    b = CATEGORIES[int(timing.bottleneck())]
+    b = CATEGORIES[int(np.argmax([np.mean(timing.by_category_s[c]) for c in CATEGORIES]))]
     ops = {}
     for name in step.ops:
         tc, tm = _f(timing.op_compute_s[name]), _f(timing.op_memory_s[name])
@@ -158,12 +186,13 @@ def predict(q: Query, db: HardwareDB) -> dict[str, Any]:
     fits = bool(mem.fits)
     if not fits and q.check_memory:
         raise CapsimError(_no_fit_message(q, r, mem, db))
+    pre_routing, dec_routing, trace_notes = _replay(q, r)
     res = simulate_request(
-        s, batch=q.batch, input_len=q.input_len, output_len=q.output_len, kv_bytes_per_element=r["kv_bytes"],
+        s, prefill_routing=pre_routing, decode_routing=dec_routing, batch=q.batch, input_len=q.input_len, output_len=q.output_len, kv_bytes_per_element=r["kv_bytes"],
         peak_flop_per_s=r["peaks"], bandwidth_bytes_per_s=target.memory_bandwidth_bytes_per_s,
         ring_bandwidth_bytes_per_s=target.ring_bandwidth_bytes_per_s,
         alltoall_bandwidth_bytes_per_s=target.alltoall_bandwidth_bytes_per_s, profile=profile, tp=tp, ep=ep, n=n)
-    util_kw = dict(bandwidth_bytes_per_s=target.memory_bandwidth_bytes_per_s, peak_flop_per_s=r["peaks"]["matmul"])
+    util_kw = dict(bandwidth_bytes_per_s=target.memory_bandwidth_bytes_per_s, peak_flop_per_s=r["peaks"])
     pre = _phase(res.prefill, res.prefill_timing, utilisation(res.prefill, res.prefill_timing, **util_kw), target,
                  q.batch * q.input_len)
     dec = _phase(res.decode, res.decode_timing, utilisation(res.decode, res.decode_timing, **util_kw), target,
@@ -172,7 +201,7 @@ def predict(q: Query, db: HardwareDB) -> dict[str, Any]:
     request_s = _f(res.request_s)
     ttft, tpot = _f(res.ttft_s), _f(res.tpot_s)
     cost_info = _cost(q, target, request_s, q.batch * q.output_len)
-    scenario = dict(r["scenario"], notes=list(target.notes))
+    scenario = dict(r["scenario"], notes=list(target.notes) + trace_notes)
     if not fits:
         scenario["notes"].append("does not fit in device memory (memory check skipped on request)")
     return {
@@ -192,6 +221,12 @@ def predict(q: Query, db: HardwareDB) -> dict[str, Any]:
         "cost_usd_per_million_tokens": cost_info["usd_per_million_output_tokens"],
         "cost": cost_info,
         "phases": {"prefill": pre, "decode": dec},
+        "spread": None if q.trace is None else {
+            "ttft_s": _spread(res.ttft_s), "tpot_s": _spread(res.tpot_s),
+            "decode_tokens_per_s": _spread(q.batch / res.tpot_s),
+            "activated_experts_per_layer": _spread(res.decode.activated_experts),
+            "activated_experts_per_layer_prefill": _spread(res.prefill.activated_experts),
+        },
         "engine": asdict(profile),
         "scenario": scenario,
     }

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from capsim.errors import CapsimError
-from capsim.model.spec import Attention, ModelSpec, spec_from_config
+from capsim.model.spec import _SYNONYMS, Attention, ModelSpec, spec_from_config
 
 CATALOGUE = Path(__file__).parents[1] / "catalogue"
 MODELS_JSON = CATALOGUE / "models.json"
@@ -69,8 +69,12 @@ def _read_config(path: Path) -> dict[str, Any]:
     return cfg
 
 
-def load_model(name: str) -> tuple[ModelSpec, dict[str, Any]]:
-    """(spec, info) for a catalogue name or a local config; info holds id, source and native precision."""
+def load_model(name: str, allow_dense: bool = True) -> tuple[ModelSpec, dict[str, Any]]:
+    """(spec, info) for a catalogue name or a local config; info holds id, source and native precision.
+
+    A local config without routed experts is refused unless ``allow_dense`` (the catalogue's dense
+    Llama-3.1-8B is always allowed: it is there as the reference point).
+    """
     path = Path(name)
     if name.endswith(".json") or path.is_dir() or (path.exists() and path.is_file()):
         cfg = _read_config(path)
@@ -78,6 +82,11 @@ def load_model(name: str) -> tuple[ModelSpec, dict[str, Any]]:
             spec = spec_from_config(cfg, str(path))
         except CapsimError as err:
             raise CapsimError(f"{path}: {err}") from None
+        if not spec.num_experts and not allow_dense:
+            raise CapsimError(
+                f"{path}: not a MoE config (none of {', '.join(_SYNONYMS['num_experts'])} is set); "
+                "pass --allow-dense to predict a dense model"
+            )
         return spec, {"id": str(path), "source": "local config.json", "native_precision": native_precision(cfg)}
     mid = resolve(name)
     e = entries()[mid]

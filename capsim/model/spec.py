@@ -105,6 +105,9 @@ class ModelSpec:
     gated_ffn: bool = True  # SwiGLU: gate, up, down (3 matrices); plain: up, down (2)
     expert_bias: bool = False
     shared_expert_gate: bool = False
+    # Per layer: how many past positions attention sees (0 = all). Sliding windows (gpt-oss) and
+    # Llama-4's chunked attention (treated as a window of the chunk size: an upper bound). Empty: all full.
+    attention_windows: tuple[int, ...] = ()
 
     # ------------------------------------------------------------ parameter counts
     def ffn_params(self, intermediate: int, bias: bool = False) -> int:
@@ -161,9 +164,20 @@ def _get(cfg: dict[str, Any], name: str, default: Any = None, required: bool = T
     for key in _SYNONYMS.get(name, (name,)):
         if cfg.get(key) is not None:
             return cfg[key]
-    if required and default is None:
+    if required:
         raise CapsimError(f"config.json: field {'/'.join(_SYNONYMS.get(name, (name,)))} is missing")
     return default
+
+
+def _int(cfg: dict[str, Any], name: str, default: int | None = None, required: bool = True, minimum: int = 1) -> int:
+    """An integer field (synonyms allowed), checked: CapsimError naming the field otherwise."""
+    raw = _get(cfg, name, default, required)
+    keys = "/".join(_SYNONYMS.get(name, (name,)))
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or int(raw) != raw:
+        raise CapsimError(f"config.json: field {keys} is {raw!r}, expected an integer")
+    if raw < minimum:
+        raise CapsimError(f"config.json: field {keys} is {raw}, expected >= {minimum}")
+    return int(raw)
 
 
 def _flatten(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -182,6 +196,24 @@ def _flatten(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+LLAMA4_NOPE_INTERVAL = 4  # Llama4TextConfig.no_rope_layer_interval: every 4th layer is NoPE, full attention
+
+
+def _attention_windows(cfg: dict[str, Any], model_type: str, layers: int) -> tuple[int, ...]:
+    """Per-layer attention span from layer_types / sliding_window / attention_chunk_size (0 = full)."""
+    window = 0 if cfg.get("use_sliding_window") is False else int(cfg.get("sliding_window") or 0)
+    chunk = int(cfg.get("attention_chunk_size") or 0)
+    types = cfg.get("layer_types")
+    if not types and chunk and model_type.startswith("llama4"):
+        nope = cfg.get("no_rope_layers") or [int((i + 1) % LLAMA4_NOPE_INTERVAL != 0) for i in range(layers)]
+        types = ["chunked_attention" if rope else "full_attention" for rope in nope]
+    if types:
+        spans = {"sliding_attention": window, "chunked_attention": chunk}
+        out = tuple(spans.get(t, 0) for t in types)
+        return out if any(out) else ()
+    return (window,) * layers if window else ()
+
+
 def _moe_layer_mask(cfg: dict[str, Any], layers: int, num_experts: int) -> tuple[bool, ...]:
     if not num_experts:
         return (False,) * layers
@@ -198,22 +230,33 @@ def _moe_layer_mask(cfg: dict[str, Any], layers: int, num_experts: int) -> tuple
     return tuple(mask)
 
 
+def _top_k(cfg: dict[str, Any], num_experts: int) -> int:
+    if not num_experts:
+        return 0
+    k = _int(cfg, "top_k")
+    if k > num_experts:
+        raise CapsimError(f"config.json: top-k {k} exceeds the {num_experts} routed experts")
+    return k
+
+
 def spec_from_config(cfg: dict[str, Any], model_id: str = "custom") -> ModelSpec:
     """A ModelSpec from a config.json dict; CapsimError naming the missing field otherwise."""
     cfg = _flatten(cfg)
     model_type = ALIASED_MODEL_TYPES.get(cfg.get("model_type", ""), cfg.get("model_type", ""))
-    hidden = int(_get(cfg, "hidden"))
-    layers = int(_get(cfg, "layers"))
-    heads = int(_get(cfg, "heads"))
-    num_experts = int(_get(cfg, "num_experts", 0, required=False))
+    hidden = _int(cfg, "hidden")
+    layers = _int(cfg, "layers")
+    heads = _int(cfg, "heads")
+    num_experts = _int(cfg, "num_experts", 0, required=False, minimum=0)
     if "kv_lora_rank" in cfg and cfg["kv_lora_rank"]:
-        rope, nope = int(cfg["qk_rope_head_dim"]), int(cfg["qk_nope_head_dim"])
+        rope, nope = _int(cfg, "qk_rope_head_dim", minimum=0), _int(cfg, "qk_nope_head_dim", minimum=0)
         attn = Attention(
-            "mla", heads, heads, rope + nope, int(cfg["v_head_dim"]),
-            q_lora_rank=cfg.get("q_lora_rank"), kv_lora_rank=int(cfg["kv_lora_rank"]), qk_rope_head_dim=rope,
+            "mla", heads, heads, rope + nope, _int(cfg, "v_head_dim"),
+            q_lora_rank=cfg.get("q_lora_rank"), kv_lora_rank=_int(cfg, "kv_lora_rank"), qk_rope_head_dim=rope,
         )
     else:
-        head_dim = int(cfg.get("head_dim") or hidden // heads)
+        head_dim = _int(cfg, "head_dim") if cfg.get("head_dim") else hidden // heads
+        if head_dim < 1:
+            raise CapsimError(f"config.json: hidden_size {hidden} / num_attention_heads {heads} gives no head_dim")
         kv_heads = int(cfg.get("num_key_value_heads") or cfg.get("kv_n_heads") or heads)
         bias = bool(cfg.get("attention_bias", False))
         attn = Attention(
@@ -223,8 +266,8 @@ def spec_from_config(cfg: dict[str, Any], model_id: str = "custom") -> ModelSpec
             qk_norm=model_type in QK_NORM_MODEL_TYPES | FULL_WIDTH_QK_NORM_MODEL_TYPES,
             qk_norm_full_width=model_type in FULL_WIDTH_QK_NORM_MODEL_TYPES,
         )
-    inter = int(_get(cfg, "intermediate_size", 0, required=not num_experts) or 0)
-    expert_inter = int(_get(cfg, "expert_intermediate", inter, required=False))
+    inter = _int(cfg, "intermediate_size", 0, required=not num_experts, minimum=0 if num_experts else 1)
+    expert_inter = _int(cfg, "expert_intermediate", inter, required=False, minimum=1 if num_experts else 0)
     shared = int(cfg.get("shared_expert_intermediate_size") or 0)
     if cfg.get("n_shared_experts"):
         shared = int(cfg["n_shared_experts"]) * expert_inter
@@ -236,15 +279,16 @@ def spec_from_config(cfg: dict[str, Any], model_id: str = "custom") -> ModelSpec
         model_type=model_type,
         hidden=hidden,
         layers=layers,
-        vocab=int(_get(cfg, "vocab_size")),
+        vocab=_int(cfg, "vocab_size"),
         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         attention=attn,
         moe_layers=_moe_layer_mask(cfg, layers, num_experts),
         num_experts=num_experts,
-        top_k=int(_get(cfg, "top_k", 0, required=bool(num_experts)) or 0),
+        top_k=_top_k(cfg, num_experts),
         expert_intermediate=expert_inter,
         shared_intermediate=shared,
         dense_intermediate=dense_inter,
         expert_bias=model_type in EXPERT_BIAS_MODEL_TYPES,
         shared_expert_gate=model_type in SHARED_EXPERT_GATE_MODEL_TYPES and bool(shared),
+        attention_windows=_attention_windows(cfg, model_type, layers),
     )

@@ -20,7 +20,7 @@ def expected_activated(num_experts, top_k, tokens):
     with np.errstate(divide="ignore", invalid="ignore"):
         out = e * -np.expm1(t * np.log1p(-k / e))  # E (1 - (1 - k/E)^T), accurate for small k/E
     out = np.where(k >= e, e, out)  # every expert chosen by every token
-    return np.where(e > 0, out, 0.0)
+    return np.where((e > 0) & (t > 0), out, 0.0)
 
 
 def expected_activated_per_rank(num_experts, top_k, tokens, ep):

@@ -3,7 +3,8 @@
 Weights split as in :mod:`capsim.sim.ops` (attention, dense FFN, shared experts,
 embedding and LM head over ``tp``; routed experts over ``tp``, or whole experts over
 ``ep`` ranks; router and norms replicated). The KV cache holds every sequence of
-the device's data-parallel group at its final length (input + output). Activations
+the device's data-parallel group at its final length (input + output; windowed layers keep
+only their window). Activations
 are the live tensors of the widest layer during the prefill pass (engines free
 activations layer by layer) plus the fp32 logits of the last positions.
 """
@@ -16,6 +17,7 @@ import numpy as np
 
 from capsim.precision import ACTIVATION_BYTES
 from capsim.sim.shape import Shape, weight_bytes
+from capsim.sim.span import cached_tokens_per_layer
 
 LOGIT_BYTES = 4.0  # logits are upcast to fp32 before sampling (vLLM Sampler, HF generate)
 
@@ -56,9 +58,9 @@ def memory_use(s: Shape, *, batch, input_len, output_len, kv_bytes_per_element, 
                reserve_fraction=0.0, tp=1, ep=1, n=1) -> MemoryUse:
     tp, n = np.asarray(tp, float), np.asarray(n, float)
     dp = n / tp
-    b_g = np.asarray(batch, float) / dp
+    b_g = np.ceil(np.asarray(batch, float) / dp - 1e-9)  # the fullest data-parallel group
     ctx = np.asarray(input_len, float) + np.asarray(output_len, float)
-    kv = b_g * ctx * kv_bytes_per_token(s, kv_bytes_per_element, tp)
+    kv = b_g * cached_tokens_per_layer(s.windows, s.layers, ctx) * kv_bytes_per_token(s, kv_bytes_per_element, tp)
     t_g = b_g * np.asarray(input_len, float)
     widest = max(s.attn_io_width, s.top_k * s.expert_io_width + s.shared_io_width, s.dense_io_width)
     act = t_g * ACTIVATION_BYTES * (widest / tp + s.hidden) + b_g * s.vocab * LOGIT_BYTES / tp

@@ -81,17 +81,26 @@ def step_costs(
     tp=1,
     ep=1,
     n=1,
+    activated=None,
+    rank_activated=None,
+    rank_load=1.0,
 ) -> Step:
     """Per-device costs of one step.
 
     tokens: tokens processed in the step (all sequences); seqs: sequences in the batch;
     pairs: attention (query, key) pairs per layer over all sequences; kv_read_tokens: cached
     tokens whose K/V (or latent) are read per layer over all sequences.
+    Routing (default: uniform, :func:`expected_activated`; a trace replay passes measured values,
+    each averaged over MoE layers): ``activated``, distinct experts the tokens of one expert group
+    touch per layer; ``rank_activated``, distinct experts on the slowest EP rank per layer;
+    ``rank_load``, the slowest EP rank's expert-token assignments over the mean rank's (1 = balanced).
     """
     tp, ep, n = _f(tp), _f(ep), _f(n)
     dp = n / tp
-    t_g, b_g = _f(tokens) / dp, _f(seqs) / dp  # per data-parallel group
-    pairs_g, kv_g = _f(pairs) / dp, _f(kv_read_tokens) / dp
+    # The busiest data-parallel group sets the step: it holds ceil(B / dp) of the B sequences.
+    b_g = np.ceil(_f(seqs) / dp - 1e-9)
+    share = b_g / _f(seqs)
+    t_g, pairs_g, kv_g = _f(tokens) * share, _f(pairs) * share, _f(kv_read_tokens) * share
     ab, L, h = ACTIVATION_BYTES, s.layers, s.hidden
     zero = np.zeros(np.broadcast(t_g, tp, ep).shape)
     ops: dict[str, OpCost] = {}
@@ -116,17 +125,19 @@ def step_costs(
         KERNELS_PER_LAYER["router"] * lm if e else 0.0)
     expert_bytes = s.expert_params * s.expert_weight_bytes * lm
     expert_flops_token = 2 * s.expert_params * lm
-    if np.any(ep > 1) and np.any(ep != n):
+    if np.any((ep > 1) & (ep != n)):
         raise ValueError("ep must be 1 or equal to the number of devices")
     all_tokens = _f(tokens)
-    active_tp = expected_activated(e, k, t_g)  # ep == 1: each TP group sees its own tokens
-    active_ep = expected_activated(e, k, all_tokens)  # ep == n: every expert sees the whole step
     is_ep = ep > 1
-    activated = np.where(is_ep, active_ep, active_tp)
-    routed_w = np.where(is_ep, active_ep / ep * expert_bytes, active_tp * expert_bytes / tp)
+    if activated is None:  # ep == 1: each TP group sees its own tokens; ep == n: every expert sees the step
+        activated = np.where(is_ep, expected_activated(e, k, all_tokens), expected_activated(e, k, t_g))
+    activated = _f(activated)
+    on_rank = activated / ep if rank_activated is None else _f(rank_activated)
+    load = np.where(is_ep, _f(rank_load), 1.0)
+    routed_w = np.where(is_ep, on_rank * expert_bytes, activated * expert_bytes / tp)
     all_w = np.where(is_ep, e / ep * expert_bytes, e * expert_bytes / tp)
-    put("routed_experts", t_g * k * expert_flops_token / tp, routed_w,
-        t_g * k * s.expert_io_width * ab * lm / tp, KERNELS_PER_LAYER["routed_experts"] * lm if e else 0.0)
+    put("routed_experts", load * t_g * k * expert_flops_token / tp, routed_w,
+        load * t_g * k * s.expert_io_width * ab * lm / tp, KERNELS_PER_LAYER["routed_experts"] * lm if e else 0.0)
     put("shared_experts", 2 * t_g * s.shared_params * lm / tp, s.shared_params * s.ffn_weight_bytes * lm / tp,
         t_g * s.shared_io_width * ab * lm / tp, KERNELS_PER_LAYER["shared_experts"] * lm if s.shared_params else 0.0)
     ld = s.dense_layers
@@ -139,7 +150,7 @@ def step_costs(
     transfers = {
         "tp_allreduce": np.where(tp > 1, ALLREDUCES_PER_LAYER * L * 2 * (tp - 1) / tp * msg, 0.0) + zero,
         # dispatch + combine: each device sends its share of tokens' k copies to the other ranks
-        "ep_alltoall": np.where(is_ep, 2 * (all_tokens / n) * k * h * ab * (ep - 1) / ep * lm, 0.0) + zero,
+        "ep_alltoall": np.where(is_ep, 2 * load * (all_tokens / n) * k * h * ab * (ep - 1) / ep * lm, 0.0) + zero,
     }
     all_flops = t_g * e * expert_flops_token / tp
     return Step(ops, transfers, zero + activated, zero + all_w, zero + all_flops)

@@ -52,6 +52,7 @@ class Shape:
     lm_head_weight_bytes: float
     other_weight_bytes: float  # router, norms, embedding table
     tie_embeddings: bool
+    windows: tuple[tuple[int, int], ...]  # (attention window or 0 for full, number of layers)
 
     @property
     def shared_experts_present(self) -> bool:
@@ -110,7 +111,15 @@ def shape_of(spec: ModelSpec, prec: Precision) -> Shape:
         lm_head_weight_bytes=prec.lm_head_bits / 8.0,
         other_weight_bytes=sixteen,
         tie_embeddings=spec.tie_embeddings,
+        windows=_window_groups(spec),
     )
+
+
+def _window_groups(spec: ModelSpec) -> tuple[tuple[int, int], ...]:
+    if not spec.attention_windows:
+        return ((0, spec.layers),)
+    ws = spec.attention_windows
+    return tuple((w, ws.count(w)) for w in sorted(set(ws)))
 
 
 def weight_bytes(s: Shape) -> dict[str, float]:

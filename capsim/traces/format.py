@@ -1,0 +1,198 @@
+"""The capsim trace format (version 1): token-level routing, readable in chunks without torch.
+
+A trace is a folder::
+
+    NAME/
+      meta.json          format, version, model id, config hash, counts, provenance, content hash
+      expert_ids.npy     (tokens, moe_layers, top_k)  uint8 if num_experts <= 256 else uint16
+      weights.npy        (tokens, moe_layers, top_k)  float16 routing weights as the router returned them
+      sequence.npy       (tokens,) uint32             which sequence the token belongs to
+      position.npy       (tokens,) uint32             position of the token in its sequence (0-based)
+      phase.npy          (tokens,) uint8              0 = prefill, 1 = decode
+
+Tokens are stored in the order the model processed them. ``.npy`` files open
+memory-mapped, so a reader slices any token range without loading the rest.
+``content_sha256`` hashes the arrays' bytes in the order above; ``verify`` checks it.
+Writes go to a temporary sibling folder that replaces the target in one rename, so a
+failed or interrupted write never leaves a half-written trace and the previous one
+stays intact until the new one is complete.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from capsim import __version__
+from capsim.errors import CapsimError
+
+FORMAT = "capsim-trace"
+VERSION = 1
+ARRAYS = ("expert_ids", "weights", "sequence", "position", "phase")
+PREFILL, DECODE = 0, 1
+REQUIRED_META = ("format", "version", "model_id", "num_experts", "top_k", "moe_layers", "synthetic",
+                 "content_sha256")
+
+
+def _dtypes(num_experts: int) -> dict[str, np.dtype]:
+    ids = np.uint8 if num_experts <= 256 else np.uint16
+    return {"expert_ids": np.dtype(ids), "weights": np.dtype(np.float16), "sequence": np.dtype(np.uint32),
+            "position": np.dtype(np.uint32), "phase": np.dtype(np.uint8)}
+
+
+def content_hash(arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in ARRAYS:
+        a = np.ascontiguousarray(arrays[name])
+        h.update(name.encode() + str(a.dtype).encode() + str(a.shape).encode())
+        for start in range(0, len(a), 1 << 16):  # chunked: works on memory-mapped arrays too
+            h.update(np.ascontiguousarray(a[start:start + (1 << 16)]).tobytes())
+    return h.hexdigest()
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """sha256 of the config with sorted keys: the same architecture gives the same hash."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def write_trace(path: str | Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
+    """Write a trace folder atomically; ``meta`` needs model_id, num_experts, top_k, synthetic and provenance."""
+    path = Path(path)
+    for key in ("model_id", "num_experts", "top_k", "synthetic"):
+        if key not in meta:
+            raise ValueError(f"trace meta needs {key!r}")
+    dt = _dtypes(int(meta["num_experts"]))
+    ids = np.asarray(arrays["expert_ids"])
+    if ids.ndim != 3:
+        raise ValueError("expert_ids must be (tokens, moe_layers, top_k)")
+    n = ids.shape[0]
+    if ids.size and (ids.min() < 0 or ids.max() >= meta["num_experts"]):
+        raise ValueError(f"expert ids must lie in [0, {meta['num_experts']})")
+    out = {name: np.asarray(arrays[name]).astype(dt[name], copy=False) for name in ARRAYS}
+    for name in ARRAYS[1:]:
+        if len(out[name]) != n:
+            raise ValueError(f"{name} has {len(out[name])} rows, expected {n}")
+    if out["weights"].shape != ids.shape:
+        raise ValueError("weights must have the shape of expert_ids")
+    phase = out["phase"]
+    full = {
+        "format": FORMAT, "version": VERSION, "collector_version": __version__,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **meta,
+        "moe_layers": int(ids.shape[1]),
+        "tokens": int(n),
+        "prefill_tokens": int(np.sum(phase == PREFILL)),
+        "decode_tokens": int(np.sum(phase == DECODE)),
+        "sequences": int(len(np.unique(out["sequence"]))) if n else 0,
+        "arrays": {k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in out.items()},
+        "content_sha256": content_hash(out),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        for name, a in out.items():
+            np.save(tmp / f"{name}.npy", a)
+        (tmp / "meta.json").write_text(json.dumps(full, indent=1) + "\n")
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+@dataclass
+class Trace:
+    """An open trace: metadata plus memory-mapped arrays."""
+
+    path: Path
+    meta: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+
+    @property
+    def expert_ids(self) -> np.ndarray:
+        return self.arrays["expert_ids"]
+
+    @property
+    def weights(self) -> np.ndarray:
+        return self.arrays["weights"]
+
+    @property
+    def sequence(self) -> np.ndarray:
+        return self.arrays["sequence"]
+
+    @property
+    def position(self) -> np.ndarray:
+        return self.arrays["position"]
+
+    @property
+    def phase(self) -> np.ndarray:
+        return self.arrays["phase"]
+
+    @property
+    def num_experts(self) -> int:
+        return int(self.meta["num_experts"])
+
+    @property
+    def top_k(self) -> int:
+        return int(self.meta["top_k"])
+
+    def __len__(self) -> int:
+        return len(self.expert_ids)
+
+    def chunks(self, tokens: int = 1 << 16) -> Iterator[dict[str, np.ndarray]]:
+        """Consecutive token ranges, each a dict of array slices (read from disk on access)."""
+        for start in range(0, len(self), tokens):
+            yield {k: v[start:start + tokens] for k, v in self.arrays.items()}
+
+    def verify(self) -> None:
+        if content_hash(self.arrays) != self.meta["content_sha256"]:
+            raise CapsimError(f"{self.path}: content hash does not match meta.json (corrupted or edited trace)")
+
+
+def open_trace(path: str | Path, verify: bool = False) -> Trace:
+    """Open a trace folder; CapsimError naming the file on anything missing or malformed."""
+    path = Path(path)
+    meta_file = path / "meta.json"
+    if not meta_file.is_file():
+        raise CapsimError(f"{path}: not a capsim trace (no meta.json)")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CapsimError(f"{meta_file}: unreadable ({err})") from None
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise CapsimError(f"{meta_file}: missing field(s) {', '.join(missing)}")
+    if meta["format"] != FORMAT or meta["version"] != VERSION:
+        raise CapsimError(f"{meta_file}: format {meta['format']!r} v{meta['version']} (this capsim reads "
+                          f"{FORMAT} v{VERSION})")
+    arrays = {}
+    for name in ARRAYS:
+        f = path / f"{name}.npy"
+        try:
+            arrays[name] = np.load(f, mmap_mode="r")
+        except (OSError, ValueError) as err:
+            raise CapsimError(f"{f}: unreadable ({err})") from None
+    n = len(arrays["expert_ids"])
+    if any(len(a) != n for a in arrays.values()):
+        raise CapsimError(f"{path}: arrays disagree on the number of tokens")
+    trace = Trace(path, meta, arrays)
+    if verify:
+        trace.verify()
+    return trace
