@@ -42,10 +42,12 @@ def _register() -> None:
     from capsim.cli.hw import hw
     from capsim.cli.model import model
     from capsim.cli.predict import predict_cmd
+    from capsim.cli.trace import trace
 
     cli.add_command(hw)
     cli.add_command(model)
     cli.add_command(predict_cmd)
+    cli.add_command(trace)
 
 
 _register()

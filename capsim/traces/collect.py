@@ -1,0 +1,659 @@
+"""Collect expert-activation traces from a Hugging Face MoE model (``capsim trace collect``).
+
+Needs torch and transformers (``pip install capsim[trace]``); they are imported inside the
+functions that use them, and the prediction path never imports this module.
+
+What is recorded
+    For every token the model processes and every MoE layer: the top-k expert ids and the routing
+    weights the experts' outputs are multiplied by, as the router computed them; the sequence (the
+    0-based index of the prompt in the prompts file); the 0-based position in that sequence; and the
+    phase (prefill or decode). Padding is routed by the model (it is part of the batch) but never
+    recorded. Rows are in the order the model processed them: batch by batch, within a forward call
+    sequence-major.
+
+How
+    A forward hook on every MoE layer's router module (:data:`FAMILIES` names the transformers class
+    per family). Where the router's output contains the selected indices (and weights) they are
+    recorded as returned; where it returns logits only (DBRX) or scores and logits (Llama-4), the
+    family's selection rule is reproduced by the one generic :func:`select_experts`, with the same
+    operations in the same dtype, so the result is bit-identical. The tests check, per family, that
+    the recorded ids equal the ids the experts were actually run with.
+
+Generation convention (greedy, KV cache, the forward calls ``model.generate(max_new_tokens=N,
+do_sample=False)`` makes)
+    The prefill forward over the left-padded batch of prompts yields generated token 1. Decode step
+    j (1 <= j < N) feeds generated token j, at position len(prompt) + j - 1, and yields token j + 1.
+    Token N is never fed back, so each sequence has N - 1 decode rows; a sequence that emits an
+    end-of-sequence id stops there (the EOS token is not fed back either).
+
+Tokenizer
+    The folder's own tokenizer when it has one (``tokenizer.json``, ``tokenizer_config.json``,
+    ``tokenizer.model`` ...); otherwise, and for a bare config file, a deterministic byte-level
+    fallback: the prompt's UTF-8 bytes, token id = byte value mod vocab_size, no BOS. Prompts longer
+    than ``max_prompt_tokens`` keep their first ``max_prompt_tokens`` tokens.
+
+Resume
+    Every finished batch goes to ``<out>.partial/batch_<i>.npz`` (written under a temporary name,
+    then renamed), next to ``progress.json`` holding the command's arguments. A rerun with the same
+    arguments skips the finished batches; other arguments discard the partial folder. The trace is
+    written only at the end (atomically, :func:`capsim.traces.format.write_trace`), so an interrupted
+    or failed run leaves the previous ``<out>`` intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from capsim import __version__
+from capsim.errors import CapsimError
+from capsim.model.spec import ALIASED_MODEL_TYPES
+from capsim.traces import format as tfmt
+
+# ---------------------------------------------------------------------------------------------------
+# Family facts (transformers 5.23 modelling code). One row per router family; the generic
+# select_experts() reads these, with the numbers (k, groups, scaling, ...) taken from the config.
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one transformers MoE family routes. Config keys are read from the (text) config."""
+
+    router: str  # class of the module hooked in every MoE layer
+    returns: str  # what its forward returns: "logits,weights,indices" | "scores,logits" | "logits"
+    source: str  # where the selection rule lives in transformers
+    score: str = "softmax"  # applied to the router logits before top-k: "softmax" | "sigmoid" | "none"
+    score_fp32: bool = True  # scores computed in float32 (else in the logits' dtype)
+    bias: bool = False  # module.e_score_correction_bias is added to the scores for the choice only
+    groups_if: tuple[str, str] | None = None  # group-limited top-k only when config[key] == value
+    group_score: str | None = None  # group-limited top-k: "max" or "top2sum" per group of experts
+    group_fill: float = 0.0  # score given to experts of unselected groups
+    sorted_topk: bool = True  # torch.topk(sorted=...) as the family calls it (fixes the order of ids)
+    post: str = "none"  # applied to the selected values: "softmax" | "sigmoid" | "none"
+    norm: bool | str = False  # renormalise the k weights to sum 1: bool, or a config key (bool)
+    pnorm: str | None = None  # config key of p: divide the k weights by their p-norm (None: no norm)
+    norm_eps: float = 0.0
+    scale: str | None = None  # config key of a factor the weights are multiplied by
+
+
+_LWI = "logits,weights,indices"
+FAMILIES: dict[str, Family] = {
+    "mixtral": Family("MixtralTopKRouter", _LWI, "MixtralTopKRouter.forward: softmax(fp32), top-k, "
+                      "divide by the sum", norm=True),
+    "qwen2_moe": Family("Qwen2MoeTopKRouter", _LWI, "Qwen2MoeTopKRouter.forward: softmax(fp32), top-k, "
+                        "renormalise if norm_topk_prob", norm="norm_topk_prob"),
+    "qwen3_moe": Family("Qwen3MoeTopKRouter", _LWI, "Qwen3MoeTopKRouter.forward: as Qwen2-MoE",
+                        norm="norm_topk_prob"),
+    "olmoe": Family("OlmoeTopKRouter", _LWI, "OlmoeTopKRouter.forward: as Qwen2-MoE", norm="norm_topk_prob"),
+    "deepseek_v2": Family("DeepseekV2TopkRouter", _LWI, "DeepseekV2TopkRouter.forward: softmax(fp32); "
+                          "topk_method 'group_limited_greedy' keeps the topk_group groups with the largest "
+                          "max score (others 0); top-k unsorted; times routed_scaling_factor (no renorm)",
+                          groups_if=("topk_method", "group_limited_greedy"), group_score="max",
+                          sorted_topk=False, scale="routed_scaling_factor"),
+    "deepseek_v3": Family("DeepseekV3TopkRouter", _LWI, "DeepseekV3TopkRouter.forward: sigmoid(fp32) + "
+                          "e_score_correction_bias for the choice; groups ranked by the sum of their top 2; "
+                          "top-k unsorted; weights = unbiased sigmoid, renormalised if norm_topk_prob (+1e-20), "
+                          "times routed_scaling_factor",
+                          score="sigmoid", bias=True, group_score="top2sum", group_fill=float("-inf"),
+                          sorted_topk=False, norm="norm_topk_prob", norm_eps=1e-20, scale="routed_scaling_factor"),
+    "gpt_oss": Family("GptOssTopKRouter", _LWI, "GptOssTopKRouter.forward: top-k of the logits (with bias), "
+                      "softmax over the k values", score="none", score_fp32=False, post="softmax"),
+    "llama4_text": Family("Llama4Router", "scores,logits", "Llama4Router.forward: top-k of the logits, "
+                          "sigmoid of the k values (returns dense scores, -inf -> 0, and the logits)",
+                          score="none", score_fp32=False, post="sigmoid"),
+    "dbrx": Family("DbrxRouter", "logits", "DbrxFFN.route_tokens_to_experts: softmax in the logits' dtype, "
+                   "top-k, divided by the p-norm, p = ffn_config.moe_normalize_expert_weights",
+                   score_fp32=False, pnorm="moe_normalize_expert_weights"),
+}
+MODEL_TYPE_FAMILY = {"llama4": "llama4_text"}  # Llama-4 checkpoints: the text model (no vision tower)
+_NUM_EXPERTS_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts")
+_TOP_K_KEYS = ("num_experts_per_tok", "experts_per_token", "moe_top_k")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "tiktoken.model")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def _cfg(config: Any, key: str, default: Any = None) -> Any:
+    """An attribute of a transformers config, looking into DBRX's nested ffn_config too."""
+    for obj in (config, getattr(config, "ffn_config", None)):
+        if obj is not None and getattr(obj, key, None) is not None:
+            return getattr(obj, key)
+    return default
+
+
+def _first(config: Any, keys: tuple[str, ...]) -> int:
+    for k in keys:
+        v = _cfg(config, k)
+        if v is not None:
+            return int(v)
+    raise CapsimError(f"model config has none of {', '.join(keys)}")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A family's selection rule with the config's numbers filled in (input to :func:`select_experts`)."""
+
+    top_k: int
+    num_experts: int
+    score: str
+    score_fp32: bool
+    bias: bool
+    groups: tuple[int, int, str, float] | None  # n_group, topk_group, group_score, fill
+    sorted_topk: bool
+    post: str
+    norm: bool
+    pnorm: float | None
+    norm_eps: float
+    scale: float
+
+
+def routing_rule(family: str, config: Any) -> Rule:
+    f = FAMILIES[family]
+    groups = None
+    if f.group_score and (f.groups_if is None or _cfg(config, f.groups_if[0]) == f.groups_if[1]):
+        groups = (int(_cfg(config, "n_group", 1)), int(_cfg(config, "topk_group", 1)), f.group_score, f.group_fill)
+    norm = bool(_cfg(config, f.norm, False)) if isinstance(f.norm, str) else f.norm
+    pnorm = _cfg(config, f.pnorm) if f.pnorm else None
+    return Rule(
+        top_k=_first(config, _TOP_K_KEYS), num_experts=_first(config, _NUM_EXPERTS_KEYS), score=f.score,
+        score_fp32=f.score_fp32, bias=f.bias, groups=groups, sorted_topk=f.sorted_topk, post=f.post, norm=norm,
+        pnorm=None if pnorm is None else float(pnorm), norm_eps=f.norm_eps,
+        scale=float(_cfg(config, f.scale, 1.0)) if f.scale else 1.0,
+    )
+
+
+def select_experts(logits, rule: Rule, bias=None):
+    """Reproduce a family's top-k selection from the router logits (tokens, experts) -> (ids, weights).
+
+    The operations and dtypes are those of the transformers class named in :data:`FAMILIES`, so on the
+    same logits the ids are identical (ties included) to the ones the model used.
+    """
+    import torch
+
+    x = logits.float() if rule.score_fp32 else logits
+    if rule.score == "softmax":
+        scores = torch.nn.functional.softmax(x, dim=-1, dtype=x.dtype)
+    elif rule.score == "sigmoid":
+        scores = x.sigmoid()
+    else:
+        scores = x
+    choice = scores + bias if (rule.bias and bias is not None) else scores
+    if rule.groups is not None:
+        n_group, topk_group, how, fill = rule.groups
+        per = rule.num_experts // n_group
+        grouped = choice.view(-1, n_group, per)
+        gscore = grouped.max(dim=-1).values if how == "max" else grouped.topk(2, dim=-1)[0].sum(dim=-1)
+        gidx = torch.topk(gscore, k=topk_group, dim=-1, sorted=False)[1]
+        gmask = torch.zeros_like(gscore).scatter_(1, gidx, 1)
+        emask = gmask.unsqueeze(-1).expand(-1, n_group, per).reshape(-1, rule.num_experts)
+        choice = choice.masked_fill(~emask.bool(), fill)
+    ids = torch.topk(choice, k=rule.top_k, dim=-1, sorted=rule.sorted_topk)[1]
+    w = scores.gather(1, ids)
+    if rule.post == "softmax":
+        w = torch.nn.functional.softmax(w, dim=1, dtype=w.dtype)
+    elif rule.post == "sigmoid":
+        w = torch.sigmoid(w.float()).to(w.dtype)
+    if rule.norm:
+        w = w / (w.sum(dim=-1, keepdim=True) + rule.norm_eps)
+    if rule.pnorm is not None:
+        w = w / torch.norm(w, p=rule.pnorm, dim=-1, keepdim=True)
+    return ids, w * rule.scale
+
+
+# ---------------------------------------------------------------------------------------------------
+# Inputs: prompts, config, model, tokenizer
+
+
+def read_prompts(path: str | Path) -> list[str]:
+    """Prompts from a text file (one per line, blank lines skipped) or a .jsonl ("prompt" or "text")."""
+    path = Path(path)
+    if not path.is_file():
+        raise CapsimError(f"{path}: prompts file not found (expected a text file, one prompt per line, or .jsonl)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise CapsimError(f"{path}: unreadable prompts file ({err}); expected UTF-8 text") from None
+    prompts: list[str] = []
+    jsonl = path.suffix.lower() == ".jsonl"
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        if not jsonl:
+            prompts.append(line)
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise CapsimError(f"{path}:{n}: not JSON ({err.msg}); expected one object per line "
+                              'with a "prompt" or "text" string') from None
+        value = obj.get("prompt", obj.get("text")) if isinstance(obj, dict) else None
+        if not isinstance(value, str) or not value:
+            raise CapsimError(f'{path}:{n}: expected an object with a non-empty "prompt" or "text" string')
+        prompts.append(value)
+    if not prompts:
+        raise CapsimError(f"{path}: no prompts (expected one prompt per line, or .jsonl objects with \"prompt\")")
+    return prompts
+
+
+def read_config(model: str | Path) -> tuple[dict[str, Any], Path | None]:
+    """The config dict and the model folder (None when ``model`` is a bare config file)."""
+    model = Path(model)
+    if model.is_dir():
+        folder, cfg_file = model, model / "config.json"
+    elif model.is_file():
+        folder, cfg_file = None, model
+    else:
+        raise CapsimError(f"{model}: --model must be a model folder (config.json, weights) or a config.json file")
+    if not cfg_file.is_file():
+        raise CapsimError(f"{model}: no config.json in the model folder")
+    try:
+        cfg = json.loads(cfg_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CapsimError(f"{cfg_file}: unreadable config ({err}); expected a Hugging Face config.json") from None
+    if not isinstance(cfg, dict) or "model_type" not in cfg:
+        raise CapsimError(f"{cfg_file}: expected a Hugging Face config.json object with a model_type")
+    return cfg, folder
+
+
+def family_of(cfg: dict[str, Any]) -> tuple[str, str]:
+    """(transformers model_type, family key) of a config dict; CapsimError if not a known MoE family."""
+    model_type = ALIASED_MODEL_TYPES.get(cfg["model_type"], cfg["model_type"])
+    family = MODEL_TYPE_FAMILY.get(model_type, model_type)
+    if family not in FAMILIES:
+        raise CapsimError(f"model_type {cfg['model_type']!r} is not a supported MoE family (supported: "
+                          f"{', '.join(sorted(set(FAMILIES) | set(MODEL_TYPE_FAMILY) | set(ALIASED_MODEL_TYPES)))})")
+    return model_type, family
+
+
+def model_id_of(model: str | Path, cfg: dict[str, Any]) -> str:
+    if cfg.get("_name_or_path"):
+        return str(cfg["_name_or_path"])
+    p = Path(model).resolve()
+    name = p.parent.name if p.is_file() and p.name == "config.json" else (p.stem if p.is_file() else p.name)
+    return name.replace("__", "/")  # the catalogue's file naming: owner__name.json
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+
+
+def _require_ml() -> None:
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as err:
+        raise CapsimError(f"trace collect needs torch and transformers ({err}); install capsim[trace]") from None
+
+
+def load_model(model: str | Path, random_init: bool, seed: int = 0, device: str = "cpu"):
+    """(model in eval mode, config dict as read, family key). Llama-4 loads as its text model."""
+    _require_ml()
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    raw, folder = read_config(model)
+    model_type, family = family_of(raw)
+    cfg = {k: v for k, v in raw.items() if k not in ("model_type", "auto_map", "architectures")}
+    if random_init:
+        cfg.pop("quantization_config", None)
+    elif folder is None or not _weight_files(folder):
+        raise CapsimError(f"{model}: no weights (*.safetensors, *.bin) next to config.json; pass a checkpoint "
+                          "folder, or --random-init to collect from randomly initialised weights")
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    try:
+        config = AutoConfig.for_model(model_type, **cfg)
+        if random_init:
+            torch.manual_seed(seed)
+            m = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        else:
+            # Llama-4: AutoModelForCausalLM builds the text model from text_config; the vision tower's
+            # weights are then unexpected keys, which are expected here: silence the load report and
+            # check the keys that matter (missing ones) ourselves.
+            hf_logging.set_verbosity_error()
+            m, info = AutoModelForCausalLM.from_pretrained(folder, config=config, local_files_only=True,
+                                                           dtype="auto", output_loading_info=True)
+            if info["missing_keys"]:
+                missing = sorted(info["missing_keys"])
+                raise CapsimError(f"{folder}: checkpoint lacks {len(missing)} weight(s) of the {type(m).__name__} "
+                                  f"model (e.g. {', '.join(missing[:3])}); they would be random")
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as err:
+        raise CapsimError(f"{model}: cannot build the {model_type} model ({type(err).__name__}: {err})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    m.to(device)
+    m.eval()
+    return m, raw, family
+
+
+def load_tokenizer(folder: Path | None):
+    """The folder's tokenizer, or None (byte-level fallback) when it has none."""
+    if folder is None or not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except Exception as err:  # noqa: BLE001 - any tokenizer failure is a bad-input error here
+        raise CapsimError(f"{folder}: cannot load the tokenizer ({type(err).__name__}: {err})") from None
+
+
+def tokenize(prompts: list[str], tokenizer, vocab_size: int, max_tokens: int) -> list[list[int]]:
+    out = []
+    for i, p in enumerate(prompts):
+        ids = (list(tokenizer(p)["input_ids"]) if tokenizer is not None
+               else [b % vocab_size for b in p.encode("utf-8")])
+        if not ids:
+            raise CapsimError(f"prompt {i} tokenizes to no tokens")
+        out.append(ids[:max_tokens])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Capture
+
+
+class RoutingRecorder:
+    """Forward hooks on every MoE layer's router; ``take`` returns one forward call's routing."""
+
+    def __init__(self, model, family: str, rule: Rule):
+        self.family, self.rule = FAMILIES[family], rule
+        slots = []
+        for name, mod in model.named_modules():
+            if type(mod).__name__ == self.family.router:
+                m = re.search(r"\.(\d+)\.", f".{name}.")
+                if m is None:
+                    raise RuntimeError(f"router {name} is not inside a numbered decoder layer")
+                slots.append((int(m.group(1)), name, mod))
+        if not slots:
+            raise CapsimError(f"no {self.family.router} module in the model: not an MoE model of this family")
+        slots.sort(key=lambda s: s[0])
+        self.layer_indices = [s[0] for s in slots]
+        self.names = [s[1] for s in slots]
+        self._calls: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(slots)
+        self._handles = [mod.register_forward_hook(self._hook(i)) for i, (_, _, mod) in enumerate(slots)]
+
+    def _hook(self, slot: int):
+        def hook(module, args, output):
+            if self._calls[slot] is not None:
+                raise RuntimeError(f"router {self.names[slot]} called twice in one forward")
+            kind = self.family.returns
+            if kind == _LWI:
+                _, weights, ids = output
+            elif kind == "scores,logits":  # dense scores: take the weights the experts are multiplied by
+                scores, logits = output
+                ids, _ = select_experts(logits, self.rule)
+                weights = scores.gather(1, ids)
+            else:  # "logits"
+                ids, weights = select_experts(output, self.rule, getattr(module, "e_score_correction_bias", None))
+            self._calls[slot] = (ids.detach().cpu().numpy().astype(np.int32),
+                                 weights.detach().float().cpu().numpy())
+
+        return hook
+
+    def reset(self) -> None:
+        self._calls = [None] * len(self._calls)
+
+    def take(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, weights), each (rows, moe_layers, top_k), of the forward call since the last take."""
+        missing = [self.names[i] for i, c in enumerate(self._calls) if c is None]
+        if missing:
+            raise RuntimeError(f"routers not called in this forward: {', '.join(missing)}")
+        ids = np.stack([c[0] for c in self._calls], axis=1)
+        w = np.stack([c[1] for c in self._calls], axis=1)
+        if ids.shape[0] != rows:
+            raise RuntimeError(f"router saw {ids.shape[0]} rows, expected {rows}")
+        self.reset()
+        return ids, w
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Generation
+
+
+def _eos_ids(model) -> set[int]:
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = getattr(model.config, "eos_token_id", None)
+    if eos is None:
+        return set()
+    return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
+
+
+def run_batch(model, recorder: RoutingRecorder, tokens: list[list[int]], seq_ids: list[int], max_new_tokens: int,
+              pad_id: int, eos: set[int], device: str = "cpu") -> dict[str, np.ndarray]:
+    """Prefill a left-padded batch, then decode greedily with the KV cache; the routing of real tokens."""
+    import torch
+
+    b, length = len(tokens), max(len(t) for t in tokens)
+    lens = torch.tensor([len(t) for t in tokens])
+    input_ids = torch.full((b, length), pad_id, dtype=torch.long)
+    mask = torch.zeros((b, length), dtype=torch.long)
+    for i, t in enumerate(tokens):
+        input_ids[i, length - len(t):] = torch.tensor(t, dtype=torch.long)
+        mask[i, length - len(t):] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    seq = np.asarray(seq_ids, dtype=np.int64)
+    parts: list[tuple[np.ndarray, ...]] = []
+    generated = np.full((b, max_new_tokens), -1, dtype=np.int64)
+    finished = np.zeros(b, dtype=bool)
+    recorder.reset()
+    with torch.inference_mode():
+        out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                    use_cache=True, logits_to_keep=1)
+        ids, w = recorder.take(b * length)
+        keep = mask.numpy().reshape(-1).astype(bool)
+        parts.append((ids[keep], w[keep], np.repeat(seq, length)[keep], pos.numpy().reshape(-1)[keep],
+                      np.full(int(keep.sum()), tfmt.PREFILL)))
+        nxt = out.logits[:, -1, :].argmax(dim=-1).cpu()
+        past = out.past_key_values
+        for step in range(1, max_new_tokens + 1):
+            generated[~finished, step - 1] = nxt.numpy()[~finished]
+            finished |= np.isin(nxt.numpy(), list(eos)) if eos else False
+            if step == max_new_tokens or finished.all():
+                break
+            live = ~finished
+            feed = torch.where(torch.from_numpy(live), nxt, torch.full_like(nxt, pad_id))
+            mask = torch.cat([mask, torch.ones((b, 1), dtype=torch.long)], dim=1)
+            p = (lens + step - 1).unsqueeze(1)
+            out = model(input_ids=feed.unsqueeze(1).to(device), attention_mask=mask.to(device),
+                        position_ids=p.to(device), past_key_values=past, use_cache=True, logits_to_keep=1)
+            ids, w = recorder.take(b)
+            parts.append((ids[live], w[live], seq[live], p.numpy().reshape(-1)[live],
+                          np.full(int(live.sum()), tfmt.DECODE)))
+            nxt = out.logits[:, -1, :].argmax(dim=-1).cpu()
+            past = out.past_key_values
+    names = ("expert_ids", "weights", "sequence", "position", "phase")
+    arrays = {n: np.concatenate([p[i] for p in parts]) for i, n in enumerate(names)}
+    arrays["generated"] = generated
+    return arrays
+
+
+# ---------------------------------------------------------------------------------------------------
+# The collector
+
+
+@dataclass
+class CollectResult:
+    path: Path
+    meta: dict[str, Any]
+    generated: list[list[int]]  # generated token ids per sequence (EOS included when it stopped there)
+    computed_batches: list[int] = field(default_factory=list)
+    resumed_batches: list[int] = field(default_factory=list)
+
+
+def _json_safe(x: Any) -> Any:
+    """Infinities as strings ("-inf"): meta.json stays strict JSON."""
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return str(x) if isinstance(x, float) and not np.isfinite(x) else x
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray] | None:
+    try:
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError):
+        return None
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not (out.is_dir() and ((out / "meta.json").is_file() or not any(out.iterdir()))):
+        raise CapsimError(f"{out}: exists and is not a capsim trace; refusing to replace it (choose another --out)")
+
+
+def collect(model: str | Path, prompts: str | Path, max_new_tokens: int, batch_size: int, out: str | Path, *,
+            random_init: bool = False, seed: int = 0, max_prompt_tokens: int = 256, device: str = "cpu",
+            stop_at_eos: bool = True, progress: bool = False, command: list[str] | None = None,
+            on_model: Callable[[Any], None] | None = None,
+            on_batch: Callable[[int], None] | None = None) -> CollectResult:
+    """Collect a trace; see the module docstring. ``on_model``/``on_batch`` are test hooks (called with
+    the loaded model, and with each batch index after that batch is saved)."""
+    out = Path(out)
+    for name, v, lo in (("--max-new-tokens", max_new_tokens, 1), ("--batch-size", batch_size, 1),
+                        ("--max-prompt-tokens", max_prompt_tokens, 1), ("--seed", seed, 0)):
+        if int(v) < lo:
+            raise CapsimError(f"{name} must be >= {lo}, got {v}")
+    _check_out(out)
+    texts = read_prompts(prompts)
+    raw, folder = read_config(model)
+    family_of(raw)
+    args = {
+        "model": str(Path(model).resolve()), "config_hash": tfmt.config_hash(raw),
+        "weights": None if random_init or folder is None else [
+            [p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in _weight_files(folder)],
+        "prompts_sha256": _sha256_file(Path(prompts)), "max_new_tokens": int(max_new_tokens),
+        "batch_size": int(batch_size), "random_init": bool(random_init), "seed": int(seed),
+        "max_prompt_tokens": int(max_prompt_tokens), "stop_at_eos": bool(stop_at_eos), "device": device,
+        "collector_version": __version__,
+    }
+    m, _, family = load_model(model, random_init, seed, device)
+    if on_model is not None:
+        on_model(m)
+    import torch
+    import transformers
+
+    rule = routing_rule(family, m.config)
+    tokenizer = load_tokenizer(folder)
+    vocab = int(m.config.vocab_size)
+    tokens = tokenize(texts, tokenizer, vocab, int(max_prompt_tokens))
+    pad = getattr(m.config, "pad_token_id", None)
+    pad_id = int(pad) if pad is not None and 0 <= int(pad) < vocab else 0
+    eos = _eos_ids(m) if stop_at_eos else set()
+
+    partial = out.with_name(out.name + ".partial")
+    progress_file = partial / "progress.json"
+    if partial.exists():
+        try:
+            same = json.loads(progress_file.read_text()).get("args") == args
+        except (OSError, json.JSONDecodeError):
+            same = False
+        if not same:  # left by a run with other arguments: its batches do not belong to this trace
+            shutil.rmtree(partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    if not progress_file.is_file():
+        tmp = progress_file.with_name(".progress.json.tmp")
+        tmp.write_text(json.dumps({"args": args}, indent=1) + "\n")
+        os.replace(tmp, progress_file)
+
+    n_batches = (len(tokens) + batch_size - 1) // batch_size
+    batches: list[dict[str, np.ndarray]] = []
+    computed, resumed = [], []
+    recorder = RoutingRecorder(m, family, rule)
+    bar = None
+    if progress:
+        import click
+
+        bar = click.progressbar(length=n_batches, label=f"collecting {len(tokens)} prompts in {n_batches} batches",
+                                file=sys.stderr, show_pos=True, show_eta=True)
+        bar.__enter__()
+    try:
+        for i in range(n_batches):
+            f = partial / f"batch_{i}.npz"
+            arrays = _load_npz(f) if f.is_file() else None
+            if arrays is not None:
+                resumed.append(i)
+            else:
+                lo, hi = i * batch_size, min((i + 1) * batch_size, len(tokens))
+                arrays = run_batch(m, recorder, tokens[lo:hi], list(range(lo, hi)), int(max_new_tokens), pad_id,
+                                   eos, device)
+                _save_npz(f, arrays)
+                computed.append(i)
+                if on_batch is not None:
+                    on_batch(i)
+            batches.append(arrays)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        recorder.remove()
+        if bar is not None:
+            bar.__exit__(None, None, None)
+
+    final = {n: np.concatenate([b[n] for b in batches]) for n in tfmt.ARRAYS}
+    generated = [[int(t) for t in row if t >= 0] for b in batches for row in b["generated"]]
+    prompts_path = Path(prompts)
+    meta = {
+        "model_id": model_id_of(model, raw),
+        "model_type": raw["model_type"],
+        "family": family,
+        "num_experts": rule.num_experts,
+        "top_k": rule.top_k,
+        "synthetic": False,
+        "config_hash": tfmt.config_hash(raw),
+        "moe_layer_indices": recorder.layer_indices,
+        "num_layers": int(_first(m.config, ("num_hidden_layers", "n_layers"))),
+        "router": {"module": FAMILIES[family].router, "returns": FAMILIES[family].returns,
+                   "rule": _json_safe(asdict(rule)), "source": f"transformers {transformers.__version__} "
+                                                   f"{FAMILIES[family].source}"},
+        "prompt_source": {"path": str(prompts_path), "sha256": args["prompts_sha256"], "prompts": len(texts)},
+        "tokenizer": "model folder" if tokenizer is not None else "byte fallback: token id = UTF-8 byte mod vocab_size",
+        "max_prompt_tokens": int(max_prompt_tokens),
+        "max_new_tokens": int(max_new_tokens),
+        "batch_size": int(batch_size),
+        "decode_convention": "greedy; prefill yields token 1; decode step j feeds token j (N-1 decode rows per "
+                             "sequence, fewer if it emitted EOS)",
+        "stop_at_eos": bool(stop_at_eos),
+        "eos_token_ids": sorted(eos),
+        "generated_tokens": int(sum(len(g) for g in generated)),
+        "random_init": bool(random_init),
+        "seed": int(seed),
+        "dtype": str(m.dtype).replace("torch.", ""),
+        "libraries": {"torch": torch.__version__, "transformers": transformers.__version__,
+                      "numpy": np.__version__},
+        "device": device,
+        "command": list(command) if command is not None else list(sys.argv),
+    }
+    path = tfmt.write_trace(out, final, meta)
+    shutil.rmtree(partial, ignore_errors=True)
+    return CollectResult(path, tfmt.open_trace(path).meta, generated, computed, resumed)
