@@ -303,6 +303,9 @@ def load_model(model: str | Path, random_init: bool, seed: int = 0, device: str 
     raw, folder = read_config(model)
     model_type, family = family_of(raw)
     cfg = {k: v for k, v in raw.items() if k not in ("model_type", "auto_map", "architectures")}
+    # A checkpoint saved from training may ask for router logits (load-balancing loss); at inference
+    # that loss is neither wanted nor computable with a KV cache and padding, and it changes nothing routed.
+    cfg["output_router_logits"] = False
     if random_init:
         cfg.pop("quantization_config", None)
     elif folder is None or not _weight_files(folder):
