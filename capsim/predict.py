@@ -45,6 +45,7 @@ class Query:
     ep: int | None = None
     trace: str | None = None
     trace_samples: int = 200  # batch compositions drawn from the trace
+    trace_any_model: bool = False  # replay a trace recorded on a model with another config
     usd_per_h: float | None = None
     check_memory: bool = True
     allow_dense: bool = False  # a local config.json without routed experts
@@ -103,7 +104,7 @@ def resolve(q: Query, db: HardwareDB) -> dict[str, Any]:
         "dp": target.n_devices // tp, "routing": "uniform (expected distinct experts)", "trace": q.trace,
         "collective_link": target.collective_link,
     }
-    return {"scenario": scenario, "spec": spec, "shape": shape_of(spec, prec), "target": target,
+    return {"scenario": scenario, "spec": spec, "model_info": info, "shape": shape_of(spec, prec), "target": target,
             "profile": profile, "peaks": _peaks(target, compute), "kv_bytes": kv_b, "tp": tp, "ep": ep,
             "precision": prec}
 
@@ -125,9 +126,14 @@ def _replay(q: Query, r: dict[str, Any]) -> tuple[dict | None, dict | None, list
     from capsim.traces import replay
     from capsim.traces.format import open_trace
 
-    trace = open_trace(q.trace)
+    trace = open_trace(q.trace, verify=True)
     spec = r["spec"]
     replay.check_compatible(trace, spec.num_experts, spec.top_k, r["ep"])
+    recorded, ours = trace.meta.get("config_hash"), r["model_info"].get("config_hash")
+    if recorded and ours and recorded != ours and not q.trace_any_model:
+        raise CapsimError(
+            f"--trace {q.trace}: recorded on {trace.meta['model_id']} (config hash {recorded[:12]}), not on "
+            f"{r['model_info']['id']} ({ours[:12]}); pass --trace-any-model to replay it anyway")
     # ep == 1: each data-parallel group routes its own share of the batch
     group = q.batch if r["ep"] > 1 else max(1, q.batch // r["scenario"]["dp"])
     n = max(1, q.trace_samples)

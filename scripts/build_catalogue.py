@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from capsim.model.catalogue import CATALOGUE, MODELS_JSON, native_precision  # noqa: E402
 from capsim.model.spec import spec_from_config  # noqa: E402
+from capsim.traces.format import config_hash  # noqa: E402
 
 COUNTED = "analytic (capsim.model.spec); equal to transformers on the meta device (checked at build and in tests)"
 
@@ -50,6 +51,7 @@ def build(with_meta: bool) -> dict:
             "aliases": [*extra.get("aliases", []), *extra.get("same_shape", [])],
             "config_file": f"capsim/catalogue/configs/{file.name}",
             "config_sha256": hashlib.sha256(raw).hexdigest(),
+            "config_hash": config_hash(cfg),  # what traces record (capsim.traces.format.config_hash)
             "native_precision": native_precision(cfg),
             "params_counted": COUNTED,
             "total_params": spec.total_params,

@@ -56,5 +56,5 @@ def test_replaying_the_learned_trace_reads_fewer_experts_than_uniform():
     uniform = predict(Query(**q), db)
     replay = predict(Query(**q, trace=str(TRACE), trace_samples=100), db)
     assert replay["activated_experts_per_layer"] < 0.75 * uniform["activated_experts_per_layer"]
-    assert replay["tpot_s"] <= uniform["tpot_s"]
+    assert replay["tpot_s"] < uniform["tpot_s"]
     assert replay["spread"]["activated_experts_per_layer"]["p90"] < uniform["activated_experts_per_layer"]

@@ -96,3 +96,86 @@ def test_trace_of_another_shape_is_refused(tmp_path):
         predict(Query(model="mixtral", hardware="dgx-h100", trace=str(path)), load())
     with pytest.raises(CapsimError, match="not a capsim trace"):
         predict(Query(model="mixtral", hardware="dgx-h100", trace=str(tmp_path)), load())
+
+
+# ------------------------------------------------------------------------------- union, not B x k, in S-MBU
+
+def test_s_mbu_counts_the_union_of_experts(same, disjoint):
+    db = load()
+    q = dict(model="mixtral", hardware="dgx-h100", devices=2, batch=4, trace_samples=20)
+    narrow = predict(Query(**q, trace=str(same.path)), db)["phases"]["decode"]
+    wide = predict(Query(**q, trace=str(disjoint.path)), db)["phases"]["decode"]
+    # Both batches make 4 x 2 = 8 token-expert assignments per layer; only the union is read. Mixtral:
+    # one expert in all 32 layers is 11,274,289,152 bytes in bf16, split over TP2: the 6 extra experts of
+    # the disjoint batch are 6 x 11,274,289,152 / 2 = 33,822,867,456 more bytes per device.
+    assert wide["bytes_per_device"] - narrow["bytes_per_device"] == pytest.approx(33_822_867_456, rel=1e-9)
+    assert wide["flops_per_device"] == pytest.approx(narrow["flops_per_device"], rel=1e-12)  # same assignments
+    for ph in (narrow, wide):  # S-MBU is exactly those bytes over the step at peak bandwidth (3.35 TB/s)
+        assert ph["s_mbu"] == pytest.approx(ph["bytes_per_device"] / (ph["step_s"] * 3.35e12), rel=1e-12)
+
+
+# ------------------------------------------------------------------------------- bad input through the CLI
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from capsim.cli.main import cli
+
+    return CliRunner().invoke(cli, list(args))
+
+
+def _one_line(result, *needles):
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("capsim: error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.output
+    for n in needles:
+        assert n in result.stderr, (n, result.stderr)
+
+
+def test_trace_from_another_model_is_refused(tmp_path):
+    import json
+    from pathlib import Path
+
+    model = Path(__file__).resolve().parents[1] / "traces" / "models" / "tiny-olmoe-stdlib" / "config.json"
+    other = json.loads(model.read_text())
+    other["hidden_size"] = 256  # same experts and top-k, another model
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(other))
+    trace = str(model.parents[2] / "tiny-olmoe-stdlib")
+    _one_line(_cli("predict", "-m", str(cfg), "-H", "rtx-4090", "--trace", trace), "config hash", "--trace-any-model")
+    ok = _cli("predict", "-m", str(cfg), "-H", "rtx-4090", "--trace", trace, "--trace-any-model", "--json")
+    assert ok.exit_code == 0, ok.output
+
+
+def test_truncated_and_corrupt_traces_are_one_line_errors(same, tmp_path):
+    import shutil
+
+    truncated = tmp_path / "truncated"
+    shutil.copytree(same.path, truncated)
+    data = (truncated / "expert_ids.npy").read_bytes()
+    (truncated / "expert_ids.npy").write_bytes(data[: len(data) // 2])
+    _one_line(_cli("predict", "-m", "mixtral", "-H", "dgx-h100", "--trace", str(truncated)), "expert_ids.npy")
+
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(same.path, corrupt)
+    raw = bytearray((corrupt / "expert_ids.npy").read_bytes())
+    raw[-1] ^= 0x01  # one routed expert id changed, same size
+    (corrupt / "expert_ids.npy").write_bytes(bytes(raw))
+    _one_line(_cli("predict", "-m", "mixtral", "-H", "dgx-h100", "--trace", str(corrupt)), "content hash")
+    _one_line(_cli("trace", "stats", str(truncated)), "expert_ids.npy")
+    _one_line(_cli("predict", "-m", "mixtral", "-H", "dgx-h100", "--trace", str(tmp_path / "none")), "not a capsim trace")
+
+
+def test_collect_with_missing_prompts_file_overwrites_nothing(tmp_path, same):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(same.path, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    from pathlib import Path
+
+    model = Path(__file__).resolve().parents[1] / "traces" / "models" / "tiny-olmoe-stdlib"
+    _one_line(_cli("trace", "collect", "--model", str(model), "--prompts",
+                   str(tmp_path / "missing.txt"), "--max-new-tokens", "2", "--batch-size", "1", "--out", str(out)),
+              "missing.txt")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

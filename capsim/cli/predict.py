@@ -100,18 +100,19 @@ def human(rep: dict) -> str:
 @click.option("--ep", type=int, default=None, help="Expert-parallel size: 1 or the number of devices [default: 1].")
 @click.option("--trace", default=None, help="Replay a routing trace folder (traces/README.md) instead of uniform routing.")
 @click.option("--trace-samples", type=int, default=200, show_default=True, help="Batch compositions drawn from the trace.")
+@click.option("--trace-any-model", is_flag=True, help="Replay a trace recorded on a model with a different config.")
 @click.option("--usd-per-hour", type=float, default=None, help="Price of the devices used, overriding the database.")
 @click.option("--no-memory-check", is_flag=True, help="Predict even when the scenario does not fit in memory.")
 @click.option("--allow-dense", is_flag=True, help="Accept a local config.json without routed experts.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (SI units).")
 @click.pass_context
 def predict_cmd(ctx: click.Context, model, hardware, devices, engine, precision, kv_precision, compute_dtype, batch,
-                input_len, output_len, tp, ep, trace, trace_samples, usd_per_hour, no_memory_check, allow_dense, as_json) -> None:
+                input_len, output_len, tp, ep, trace, trace_samples, trace_any_model, usd_per_hour, no_memory_check, allow_dense, as_json) -> None:
     """Predict TTFT, TPOT, throughput, S-MBU / S-MFU, memory and cost of serving MODEL on HARDWARE."""
     db = hwdb.load(ctx.obj.get("hardware_db") if ctx.obj else None)
     q = Query(model=model, hardware=hardware, devices=devices, engine=engine, precision=precision,
               kv_precision=kv_precision, compute_dtype=compute_dtype, batch=batch, input_len=input_len,
-              output_len=output_len, tp=tp, ep=ep, trace=trace, trace_samples=trace_samples, usd_per_h=usd_per_hour,
+              output_len=output_len, tp=tp, ep=ep, trace=trace, trace_samples=trace_samples, trace_any_model=trace_any_model, usd_per_h=usd_per_hour,
               check_memory=not no_memory_check, allow_dense=allow_dense)
     rep = predict(q, db)
     click.echo(json.dumps(rep, indent=2) if as_json else human(rep))

@@ -87,10 +87,14 @@ def load_model(name: str, allow_dense: bool = True) -> tuple[ModelSpec, dict[str
                 f"{path}: not a MoE config (none of {', '.join(_SYNONYMS['num_experts'])} is set); "
                 "pass --allow-dense to predict a dense model"
             )
-        return spec, {"id": str(path), "source": "local config.json", "native_precision": native_precision(cfg)}
+        from capsim.traces.format import config_hash
+
+        return spec, {"id": str(path), "source": "local config.json", "native_precision": native_precision(cfg),
+                      "config_hash": config_hash(cfg)}
     mid = resolve(name)
     e = entries()[mid]
-    return spec_from_dict(e["spec"]), {"id": mid, "source": e["config_file"], "native_precision": e["native_precision"]}
+    return spec_from_dict(e["spec"]), {"id": mid, "source": e["config_file"], "native_precision": e["native_precision"],
+                                       "config_hash": e["config_hash"]}
 
 
 def native_precision(cfg: dict[str, Any]) -> str:
