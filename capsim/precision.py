@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from capsim.errors import CapsimError
 
-ACTIVATION_BYTES = 2.0  # activations between ops are bf16/fp16 in every engine modelled (2 bytes)
+ACTIVATION_BYTES = 2.0  # activations between ops are bf16/fp16 in GPU engines (2 bytes); fp32 runs use 4
 SIXTEEN_BIT = 16.0
 
 # GGUF block layouts, ggml/src/ggml-common.h (github.com/ggml-org/llama.cpp):
@@ -45,6 +45,7 @@ class Precision:
     scope: str = "all-linear"  # "all-linear" or "experts" (gpt-oss ships MXFP4 experts, bf16 attention)
     lm_head_bits: float = SIXTEEN_BIT
     source: str = ""
+    activation_bytes: float = ACTIVATION_BYTES  # activations, and unquantised weights (norms, router, embedding)
 
     @property
     def bytes_per_weight(self) -> float:
@@ -54,6 +55,7 @@ class Precision:
 PRECISIONS: dict[str, Precision] = {
     p.name: p
     for p in (
+        Precision("fp32", 32, ("fp32",), lm_head_bits=32, activation_bytes=4.0, source="IEEE 754 binary32"),
         Precision("bf16", 16, ("bf16", "fp32"), source="IEEE-style 16-bit brain float"),
         Precision("fp16", 16, ("fp16", "fp32"), source="IEEE 754 binary16"),
         Precision("fp8", 8, ("fp8", "bf16", "fp16"), source="E4M3 (OCP 8-bit FP spec); per-tensor/block scales negligible"),
@@ -75,7 +77,7 @@ PRECISIONS: dict[str, Precision] = {
 }
 ALIASES = {"q8_0": "gguf-q8_0", "q4_0": "gguf-q4_0", "q4_k_m": "gguf-q4_k_m", "q3_k_s": "gguf-q3_k_s",
            "awq": "int4", "gptq": "int4", "w4a16": "int4", "fp4": "nvfp4"}
-KV_PRECISIONS = ("bf16", "fp16", "fp8", "int8")  # KV-cache element formats engines offer (bytes: dtypes.py)
+KV_PRECISIONS = ("fp32", "bf16", "fp16", "fp8", "int8")  # KV-cache element formats engines offer (bytes: dtypes.py)
 
 
 def get(name: str, flag: str = "--precision") -> Precision:
@@ -91,7 +93,7 @@ def kv_bytes(name: str) -> float:
     key = name.strip().lower()
     if key not in KV_PRECISIONS:
         raise CapsimError(f"--kv-precision {name!r}: expected one of {', '.join(KV_PRECISIONS)}")
-    return {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0}[key]
+    return {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0}[key]
 
 
 def choose_compute(prec: Precision, peaks: dict[str, float], device: str, explicit: str | None = None) -> str:

@@ -76,7 +76,7 @@ def _parallelism(q: Query, target: Target) -> tuple[int, int]:
 
 def _peaks(target: Target, compute: str) -> dict[str, float]:
     p = target.peak_flop_per_s
-    attn = next((d for d in SIXTEEN_BIT_PREFERENCE if d in p), compute)
+    attn = compute if compute == "fp32" else next((d for d in SIXTEEN_BIT_PREFERENCE if d in p), compute)
     return {"matmul": p[compute], "attention": p[attn], "vector": p.get("fp32", p[compute])}
 
 
@@ -89,7 +89,7 @@ def resolve(q: Query, db: HardwareDB) -> dict[str, Any]:
     except CapsimError as err:
         raise CapsimError(f"--hardware: {err}") from None
     prec = precision.get(q.precision or info["native_precision"])
-    kv_name = (q.kv_precision or "bf16").lower()
+    kv_name = (q.kv_precision or ("fp32" if prec.name == "fp32" else "bf16")).lower()
     kv_b = precision.kv_bytes(kv_name)
     compute = precision.choose_compute(prec, target.peak_flop_per_s, target.device_id, q.compute_dtype)
     tp, ep = _parallelism(q, target)

@@ -8,6 +8,7 @@ the analytic count (else the script fails). --check exits 1 if models.json is st
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -42,7 +43,7 @@ def build(with_meta: bool) -> dict:
         if with_meta:
             from capsim.model.meta import meta_breakdown
 
-            meta = meta_breakdown(cfg)
+            meta = meta_breakdown(copy.deepcopy(cfg))  # transformers edits nested dicts (rope_scaling) in place
             if meta != breakdown:
                 raise SystemExit(f"{mid}: analytic {breakdown} != transformers meta {meta}")
         pub = published.get(mid, {})

@@ -23,6 +23,7 @@ PARAMETERS = {
     "collective_latency_s": (0.0, 1.0),
     "transfer_overlap": (0.0, 1.0),
     "memory_reserve_fraction": (0.0, 0.9),
+    "kernels_per_activated_expert": (0.0, 20.0),
 }
 
 
@@ -40,6 +41,7 @@ class EngineProfile:
     collective_latency_s: float = 0.0
     transfer_overlap: float = 0.0
     memory_reserve_fraction: float = 0.0
+    kernels_per_activated_expert: float = 0.0  # engines that loop over experts (HF eager) launch per expert
 
 
 def available() -> list[str]:

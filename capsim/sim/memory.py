@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from capsim.precision import ACTIVATION_BYTES
 from capsim.sim.shape import Shape, weight_bytes
 from capsim.sim.span import cached_tokens_per_layer
 
@@ -63,7 +62,7 @@ def memory_use(s: Shape, *, batch, input_len, output_len, kv_bytes_per_element, 
     kv = b_g * cached_tokens_per_layer(s.windows, s.layers, ctx) * kv_bytes_per_token(s, kv_bytes_per_element, tp)
     t_g = b_g * np.asarray(input_len, float)
     widest = max(s.attn_io_width, s.top_k * s.expert_io_width + s.shared_io_width, s.dense_io_width)
-    act = t_g * ACTIVATION_BYTES * (widest / tp + s.hidden) + b_g * s.vocab * LOGIT_BYTES / tp
+    act = t_g * s.act_bytes * (widest / tp + s.hidden) + b_g * s.vocab * LOGIT_BYTES / tp
     cap = np.asarray(capacity_bytes, float)
     w = weights_per_device(s, tp, ep)
     reserve = reserve_fraction * np.where(np.isinf(cap), 0.0, cap)

@@ -21,11 +21,10 @@ Conventions (each a choice stated once):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from capsim.precision import ACTIVATION_BYTES
 from capsim.sim.experts import expected_activated
 from capsim.sim.shape import Shape
 
@@ -50,6 +49,7 @@ class OpCost:
     act_bytes: np.ndarray
     kernels: np.ndarray
     compute: str  # which peak: "matmul", "attention" or "vector"
+    activated_per_layer: np.ndarray | float = 0.0  # routed experts only: activated experts summed over MoE layers
 
     @property
     def bytes(self) -> np.ndarray:
@@ -101,7 +101,7 @@ def step_costs(
     b_g = np.ceil(_f(seqs) / dp - 1e-9)
     share = b_g / _f(seqs)
     t_g, pairs_g, kv_g = _f(tokens) * share, _f(pairs) * share, _f(kv_read_tokens) * share
-    ab, L, h = ACTIVATION_BYTES, s.layers, s.hidden
+    ab, L, h = s.act_bytes, s.layers, s.hidden
     zero = np.zeros(np.broadcast(t_g, tp, ep).shape)
     ops: dict[str, OpCost] = {}
 
@@ -138,6 +138,7 @@ def step_costs(
     all_w = np.where(is_ep, e / ep * expert_bytes, e * expert_bytes / tp)
     put("routed_experts", load * t_g * k * expert_flops_token / tp, routed_w,
         load * t_g * k * s.expert_io_width * ab * lm / tp, KERNELS_PER_LAYER["routed_experts"] * lm if e else 0.0)
+    ops["routed_experts"] = replace(ops["routed_experts"], activated_per_layer=np.where(is_ep, on_rank, activated) * lm)
     put("shared_experts", 2 * t_g * s.shared_params * lm / tp, s.shared_params * s.ffn_weight_bytes * lm / tp,
         t_g * s.shared_io_width * ab * lm / tp, KERNELS_PER_LAYER["shared_experts"] * lm if s.shared_params else 0.0)
     ld = s.dense_layers

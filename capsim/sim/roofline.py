@@ -52,7 +52,8 @@ def step_time(
     for name, op in step.ops.items():
         tc = op.flops / (np.asarray(peak_flop_per_s[op.compute], dtype=float) * profile.compute_efficiency)
         tm = op.bytes / bw
-        ov = op.kernels * profile.kernel_overhead_s
+        kernels = op.kernels + profile.kernels_per_activated_expert * op.activated_per_layer
+        ov = kernels * profile.kernel_overhead_s
         comp_s[name], mem_s[name] = tc, tm
         op_s[name] = np.maximum(tc, tm) + ov
         compute_bound = compute_bound + np.where(tc > tm, tc, 0.0)

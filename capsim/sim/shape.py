@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from capsim.model.spec import ModelSpec
-from capsim.precision import ACTIVATION_BYTES, Precision
+from capsim.precision import Precision
 
 # DeepSeek-V2 paper (arXiv:2405.04434) section 2.1.2: at inference W_UK is absorbed into W_Q and W_UV
 # into W_O, so decode attends over the compressed latent (vLLM and SGLang MLA backends do this);
@@ -53,6 +53,7 @@ class Shape:
     other_weight_bytes: float  # router, norms, embedding table
     tie_embeddings: bool
     windows: tuple[tuple[int, int], ...]  # (attention window or 0 for full, number of layers)
+    act_bytes: float = 2.0  # bytes per activation element
 
     @property
     def shared_experts_present(self) -> bool:
@@ -75,7 +76,7 @@ def shape_of(spec: ModelSpec, prec: Precision) -> Shape:
         qk_dec, v_dec = a.head_dim, a.v_head_dim
         io = 2 * spec.hidden + a.num_heads * (a.head_dim + a.v_head_dim) + a.kv_elements_per_token()
     lin = prec.bytes_per_weight
-    sixteen = ACTIVATION_BYTES
+    sixteen = prec.activation_bytes
     experts_only = prec.scope == "experts"
     n_moe = spec.num_moe_layers
     return Shape(
@@ -112,6 +113,7 @@ def shape_of(spec: ModelSpec, prec: Precision) -> Shape:
         other_weight_bytes=sixteen,
         tie_embeddings=spec.tie_embeddings,
         windows=_window_groups(spec),
+        act_bytes=prec.activation_bytes,
     )
 
 

@@ -10,6 +10,11 @@ assignments on experts (FLOPs), and, with expert parallelism over ``ep`` ranks
 (expert e on rank e // (E / ep)), the slowest rank sets the step. Many random
 compositions give the spread (p10 / p50 / p90) of a prediction.
 
+Speed: each random composition is a random ORDER of sequences, and the batch of
+size B is its first B entries, so one cumulative union over the order answers
+every batch size at once (``*_curve``). Prompt tokens are reduced once per
+sequence to per-layer expert counts (cached per trace), so a prefill batch is a
+sum of B small count tables, not a pass over its tokens.
 Everything here is numpy on memory-mapped arrays: no torch.
 """
 
@@ -21,24 +26,9 @@ from capsim.errors import CapsimError
 from capsim.traces.format import DECODE, PREFILL, Trace
 
 DEFAULT_SAMPLES = 200  # batch compositions drawn per prediction
-
-
-def _routing_stats(ids: np.ndarray, num_experts: int, ep: int) -> dict[str, np.ndarray]:
-    """ids: (samples, tokens, layers, k). Per sample, each averaged over layers."""
-    s, _, layers, _ = ids.shape
-    sample = np.arange(s)[:, None, None, None]
-    layer = np.arange(layers)[None, None, :, None]
-    flat = ((sample * layers + layer) * num_experts + ids.astype(np.int64)).ravel()
-    counts = np.bincount(flat, minlength=s * layers * num_experts).reshape(s, layers, num_experts)
-    used = counts > 0
-    per_rank = counts.reshape(s, layers, ep, num_experts // ep)
-    rank_tokens = per_rank.sum(-1)
-    mean_rank = np.maximum(rank_tokens.mean(-1), 1e-12)
-    return {
-        "activated": used.sum(-1).mean(-1).astype(float),
-        "rank_activated": (per_rank > 0).sum(-1).max(-1).mean(-1).astype(float),
-        "rank_load": (rank_tokens.max(-1) / mean_rank).mean(-1),
-    }
+PREFILL_SAMPLES = 50  # a prefill pass covers many tokens: fewer compositions suffice
+_CHUNK_TOKENS = 1 << 15
+_CHUNK_SAMPLES = 16
 
 
 def check_compatible(trace: Trace, num_experts: int, top_k: int, ep: int) -> None:
@@ -51,48 +41,141 @@ def check_compatible(trace: Trace, num_experts: int, top_k: int, ep: int) -> Non
         raise CapsimError(f"--ep {ep}: {num_experts} experts do not split evenly over {ep} ranks")
 
 
-def decode_routing(trace: Trace, batch: int, ep: int = 1, samples: int = DEFAULT_SAMPLES, seed: int = 0):
-    """Routing statistics of ``samples`` random decode batches of ``batch`` sequences."""
+def _stats_from_counts(counts: np.ndarray, ep: int) -> dict[str, np.ndarray]:
+    """counts (..., layers, E) of token-expert assignments -> per-leading-index stats averaged over layers."""
+    e = counts.shape[-1]
+    per_rank = counts.reshape(*counts.shape[:-1], ep, e // ep)
+    rank_tokens = per_rank.sum(-1)
+    mean_rank = np.maximum(rank_tokens.mean(-1), 1e-12)
+    return {
+        "activated": (counts > 0).sum(-1).mean(-1).astype(float),
+        "rank_activated": (per_rank > 0).sum(-1).max(-1).mean(-1).astype(float),
+        "rank_load": (rank_tokens.max(-1) / mean_rank).mean(-1),
+    }
+
+
+def _one_hot_counts(ids: np.ndarray, num_experts: int) -> np.ndarray:
+    """ids (tokens, layers, k) -> (tokens, layers, E) 0/1 (a token's top-k experts are distinct)."""
+    n, layers, _ = ids.shape
+    out = np.zeros((n, layers, num_experts), dtype=np.uint8)
+    out[np.arange(n)[:, None, None], np.arange(layers)[None, :, None], ids.astype(np.intp)] = 1
+    return out
+
+
+def _curve(counts_of, n_items: int, batch_sizes, samples: int, rng, ep: int) -> dict[str, np.ndarray]:
+    """Stats (samples, len(batch_sizes)) of unions over the first B items of random orders.
+
+    counts_of(idx) gives int counts (len(idx), layers, E) for item indices ``idx``.
+    """
+    bs = np.asarray(batch_sizes, dtype=int)
+    bmax = int(bs.max())
+    out = {k: np.zeros((samples, len(bs))) for k in ("activated", "rank_activated", "rank_load")}
+    for lo in range(0, samples, _CHUNK_SAMPLES):
+        hi = min(samples, lo + _CHUNK_SAMPLES)
+        order = np.argsort(rng.random((hi - lo, n_items)), axis=1)[:, :bmax]
+        c = counts_of(order.ravel())
+        c = c.reshape(hi - lo, bmax, *c.shape[1:])
+        cum = np.cumsum(c, axis=1, dtype=np.int32)[:, bs - 1]  # (s, len(bs), layers, E)
+        st = _stats_from_counts(cum, ep)
+        for k in out:
+            out[k][lo:hi] = st[k]
+    return out
+
+
+def _sequence_index(trace: Trace, phase: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of ``phase`` sorted by sequence, the sequence ids, and each one's start and count in that order."""
+    rows = np.flatnonzero(np.asarray(trace.phase) == phase)
+    seqs = np.asarray(trace.sequence)[rows]
+    order = np.argsort(seqs, kind="stable")
+    uniq, start, count = np.unique(seqs[order], return_index=True, return_counts=True)
+    return rows[order], uniq, start, count
+
+
+_PREFILL_CACHE: dict[tuple[str, str], np.ndarray] = {}
+
+
+def _prefill_counts(trace: Trace) -> np.ndarray:
+    """Per traced sequence: (layers, E) counts of its prompt tokens' assignments (cached per trace content)."""
+    key = (str(trace.path), trace.meta["content_sha256"])
+    if key in _PREFILL_CACHE:
+        return _PREFILL_CACHE[key]
+    rows, uniq, start, _ = _sequence_index(trace, PREFILL)
+    layers, e = trace.expert_ids.shape[1], trace.num_experts
+    seq_of_row = np.repeat(np.arange(len(uniq)), np.diff(np.append(start, len(rows))))
+    counts = np.zeros(len(uniq) * layers * e, dtype=np.int64)
+    for lo in range(0, len(rows), _CHUNK_TOKENS):
+        r = rows[lo:lo + _CHUNK_TOKENS]
+        ids = np.asarray(trace.expert_ids[np.sort(r)])  # in-order read of the memory map
+        s = seq_of_row[lo:lo + _CHUNK_TOKENS][np.argsort(np.argsort(r))]
+        flat = (s[:, None, None] * layers + np.arange(layers)[None, :, None]) * e + ids
+        counts += np.bincount(flat.ravel(), minlength=counts.size)
+    out = counts.reshape(len(uniq), layers, e).astype(np.int32)
+    _PREFILL_CACHE.clear()
+    _PREFILL_CACHE[key] = out
+    return out
+
+
+def prefill_routing_curve(trace: Trace, batch_sizes, ep: int = 1, samples: int = PREFILL_SAMPLES, seed: int = 1):
+    """Prefill-pass routing stats (samples, len(batch_sizes)) over the prompts of B random sequences."""
+    per_seq = _prefill_counts(trace)
+    if len(per_seq) == 0:
+        raise CapsimError(f"--trace {trace.path}: no prefill tokens to replay")
+    bs = np.minimum(np.asarray(batch_sizes, dtype=int), len(per_seq))
+    notes = [] if np.all(bs == np.asarray(batch_sizes)) else [
+        f"prefill replay uses all {len(per_seq)} traced prompts (fewer than the batch)"]
+    stats = _curve(lambda idx: per_seq[idx], len(per_seq), bs, samples, np.random.default_rng(seed), ep)
+    return stats, notes
+
+
+def decode_routing_curve(trace: Trace, batch_sizes, ep: int = 1, samples: int = DEFAULT_SAMPLES, seed: int = 0):
+    """Decode-step routing stats (samples, len(batch_sizes)): one decode token from each of B sequences."""
     rng = np.random.default_rng(seed)
-    idx = np.flatnonzero(np.asarray(trace.phase) == DECODE)
-    if idx.size == 0:
+    rows, uniq, start, count = _sequence_index(trace, DECODE)
+    if rows.size == 0:
         raise CapsimError(f"--trace {trace.path}: no decode tokens to replay")
-    seqs = np.asarray(trace.sequence)[idx]
-    uniq, first, counts = np.unique(seqs, return_index=True, return_counts=True)
+    bs = np.asarray(batch_sizes, dtype=int)
+    e, k = trace.num_experts, trace.top_k
+    ids_all = trace.expert_ids
     notes = []
-    if len(uniq) >= batch:
-        pick = np.argsort(rng.random((samples, len(uniq))), axis=1)[:, :batch]  # B distinct sequences
-        offset = (rng.random((samples, batch)) * counts[pick]).astype(np.int64)  # one of its decode tokens
-        order = np.argsort(seqs, kind="stable")
-        starts = np.searchsorted(seqs[order], uniq)
-        rows = idx[order[starts[pick] + offset]]
+    if len(uniq) >= bs.max():
+        # item = a sequence; each draw takes one of its decode tokens at random
+        def counts_of(idx):
+            pick = rows[start[idx] + (rng.random(len(idx)) * count[idx]).astype(np.int64)]
+            srt = np.argsort(pick)
+            ids = np.empty((len(pick), *ids_all.shape[1:]), dtype=ids_all.dtype)
+            ids[srt] = ids_all[pick[srt]]
+            return _one_hot_counts(ids, e)
+
+        n_items = len(uniq)
     else:
-        if idx.size < batch:
-            raise CapsimError(f"--trace {trace.path}: {idx.size} decode tokens, fewer than --batch {batch}")
-        rows = np.stack([rng.choice(idx, size=batch, replace=False) for _ in range(samples)])
-        notes.append(f"trace has {len(uniq)} sequences < batch {batch}: a batch takes several tokens of one "
+        if rows.size < bs.max():
+            raise CapsimError(f"--trace {trace.path}: {rows.size} decode tokens, fewer than --batch {bs.max()}")
+        notes.append(f"trace has {len(uniq)} sequences < batch {bs.max()}: a batch takes several tokens of one "
                      "sequence, which may understate the experts it activates")
-    rows_sorted = np.sort(rows, axis=1)  # memory-mapped reads in order
-    ids = np.asarray(trace.expert_ids)[rows_sorted.ravel()].reshape(samples, batch, -1, trace.top_k)
-    return _routing_stats(ids, trace.num_experts, ep), notes
+
+        def counts_of(idx):
+            pick = rows[idx]
+            srt = np.argsort(pick)
+            ids = np.empty((len(pick), *ids_all.shape[1:]), dtype=ids_all.dtype)
+            ids[srt] = ids_all[pick[srt]]
+            return _one_hot_counts(ids, e)
+
+        n_items = rows.size
+    assert k == ids_all.shape[2]
+    return _curve(counts_of, n_items, bs, samples, rng, ep), notes
+
+
+def decode_routing(trace: Trace, batch: int, ep: int = 1, samples: int = DEFAULT_SAMPLES, seed: int = 0):
+    """Routing statistics (arrays of ``samples``) of random decode batches of ``batch`` sequences."""
+    stats, notes = decode_routing_curve(trace, [batch], ep, samples, seed)
+    return {k: v[:, 0] for k, v in stats.items()}, notes
 
 
 def prefill_routing(trace: Trace, batch: int, ep: int = 1, samples: int = DEFAULT_SAMPLES, seed: int = 1):
-    """Routing statistics of prefill passes over the prompts of ``batch`` random sequences."""
-    rng = np.random.default_rng(seed)
-    phase, seq = np.asarray(trace.phase), np.asarray(trace.sequence)
-    pre = np.flatnonzero(phase == PREFILL)
-    if pre.size == 0:
-        raise CapsimError(f"--trace {trace.path}: no prefill tokens to replay")
-    uniq = np.unique(seq[pre])
-    b = min(batch, len(uniq))
-    out = {"activated": [], "rank_activated": [], "rank_load": []}
-    for _ in range(min(samples, 50)):  # a prefill pass covers so many tokens that few samples suffice
-        chosen = rng.choice(uniq, size=b, replace=False)
-        rows = pre[np.isin(seq[pre], chosen)]
-        st = _routing_stats(np.asarray(trace.expert_ids)[rows][None], trace.num_experts, ep)
-        for k in out:
-            out[k].append(float(st[k][0]))
-    notes = [] if b == batch else [f"prefill replay uses all {b} traced prompts (fewer than batch {batch})"]
-    # paired with the decode samples one to one (cycled: few prefill compositions suffice)
-    return {k: np.resize(np.asarray(v), samples) for k, v in out.items()}, notes
+    """Routing statistics of prefill passes over the prompts of ``batch`` random sequences.
+
+    Computed for min(samples, PREFILL_SAMPLES) compositions and cycled to ``samples`` values, to pair
+    one to one with the decode samples of a prediction.
+    """
+    stats, notes = prefill_routing_curve(trace, [batch], ep, min(samples, PREFILL_SAMPLES), seed)
+    return {k: np.resize(v[:, 0], samples) for k, v in stats.items()}, notes
