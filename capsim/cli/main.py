@@ -40,14 +40,21 @@ def cli(ctx: click.Context, hardware_db: str | None) -> None:
 
 def _register() -> None:
     from capsim.cli.hw import hw
+    from capsim.cli.measure import measure_cmd
     from capsim.cli.model import model
     from capsim.cli.predict import predict_cmd
+    from capsim.cli.probe import probe_cmd
     from capsim.cli.trace import trace
 
     cli.add_command(hw)
+    cli.add_command(measure_cmd)
     cli.add_command(model)
     cli.add_command(predict_cmd)
+    cli.add_command(probe_cmd)
     cli.add_command(trace)
+    from capsim.cli.validate import validate_cmd
+
+    cli.add_command(validate_cmd)
 
 
 _register()

@@ -24,6 +24,7 @@ PARAMETERS = {
     "transfer_overlap": (0.0, 1.0),
     "memory_reserve_fraction": (0.0, 0.9),
     "kernels_per_activated_expert": (0.0, 20.0),
+    "kv_traffic_factor": (1.0, 4.0),
 }
 
 
@@ -42,6 +43,11 @@ class EngineProfile:
     transfer_overlap: float = 0.0
     memory_reserve_fraction: float = 0.0
     kernels_per_activated_expert: float = 0.0  # engines that loop over experts (HF eager) launch per expert
+    # KV-cache bytes moved per byte attention reads: 1 for paged / preallocated caches; 3 for a cache grown
+    # by concatenation (transformers DynamicLayer.update: torch.cat([keys, new]) reads and rewrites the whole
+    # cache each step, then attention reads it).
+    kv_traffic_factor: float = 1.0
+    fitted_cases: tuple[str, ...] = ()  # ids of the validation cases the parameters were fitted to
 
 
 def available() -> list[str]:
@@ -65,5 +71,22 @@ def load(name: str) -> EngineProfile:
         raise CapsimError(f"{path}: efficiencies must be > 0")
     return EngineProfile(
         id=data["id"], version=int(data["version"]), description=data["description"],
-        fitted_to=data["fitted_to"], **{k: float(v) for k, v in params.items()},
+        fitted_to=data["fitted_to"], fitted_cases=tuple(data.get("fitted_cases") or ()),
+        **{k: float(v) for k, v in params.items()},
     )
+
+
+def write(profile: EngineProfile, extra: dict | None = None, folder: Path = FOLDER) -> Path:
+    """Write ``<folder>/<id>.yaml`` atomically (parameters rounded to 4 significant digits)."""
+    import os
+
+    params = {k: float(f"{getattr(profile, k):.4g}") for k in PARAMETERS}
+    data = {"id": profile.id, "version": profile.version, "description": profile.description,
+            "fitted_to": profile.fitted_to, "parameters": params, "fitted_cases": list(profile.fitted_cases),
+            **(extra or {})}
+    path = folder / f"{profile.id}.yaml"
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text("# Written by 'capsim validate --fit'; edit the fitting subset in validation/config.yaml.\n"
+                   + yaml.safe_dump(data, sort_keys=False, width=110))
+    os.replace(tmp, path)
+    return path

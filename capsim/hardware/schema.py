@@ -97,13 +97,16 @@ class Accelerator(Item):
 
 
 class Cpu(Item):
+    """A CPU socket. Base clock, memory type, channels and TDP may be left out (None) only in a
+    measured entry of a machine whose parts are unknown (a cloud VM probed with ``capsim probe``)."""
+
     kind: Literal["cpu"]
     cores: Count
     threads: Count
-    base_clock_hz: Hertz
+    base_clock_hz: Hertz | None = None
     boost_clock_hz: Hertz | None = None
-    memory_type: str  # memory item id (ddr5-4800)
-    memory_channels: Count
+    memory_type: str | None = None  # memory item id (ddr5-4800)
+    memory_channels: Count | None = None
     memory_bandwidth_bytes_per_s: BytesPerS  # peak per socket
     max_memory_bytes: Bytes | None = None
     peak_flop_per_s: dict[Dtype, FlopPerS] = Field(default_factory=dict)  # DENSE; AVX-512 / AMX where published
@@ -111,7 +114,17 @@ class Cpu(Item):
     pcie_lanes: Count | None = None
     pcie_link: str | None = None  # link id of its x16 slots
     socket_link: str | None = None  # link id between sockets (UPI, xGMI)
-    tdp_w: Watts
+    tdp_w: Watts | None = None
+
+    @model_validator(mode="after")
+    def _unknown_parts_only_when_measured(self) -> Cpu:
+        missing = [f for f in ("base_clock_hz", "memory_type", "memory_channels", "tdp_w") if getattr(self, f) is None]
+        if missing and self.memory_bandwidth_bytes_per_s.kind != "measured":
+            raise ValueError(
+                f"{', '.join(missing)} may be left out only when memory_bandwidth_bytes_per_s is measured "
+                "(a probed machine whose parts are unknown)"
+            )
+        return self
 
 
 class Memory(Item):

@@ -75,9 +75,9 @@ def _bare_cpu(cpu: Cpu, n: int) -> Target:
     return Target(
         hardware_id=cpu.id, device_id=cpu.id, device_role="cpu", n_devices=1, n_available=1,
         memory_capacity_bytes=cap, memory_bandwidth_bytes_per_s=cpu.memory_bandwidth_bytes_per_s.value,
-        memory_type=cpu.memory_type, peak_flop_per_s=_peaks(cpu), ring_bandwidth_bytes_per_s=math.inf,
+        memory_type=cpu.memory_type or "unknown", peak_flop_per_s=_peaks(cpu), ring_bandwidth_bytes_per_s=math.inf,
         alltoall_bandwidth_bytes_per_s=math.inf, collective_link="none", purchase_usd=price,
-        usd_per_h_basis="purchase" if price else "", power_w=cpu.tdp_w.value,
+        usd_per_h_basis="purchase" if price else "", power_w=cpu.tdp_w.value if cpu.tdp_w else None,
         notes=[] if cpu.max_memory_bytes else ["no maximum memory published: capacity not checked"],
     )
 

@@ -51,7 +51,7 @@ def step_time(
     compute_bound = memory_bound = overhead = 0.0
     for name, op in step.ops.items():
         tc = op.flops / (np.asarray(peak_flop_per_s[op.compute], dtype=float) * profile.compute_efficiency)
-        tm = op.bytes / bw
+        tm = (op.bytes + (profile.kv_traffic_factor - 1.0) * op.kv_bytes) / bw
         kernels = op.kernels + profile.kernels_per_activated_expert * op.activated_per_layer
         ov = kernels * profile.kernel_overhead_s
         comp_s[name], mem_s[name] = tc, tm

@@ -1,0 +1,108 @@
+"""``capsim measure``: time a real Hugging Face MoE model (prefill per prompt length, decode step per batch size
+at a given KV-cache context) with torch, record its routing, and write a run file (JSON) with full provenance.
+
+torch and transformers are imported only when the command runs (:mod:`capsim.measure.run`), so
+``capsim --help`` and the prediction path work without them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+
+class IntList(click.ParamType):
+    """A comma-separated list of positive integers: ``128,1024``."""
+
+    name = "N[,N...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        try:
+            out = [int(v) for v in str(value).replace(" ", "").split(",") if v]
+        except ValueError:
+            self.fail(f"{value!r}: expected comma-separated positive integers, e.g. 1,4,16", param, ctx)
+        if not out or any(v < 1 for v in out):
+            self.fail(f"{value!r}: expected comma-separated positive integers, e.g. 1,4,16", param, ctx)
+        return out
+
+
+INTS = IntList()
+
+
+def _table(run: dict) -> str:
+    rows = [f"{'phase':8s} {'batch':>5s} {'tokens':>13s} {'median ms':>11s} {'p10 ms':>10s} {'p90 ms':>10s} "
+            f"{'experts/layer':>13s}"]
+    for m in run["measurements"]:
+        where = f"I={m['input_len']}" if m["phase"] == "prefill" else f"C={m['context']}"
+        rows.append(f"{m['phase']:8s} {m['batch']:5d} {where:>13s} {m['median_s'] * 1e3:11.2f} "
+                    f"{m['p10_s'] * 1e3:10.2f} {m['p90_s'] * 1e3:10.2f} {m['activated_experts_per_layer']:13.1f}")
+    return "\n".join(rows)
+
+
+@click.command("measure")
+@click.option("--model", "model", required=True, type=click.Path(),
+              help="Model folder (config.json + weights) or a config.json file (with --random-init).")
+@click.option("--random-init", is_flag=True, help="Random weights from the config (seeded) instead of a checkpoint's.")
+@click.option("--prompt-lens", type=INTS, default="128,1024", show_default=True,
+              help="Prefill: prompt lengths (tokens per sequence).")
+@click.option("--batches", type=INTS, default="1,4,16,64", show_default=True,
+              help="Batch sizes (sequences), for prefill and decode.")
+@click.option("--decode-batches", type=INTS, default=None, help="Decode batch sizes, if other than --batches.")
+@click.option("--context", "contexts", type=INTS, default="128", show_default=True,
+              help="Decode: tokens already in the KV cache of every sequence (one or more).")
+@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True, help="Timed runs per point.")
+@click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Untimed runs per point before the timed ones (the first also records the routing).")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch.set_num_threads (default: torch's own choice); recorded in the run file.")
+@click.option("--layers", type=click.IntRange(min=1), default=None, help="Scale the shape: decoder layers.")
+@click.option("--hidden", type=click.IntRange(min=1), default=None,
+              help="Scale the shape: hidden size (head dims kept, heads follow).")
+@click.option("--experts", type=click.IntRange(min=1), default=None, help="Scale the shape: routed experts.")
+@click.option("--intermediate", type=click.IntRange(min=1), default=None,
+              help="Scale the shape: one routed expert's FFN width (dense/shared widths scale alike).")
+@click.option("--heads", type=click.IntRange(min=1), default=None, help="Scale the shape: attention heads.")
+@click.option("--vocab", type=click.IntRange(min=1), default=None, help="Scale the shape: vocabulary size.")
+@click.option("--max-prefill-tokens", type=click.IntRange(min=1), default=None,
+              help="Skip prefill points with more tokens (batch x prompt length); listed in the run file's notes.")
+@click.option("--notes", default=None, help="Free text stored in the run file.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the weights and token ids.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Run file to write (JSON).")
+@click.option("--json", "as_json", is_flag=True, help="Print the run file on stdout.")
+def measure_cmd(model, random_init, prompt_lens, batches, decode_batches, contexts, repeats, warmup, dtype, device,
+                threads, layers, hidden, experts, intermediate, heads, vocab, max_prefill_tokens, notes, seed, out,
+                as_json) -> None:
+    """Measure prefill latency (per batch x prompt length) and decode step time (per batch, with the KV cache
+    at --context tokens) of a Hugging Face MoE model with torch; warm-up, repeats, median and p10/p90;
+    records the activated experts per layer. Progress goes to stderr; the run file to --out."""
+    from capsim.measure.run import measure
+
+    def progress(msg: str) -> None:
+        click.echo(msg, err=True)
+
+    run = measure(
+        model, random_init=random_init, prompt_lens=prompt_lens, batches=batches, context=contexts,
+        repeats=repeats, warmup=warmup, dtype=dtype, seed=seed, threads=threads, out=out, device=device,
+        scale={"layers": layers, "hidden": hidden, "experts": experts, "intermediate": intermediate,
+               "heads": heads, "vocab": vocab},
+        decode_batches=decode_batches, max_prefill_tokens=max_prefill_tokens, notes=notes,
+        command=["capsim", *sys.argv[1:]] if sys.argv and sys.argv[0].endswith("capsim") else list(sys.argv),
+        progress=progress,
+    )
+    if as_json:
+        click.echo(json.dumps(run, indent=1))
+        return
+    m = run["model"]
+    click.echo(f"{m['id']}: {m['params'] / 1e6:.1f} M parameters, {run['dtype']}, {run['device']['name']}, "
+               f"{run['device']['threads']} threads, {run['provenance']['wall_s']} s")
+    click.echo(_table(run))
+    if run.get("notes"):
+        click.echo(f"notes: {run['notes']}")
+    if out:
+        click.echo(f"wrote {out}")

@@ -1,0 +1,64 @@
+"""``capsim probe``: measure this machine (and its GPU) and write a hardware entry of kind ``measured``."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from capsim.errors import CapsimError
+from capsim.hardware.schema import KEBAB
+
+DEFAULT_OUT = Path("validation/hardware")
+
+
+def _command(out: Path, item_id: str, file: Path | None, quick: bool) -> str:
+    parts = ["capsim", "probe", "--id", item_id, "--out", str(out)]
+    if file is not None:
+        parts += ["--file", str(file)]
+    if quick:
+        parts.append("--quick")
+    return " ".join(parts)
+
+
+@click.command("probe")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT, show_default=True,
+              help="Folder to write the entry to (usable as --hardware-db).")
+@click.option("--id", "item_id", default="local-cpu", show_default=True,
+              help="Id of the CPU entry (kebab-case); a measured GPU is written as ID-gpu.")
+@click.option("--file", "file", type=click.Path(path_type=Path), default=None,
+              help="Also measure the sequential read rate of this file (e.g. on an NVMe drive).")
+@click.option("--quick", is_flag=True, help="Small sizes and few repeats (seconds; for tests, not for numbers).")
+@click.option("--json", "as_json", is_flag=True, help="Print all measurements as JSON on stdout.")
+def probe_cmd(out: Path, item_id: str, file: Path | None, quick: bool, as_json: bool) -> None:
+    """Measure memory read/copy bandwidth, GEMM FLOP/s per dtype as M grows, GPU copies and a file's
+    read rate; write OUT/cpus/ID.yaml (kind measured), OUT/sources/ID.yaml and OUT/probe/ID.json.
+
+    Check the result with 'capsim hw check OUT' and use it with 'capsim --hardware-db OUT predict -H ID'.
+    """
+    if not KEBAB.match(item_id):
+        raise CapsimError(f"--id {item_id!r}: expected kebab-case (lower-case letters, digits and '-')")
+    if file is not None and not file.is_file():
+        raise CapsimError(f"--file {file}: {'not a regular file' if file.exists() else 'no such file'}")
+    if out.exists() and not out.is_dir():
+        raise CapsimError(f"--out {out}: not a folder")
+
+    from capsim.hardware import db as hwdb
+    from capsim.measure import probe
+
+    def log(msg: str) -> None:
+        click.echo(f"capsim probe: {msg}", err=True)
+
+    t0 = time.perf_counter()
+    result = probe.run_probe(probe.QUICK if quick else probe.FULL, file=file, log=log)
+    written = probe.write_entry(result, out, item_id, _command(out, item_id, file, quick))
+    _, problems = hwdb.check(hwdb.BUILTIN_DB, out)
+    if problems:
+        raise CapsimError(f"the written entry does not load: {problems[0]}")
+    for line in probe.summary_lines(result):
+        log(line)
+    log(f"wrote {', '.join(str(p) for p in written.values())} in {time.perf_counter() - t0:.1f} s")
+    if as_json:
+        click.echo(json.dumps(result, indent=1, default=probe.json_default))

@@ -1,0 +1,93 @@
+"""``capsim validate``: predictions beside measured runs, errors per case and in aggregate."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import click
+import yaml
+
+from capsim import engines
+from capsim.cli.table import render
+from capsim.errors import CapsimError
+from capsim.hardware import db as hwdb
+from capsim.hardware.target import resolve_target
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _config(path: Path) -> dict:
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise CapsimError(f"{path}: unreadable validation config ({err})") from None
+
+
+@click.command("validate")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=REPO / "validation" / "config.yaml",
+              show_default=True, help="What to validate and the fitting subset.")
+@click.option("--fit", is_flag=True, help="Refit the engine profile on the fitting subset and write it.")
+@click.option("--max-median-error", type=float, default=None,
+              help="Exit 1 when a held-out phase's median absolute error (%) exceeds this.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None, help="Write the log-log PNG.")
+@click.option("--report", "report_path", type=click.Path(path_type=Path), default=None, help="Write a Markdown report.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def validate_cmd(config_path: Path, fit: bool, max_median_error: float | None, plot_path: Path | None,
+                 report_path: Path | None, as_json: bool) -> None:
+    """Predict every measured case and report the error (held-out cases separately from the fitting subset)."""
+    from capsim.validation import report
+    from capsim.validation.cases import load_cases, predict_case
+    from capsim.validation.fit import fit_profile, split
+
+    cfg = _config(config_path)
+    root = config_path.resolve().parent.parent
+    cpu = cfg["cpu"]
+    db = hwdb.load(root / cfg["hardware_db"])
+    target = resolve_target(db, cpu["hardware"])
+    cases = load_cases(root / cpu["runs"])
+    fit_set, held = split(cases, cpu["fit"])
+    if not fit_set:
+        raise CapsimError(f"{config_path}: cpu.fit matches no case")
+    if fit:
+        base = dataclasses.replace(engines.load("roofline"), id=cpu["engine"], version=1,
+                                   description="Hugging Face transformers, eager PyTorch (no compile), on the CPU",
+                                   fitted_to="", **cpu.get("fixed", {}))
+        prof, info = fit_profile(fit_set, target, base, cpu["dtype"])
+        prof = dataclasses.replace(prof, fitted_to=(
+            f"{len(fit_set)} measured CPU cases ({', '.join(cpu['fit'])}) on {cpu['hardware']}, "
+            f"least squares on log error, rms {info['rms_log_error']:.3f}"), fitted_cases=tuple(info["cases"]))
+        path = engines.write(prof)
+        click.echo(f"wrote {path.relative_to(REPO)} (rms log error {info['rms_log_error']:.3f} on {len(fit_set)} cases)",
+                   err=True)
+    prof = engines.load(cpu["engine"])
+    leaked = set(prof.fitted_cases) & {c.id for c in held}
+    if leaked:
+        raise CapsimError(f"profile {prof.id} was fitted to held-out case(s) {', '.join(sorted(leaked))}: refit")
+    predicted = [predict_case(c, target, prof, cpu["dtype"]) for c in cases]
+    table = report.rows(cases, predicted, {c.id for c in held})
+    agg = report.aggregates(table)
+    if plot_path:
+        report.plot(table, plot_path, f"capsim {prof.id} vs measured ({cpu['hardware']})")
+    if report_path:
+        head = (f"# Validation: {prof.id} on {cpu['hardware']}\n\nProfile: {prof.fitted_to}.\n"
+                f"Command: `capsim validate --report {report_path}`" + (f" --plot {plot_path}" if plot_path else ""))
+        tmp = report_path.with_suffix(".tmp")
+        tmp.write_text(report.markdown(table, agg, head))
+        tmp.replace(report_path)
+    if as_json:
+        click.echo(json.dumps({"profile": dataclasses.asdict(prof), "aggregates": agg, "cases": table}, indent=1))
+    else:
+        click.echo(render(["case", "subset", "predicted", "measured", "error"],
+                          [[r["case"], r["subset"], f"{r['predicted_s'] * 1e3:.2f} ms", f"{r['measured_s'] * 1e3:.2f} ms",
+                            f"{r['error_pct']:+.1f}%"] for r in table]))
+        click.echo("")
+        click.echo(render(["subset/phase", "cases", "median |error|", "max |error|"],
+                          [[k, str(v["cases"]), f"{v['median_abs_pct']:.1f}%", f"{v['max_abs_pct']:.1f}%"]
+                           for k, v in agg.items()]))
+    if max_median_error is not None:
+        worst = [k for k, v in agg.items() if k.startswith("held-out") and v["median_abs_pct"] > max_median_error]
+        if worst:
+            click.echo(f"capsim: held-out median error above {max_median_error}%: {', '.join(worst)}", err=True)
+            raise SystemExit(1)

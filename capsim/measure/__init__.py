@@ -1,0 +1,1 @@
+"""Measurements of real models (capsim measure, probes): the ground truth predictions are validated against."""

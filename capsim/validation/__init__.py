@@ -1,0 +1,1 @@
+"""Validation: measured runs and published results beside predictions, and engine-profile fitting."""

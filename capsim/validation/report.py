@@ -1,0 +1,74 @@
+"""Predicted beside measured: per-case rows, aggregate errors, the log-log plot, the Markdown report."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def rows(cases, predicted: Sequence[float], held_out_ids: set[str]) -> list[dict[str, Any]]:
+    out = []
+    for c, p in zip(cases, predicted, strict=True):
+        out.append({"case": c.id, "phase": c.phase, "batch": c.batch, "length": c.length,
+                    "subset": "held-out" if c.id in held_out_ids else "fit",
+                    "predicted_s": p, "measured_s": c.measured_s, "measured_p10_s": c.spread[0],
+                    "measured_p90_s": c.spread[1], "error_pct": 100.0 * (p - c.measured_s) / c.measured_s})
+    return out
+
+
+def aggregates(table: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Median and max absolute % error per (subset, phase)."""
+    out = {}
+    for subset in ("held-out", "fit"):
+        for phase in ("prefill", "decode"):
+            err = [abs(r["error_pct"]) for r in table if r["subset"] == subset and r["phase"] == phase]
+            if err:
+                out[f"{subset}/{phase}"] = {"cases": len(err), "median_abs_pct": float(np.median(err)),
+                                            "max_abs_pct": float(np.max(err))}
+    return out
+
+
+def plot(table: list[dict[str, Any]], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 6))
+    for (subset, phase), marker in {("fit", "prefill"): "s", ("fit", "decode"): "o",
+                                    ("held-out", "prefill"): "D", ("held-out", "decode"): "^"}.items():
+        pts = [r for r in table if r["subset"] == subset and r["phase"] == phase]
+        if pts:
+            ax.scatter([r["measured_s"] for r in pts], [r["predicted_s"] for r in pts], marker=marker,
+                       label=f"{phase}, {subset}", alpha=0.8, facecolors="none" if subset == "fit" else None)
+    vals = [v for r in table for v in (r["measured_s"], r["predicted_s"])]
+    lo, hi = min(vals) / 1.5, max(vals) * 1.5
+    ax.plot([lo, hi], [lo, hi], "k-", lw=0.8, label="y = x")
+    for f in (0.9, 1.1):
+        ax.plot([lo, hi], [lo * f, hi * f], "k:", lw=0.6)
+    ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), xlabel="measured (s)",
+           ylabel="predicted (s)", title=title)
+    ax.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
+    os.close(fd)
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def markdown(table, agg, header: str) -> str:
+    lines = [header, "", "| subset / phase | cases | median abs error | max abs error |", "|---|---|---|---|"]
+    for k, v in agg.items():
+        lines.append(f"| {k} | {v['cases']} | {v['median_abs_pct']:.1f}% | {v['max_abs_pct']:.1f}% |")
+    lines += ["", "| case | subset | predicted | measured (p10-p90) | error |", "|---|---|---|---|---|"]
+    for r in table:
+        lines.append(f"| {r['case']} | {r['subset']} | {r['predicted_s'] * 1e3:.2f} ms | {r['measured_s'] * 1e3:.2f} ms "
+                     f"({r['measured_p10_s'] * 1e3:.2f}-{r['measured_p90_s'] * 1e3:.2f}) | {r['error_pct']:+.1f}% |")
+    return "\n".join(lines) + "\n"
