@@ -25,6 +25,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_predict.py
+	$(BIN)/python benchmarks/bench_traces.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -29,6 +29,7 @@ DEFAULT_SAMPLES = 200  # batch compositions drawn per prediction
 PREFILL_SAMPLES = 50  # a prefill pass covers many tokens: fewer compositions suffice
 _CHUNK_TOKENS = 1 << 15
 _CHUNK_SAMPLES = 16
+_FEW_SIZES = 8  # up to this many batch sizes, sum segments between them instead of a running sum
 
 
 def check_compatible(trace: Trace, num_experts: int, top_k: int, ep: int) -> None:
@@ -75,7 +76,13 @@ def _curve(counts_of, n_items: int, batch_sizes, samples: int, rng, ep: int) -> 
         order = np.argsort(rng.random((hi - lo, n_items)), axis=1)[:, :bmax]
         c = counts_of(order.ravel())
         c = c.reshape(hi - lo, bmax, *c.shape[1:])
-        cum = np.cumsum(c, axis=1, dtype=np.int32)[:, bs - 1]  # (s, len(bs), layers, E)
+        # prefix sums only at the asked sizes: sum each segment between them, then accumulate the few segments
+        sizes = np.unique(bs)
+        if len(sizes) > _FEW_SIZES:  # many sizes: one running sum over the order
+            cum = np.cumsum(c, axis=1, dtype=np.int32)[:, bs - 1]
+        else:
+            seg = np.add.reduceat(c, np.concatenate([[0], sizes[:-1]]), axis=1, dtype=np.int32)
+            cum = np.cumsum(seg, axis=1)[:, np.searchsorted(sizes, bs)]  # (s, len(bs), layers, E)
         st = _stats_from_counts(cum, ep)
         for k in out:
             out[k][lo:hi] = st[k]
