@@ -140,7 +140,7 @@ def test_cpu_without_parts_must_be_measured(probed):
 
 def test_gpu_entry_from_a_gpu_result(probed, tmp_path):
     """A GPU result (made up here: CI has no GPU) becomes an accelerator entry that loads."""
-    from capsim.measure import probe
+    from capsim.measure import probe_entry
 
     _, result, _ = probed
     curve = {"dtype": "bf16", "op": "torch.mm(bf16)", "n": 8192, "k": 8192, "in_entry": True,
@@ -151,7 +151,7 @@ def test_gpu_entry_from_a_gpu_result(probed, tmp_path):
            "memory": {"read_bytes_per_s": 3.0e12, "copy_bytes_per_s": 2.6e12},
            "gemm": {"bf16": curve, "int8": {"dtype": "int8", "in_entry": False, "skipped": "x"}},
            "transfers": {"bytes": 2**30, "host_to_device_bytes_per_s": 5.0e10, "device_to_host_bytes_per_s": 5.2e10}}
-    written = probe.write_entry({**result, "gpu": gpu}, tmp_path, "box", "capsim probe --id box")
+    written = probe_entry.write_entry({**result, "gpu": gpu}, tmp_path, "box", "capsim probe --id box")
     assert {"cpu", "gpu", "source", "json"} <= set(written)
     db = hwdb.load(tmp_path)
     acc = db.get("box-gpu")
@@ -161,5 +161,5 @@ def test_gpu_entry_from_a_gpu_result(probed, tmp_path):
     r = run("--hardware-db", tmp_path, "predict", "-m", "olmoe", "-H", "box-gpu", "--json")
     assert r.exit_code == 0, r.output + r.stderr
     no_power = {**gpu, "power_limit": None}
-    written = probe.write_entry({**result, "gpu": no_power}, tmp_path / "b", "box", "capsim probe --id box")
+    written = probe_entry.write_entry({**result, "gpu": no_power}, tmp_path / "b", "box", "capsim probe --id box")
     assert "gpu" not in written and hwdb.load(tmp_path / "b").get("box").kind == "cpu"

@@ -7,18 +7,8 @@ import sys
 import click
 
 from capsim import __version__
+from capsim.cli.oneline import CapsimGroup
 from capsim.errors import CapsimError
-
-
-class CapsimGroup(click.Group):
-    """Turns CapsimError into 'capsim: error: ...' on stderr and exit code 2."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except CapsimError as err:
-            click.echo(f"capsim: error: {err}", err=True)
-            ctx.exit(err.exit_code)
 
 
 @click.group(cls=CapsimGroup, context_settings={"help_option_names": ["-h", "--help"]})

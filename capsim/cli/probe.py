@@ -46,19 +46,19 @@ def probe_cmd(out: Path, item_id: str, file: Path | None, quick: bool, as_json: 
         raise CapsimError(f"--out {out}: not a folder")
 
     from capsim.hardware import db as hwdb
-    from capsim.measure import probe
+    from capsim.measure import probe, probe_entry
 
     def log(msg: str) -> None:
         click.echo(f"capsim probe: {msg}", err=True)
 
     t0 = time.perf_counter()
     result = probe.run_probe(probe.QUICK if quick else probe.FULL, file=file, log=log)
-    written = probe.write_entry(result, out, item_id, _command(out, item_id, file, quick))
+    written = probe_entry.write_entry(result, out, item_id, _command(out, item_id, file, quick))
     _, problems = hwdb.check(hwdb.BUILTIN_DB, out)
     if problems:
         raise CapsimError(f"the written entry does not load: {problems[0]}")
-    for line in probe.summary_lines(result):
+    for line in probe_entry.summary_lines(result):
         log(line)
     log(f"wrote {', '.join(str(p) for p in written.values())} in {time.perf_counter() - t0:.1f} s")
     if as_json:
-        click.echo(json.dumps(result, indent=1, default=probe.json_default))
+        click.echo(json.dumps(result, indent=1, default=probe_entry.json_default))

@@ -10,19 +10,9 @@ from typing import Any
 
 import click
 
+from capsim.cli.oneline import CapsimCommand
 from capsim.cli.table import render
 from capsim.errors import CapsimError
-
-
-class _Command(click.Command):
-    """A command whose CapsimError is one line on stderr and exit code 2, also when invoked alone."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except CapsimError as err:
-            click.echo(f"capsim: error: {err}", err=True)
-            ctx.exit(err.exit_code)
 
 
 def _fmt(x: Any, digits: int = 1) -> str:
@@ -173,7 +163,7 @@ def write_plots(s: dict[str, Any], folder: str | Path) -> list[Path]:
     return written
 
 
-@click.command("stats", cls=_Command)
+@click.command("stats", cls=CapsimCommand)
 @click.argument("path")
 @click.option("--json", "as_json", is_flag=True, help="Print the full summary as JSON.")
 @click.option("--plot", "plot_dir", default=None, metavar="DIR",
@@ -227,7 +217,7 @@ def _model_defaults(model: str, have_all: bool) -> tuple[str, dict[str, int]]:
     return info["id"], {"experts": spec.num_experts, "top_k": spec.top_k, "layers": spec.num_moe_layers}
 
 
-@click.command("synth", cls=_Command)
+@click.command("synth", cls=CapsimCommand)
 @click.option("--out", required=True, metavar="PATH", help="Trace folder to write (replaced atomically).")
 @click.option("--experts", type=int, default=None, help="Routed experts per layer (default: from --model).")
 @click.option("--top-k", "top_k", type=int, default=None, help="Experts per token (default: from --model).")
