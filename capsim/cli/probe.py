@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -14,8 +15,13 @@ from capsim.hardware.schema import KEBAB
 DEFAULT_OUT = Path("validation/hardware")
 
 
-def _command(out: Path, item_id: str, file: Path | None, quick: bool) -> str:
+def _command(out: Path, item_id: str, file: Path | None, quick: bool, threads: int | None,
+             gemm_nk: int | None) -> str:
     parts = ["capsim", "probe", "--id", item_id, "--out", str(out)]
+    if threads is not None:
+        parts += ["--threads", str(threads)]
+    if gemm_nk is not None:
+        parts += ["--gemm-nk", str(gemm_nk)]
     if file is not None:
         parts += ["--file", str(file)]
     if quick:
@@ -30,9 +36,16 @@ def _command(out: Path, item_id: str, file: Path | None, quick: bool) -> str:
               help="Id of the CPU entry (kebab-case); a measured GPU is written as ID-gpu.")
 @click.option("--file", "file", type=click.Path(path_type=Path), default=None,
               help="Also measure the sequential read rate of this file (e.g. on an NVMe drive).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch.set_num_threads for the CPU measurements (default: torch's own choice); match the "
+                   "threads of the runs you will validate against.")
+@click.option("--gemm-nk", type=click.IntRange(min=16), default=None,
+              help="N = K of the CPU GEMM curve (default 4096): small-M efficiency depends on the weight's size; "
+                   "use the hidden size of the models you will validate.")
 @click.option("--quick", is_flag=True, help="Small sizes and few repeats (seconds; for tests, not for numbers).")
 @click.option("--json", "as_json", is_flag=True, help="Print all measurements as JSON on stdout.")
-def probe_cmd(out: Path, item_id: str, file: Path | None, quick: bool, as_json: bool) -> None:
+def probe_cmd(out: Path, item_id: str, file: Path | None, threads: int | None, gemm_nk: int | None,
+              quick: bool, as_json: bool) -> None:
     """Measure memory read/copy bandwidth, GEMM FLOP/s per dtype as M grows, GPU copies and a file's
     read rate; write OUT/cpus/ID.yaml (kind measured), OUT/sources/ID.yaml and OUT/probe/ID.json.
 
@@ -51,9 +64,16 @@ def probe_cmd(out: Path, item_id: str, file: Path | None, quick: bool, as_json: 
     def log(msg: str) -> None:
         click.echo(f"capsim probe: {msg}", err=True)
 
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    result = probe.run_probe(probe.QUICK if quick else probe.FULL, file=file, log=log)
-    written = probe_entry.write_entry(result, out, item_id, _command(out, item_id, file, quick))
+    settings = probe.QUICK if quick else probe.FULL
+    if gemm_nk is not None:
+        settings = dataclasses.replace(settings, gemm_nk=gemm_nk)
+    result = probe.run_probe(settings, file=file, log=log)
+    written = probe_entry.write_entry(result, out, item_id, _command(out, item_id, file, quick, threads, gemm_nk))
     _, problems = hwdb.check(hwdb.BUILTIN_DB, out)
     if problems:
         raise CapsimError(f"the written entry does not load: {problems[0]}")

@@ -25,6 +25,53 @@ def _config(path: Path) -> dict:
         raise CapsimError(f"{path}: unreadable validation config ({err})") from None
 
 
+def _fixed(cpu: dict, db_root: Path, config_path: Path) -> tuple[dict[str, float], dict[str, str]]:
+    """The profile parameters the config sets by mechanism (not fitted), and how each was set.
+    ``gemm_curves: probe[:N,...]`` takes the probe's measured GEMM curves (those with N = K in the list) for the run's dtype; ``gemm_half_rows:
+    probe`` its Hockney n_1/2."""
+    from capsim.measure.gemm_curve import curves_from_probe, half_rows_from_probe
+
+    values, how = {}, {}
+    probe_file = db_root / "probe" / f"{cpu['hardware']}.json"
+    for name, value in (cpu.get("fixed") or {}).items():
+        if name == "gemm_curves":
+            sizes = _probe_sizes(value)
+            if sizes == ():
+                raise CapsimError(f"{config_path}: cpu.fixed.gemm_curves: expected 'probe' or 'probe:N[,N...]' "
+                                  f"(the N = K of the curves to use), got {value!r}")
+            values[name] = curves_from_probe(probe_file, cpu["dtype"], sizes)
+            how[name] = (f"the {cpu['dtype']} torch GEMM curves (M x K @ K x N, N = K, weights of "
+                         f"{', '.join(f'{c[0] / 2**20:g} MiB' for c in values[name])}) measured in {probe_file.name}")
+        elif name not in engines.PARAMETERS:
+            raise CapsimError(f"{config_path}: cpu.fixed.{name}: unknown parameter "
+                              f"(expected {', '.join(engines.PARAMETERS)})")
+        elif name == "gemm_half_rows" and value == "probe":
+            got = half_rows_from_probe(probe_file, cpu["dtype"])
+            values[name] = got["half_rows"]
+            how[name] = (f"Hockney n_1/2 fitted to the {cpu['dtype']} torch.mm curve in {probe_file.name} "
+                         f"(compute-bound points M = {', '.join(map(str, got['points']))})")
+        elif isinstance(value, (int, float)):
+            values[name] = float(value)
+            how[name] = f"set in {config_path.name} (mechanism, not fitted)"
+        else:
+            raise CapsimError(f"{config_path}: cpu.fixed.{name}: expected a number (or 'probe' for "
+                              f"gemm_half_rows), got {value!r}")
+    return values, how
+
+
+def _probe_sizes(value) -> tuple[int, ...] | None:
+    """'probe' -> None (every curve); 'probe:1024,4096' -> (1024, 4096); anything else -> ()."""
+    text = str(value)
+    if text == "probe":
+        return None
+    head, _, rest = text.partition(":")
+    try:
+        sizes = tuple(int(x) for x in rest.split(","))
+    except ValueError:
+        return ()
+    return sizes if head == "probe" and sizes else ()
+
+
 @click.command("validate")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=REPO / "validation" / "config.yaml",
               show_default=True, help="What to validate and the fitting subset.")
@@ -51,14 +98,15 @@ def validate_cmd(config_path: Path, fit: bool, max_median_error: float | None, p
     if not fit_set:
         raise CapsimError(f"{config_path}: cpu.fit matches no case")
     if fit:
+        fixed, how = _fixed(cpu, root / cfg["hardware_db"], config_path)
         base = dataclasses.replace(engines.load("roofline"), id=cpu["engine"], version=1,
                                    description="Hugging Face transformers, eager PyTorch (no compile), on the CPU",
-                                   fitted_to="", **cpu.get("fixed", {}))
+                                   fitted_to="", **fixed)
         prof, info = fit_profile(fit_set, target, base, cpu["dtype"])
         prof = dataclasses.replace(prof, fitted_to=(
             f"{len(fit_set)} measured CPU cases ({', '.join(cpu['fit'])}) on {cpu['hardware']}, "
             f"least squares on log error, rms {info['rms_log_error']:.3f}"), fitted_cases=tuple(info["cases"]))
-        path = engines.write(prof)
+        path = engines.write(prof, {"not_fitted": how})
         click.echo(f"wrote {path.relative_to(REPO)} (rms log error {info['rms_log_error']:.3f} on {len(fit_set)} cases)",
                    err=True)
     prof = engines.load(cpu["engine"])
@@ -72,7 +120,7 @@ def validate_cmd(config_path: Path, fit: bool, max_median_error: float | None, p
         report.plot(table, plot_path, f"capsim {prof.id} vs measured ({cpu['hardware']})")
     if report_path:
         head = (f"# Validation: {prof.id} on {cpu['hardware']}\n\nProfile: {prof.fitted_to}.\n"
-                f"Command: `capsim validate --report {report_path}`" + (f" --plot {plot_path}" if plot_path else ""))
+                f"Command: `capsim validate --report {report_path}" + (f" --plot {plot_path}" if plot_path else "") + "`")
         tmp = report_path.with_suffix(".tmp")
         tmp.write_text(report.markdown(table, agg, head))
         tmp.replace(report_path)

@@ -25,6 +25,9 @@ PARAMETERS = {
     "memory_reserve_fraction": (0.0, 0.9),
     "kernels_per_activated_expert": (0.0, 20.0),
     "kv_traffic_factor": (1.0, 4.0),
+    "gemm_half_rows": (0.0, 4096.0),
+    "attention_efficiency": (0.0, 1.0),
+    "mla_absorbed": (0.0, 1.0),
 }
 
 
@@ -47,6 +50,19 @@ class EngineProfile:
     # by concatenation (transformers DynamicLayer.update: torch.cat([keys, new]) reads and rewrites the whole
     # cache each step, then attention reads it).
     kv_traffic_factor: float = 1.0
+    # Fraction of the memory bandwidth the attention kernel reaches on its K/V (and expanded-MLA) traffic:
+    # decode attention is a batched GEMV per head over the cache, not a streaming read.
+    attention_efficiency: float = 1.0
+    # Rows (tokens) at which a GEMM reaches half the compute peak: the kernel library's efficiency curve
+    # rows / (rows + gemm_half_rows) (Hockney's n_1/2, applied per weight matrix); 0 = every GEMM at peak.
+    gemm_half_rows: float = 0.0
+    # 1: MLA decode attends over the cached latent (W_UK/W_UV absorbed, vLLM/SGLang); 0: the engine
+    # re-expands every cached latent through kv_b_proj each step (transformers' DeepseekV2/V3 attention).
+    mla_absorbed: float = 1.0
+    # Measured GEMM efficiency curves, one per weight-matrix size: ((weight bytes, ((rows, fraction of the
+    # peak), ...)), ...) by ascending size; the engine's kernels on the hardware it was fitted for
+    # (``capsim probe`` measures them). Used instead of gemm_half_rows when present.
+    gemm_curves: tuple[tuple[float, tuple[tuple[float, float], ...]], ...] = ()
     fitted_cases: tuple[str, ...] = ()  # ids of the validation cases the parameters were fitted to
 
 
@@ -66,14 +82,33 @@ def load(name: str) -> EngineProfile:
         lo, hi = PARAMETERS[key]
         if not isinstance(value, (int, float)) or not lo <= value <= hi:
             raise CapsimError(f"{path}: parameters.{key}: expected a number in [{lo}, {hi}], got {value!r}")
-    eff = {k: params.get(k, 1.0) for k in ("compute_efficiency", "memory_efficiency", "link_efficiency")}
+    eff = {k: params.get(k, 1.0) for k in ("compute_efficiency", "memory_efficiency", "link_efficiency",
+                                            "attention_efficiency")}
     if min(eff.values()) <= 0:
         raise CapsimError(f"{path}: efficiencies must be > 0")
     return EngineProfile(
         id=data["id"], version=int(data["version"]), description=data["description"],
         fitted_to=data["fitted_to"], fitted_cases=tuple(data.get("fitted_cases") or ()),
+        gemm_curves=_curves(data.get("gemm_curves"), path),
         **{k: float(v) for k, v in params.items()},
     )
+
+
+def _curves(raw, path: Path) -> tuple[tuple[float, tuple[tuple[float, float], ...]], ...]:
+    if raw is None:
+        return ()
+    out = []
+    try:
+        for c in raw:
+            pts = tuple((float(r), float(f)) for r, f in c["points"])
+            rows = [r for r, _ in pts]
+            if len(pts) < 2 or rows != sorted(set(rows)) or rows[0] < 1 or not all(0 < f <= 1 for _, f in pts):
+                raise ValueError
+            out.append((float(c["weight_bytes"]), pts))
+    except (TypeError, ValueError, KeyError):
+        raise CapsimError(f"{path}: gemm_curves: expected a list of {{weight_bytes, points: [[rows, fraction], "
+                          f"...]}} with >= 2 points, rows ascending from >= 1, fractions in (0, 1]") from None
+    return tuple(sorted(out))
 
 
 def write(profile: EngineProfile, extra: dict | None = None, folder: Path = FOLDER) -> Path:
@@ -84,6 +119,9 @@ def write(profile: EngineProfile, extra: dict | None = None, folder: Path = FOLD
     data = {"id": profile.id, "version": profile.version, "description": profile.description,
             "fitted_to": profile.fitted_to, "parameters": params, "fitted_cases": list(profile.fitted_cases),
             **(extra or {})}
+    if profile.gemm_curves:
+        data["gemm_curves"] = [{"weight_bytes": int(wb), "points": [[int(r), float(f"{f:.4g}")] for r, f in pts]}
+                               for wb, pts in profile.gemm_curves]
     path = folder / f"{profile.id}.yaml"
     tmp = path.with_suffix(".yaml.tmp")
     tmp.write_text("# Written by 'capsim validate --fit'; edit the fitting subset in validation/config.yaml.\n"

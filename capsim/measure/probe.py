@@ -31,7 +31,7 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ def _silent(_: str) -> None:
 class Settings:
     memory_bytes: int  # size of the tensor read / copied
     gemm_nk: int  # N = K of the CPU GEMM
+    gemm_nk_small: int  # N = K of a second, cache-sized CPU GEMM curve (small-M efficiency depends on size)
     gemm_ms: tuple[int, ...]
     gpu_gemm_nk: int
     gpu_gemm_ms: tuple[int, ...]
@@ -65,12 +66,12 @@ class Settings:
 
 
 FULL = Settings(
-    memory_bytes=GiB, gemm_nk=4096, gemm_ms=tuple(2**i for i in range(12)),
+    memory_bytes=GiB, gemm_nk=4096, gemm_nk_small=1024, gemm_ms=tuple(2**i for i in range(12)),
     gpu_gemm_nk=8192, gpu_gemm_ms=tuple(2**i for i in range(14)), transfer_bytes=GiB,
     warmup=2, repeats=7, point_budget_s=2.0, read_chunk_bytes=16 * MiB,
 )
 QUICK = Settings(
-    memory_bytes=16 * MiB, gemm_nk=256, gemm_ms=(1, 4, 16, 64, 256),
+    memory_bytes=16 * MiB, gemm_nk=256, gemm_nk_small=64, gemm_ms=(1, 4, 16, 64, 256),
     gpu_gemm_nk=1024, gpu_gemm_ms=(1, 16, 256, 1024), transfer_bytes=16 * MiB,
     warmup=1, repeats=3, point_budget_s=0.2, read_chunk_bytes=MiB,
 )
@@ -408,6 +409,8 @@ def run_probe(s: Settings, file: str | Path | None = None, log: Log = _silent) -
         memory = memory_bandwidth(s, "cpu", log)
         gemm = {dt: gemm_curve(dt, s, "cpu", log) for dt in CPU_DTYPES}
         _mark_slow_paths(gemm)
+        small = replace(s, gemm_nk=s.gemm_nk_small)
+        gemm_small = {dt: gemm_curve(dt, small, "cpu", log) for dt in CPU_DTYPES}
         gpu = gpu_probe(s, log)
     facts["other_processes_cpu_share_during"] = during = other_cpu_share(snap, _cpu_snapshot())
     if during is not None and during > BUSY_WARNING:
@@ -422,7 +425,7 @@ def run_probe(s: Settings, file: str | Path | None = None, log: Log = _silent) -
         "facts": facts,
         "settings": asdict(s),
         "seconds": time.perf_counter() - t0,
-        "cpu": {"memory": memory, "gemm": gemm},
+        "cpu": {"memory": memory, "gemm": gemm, "gemm_small": gemm_small},
         "gpu": gpu,
         "file_read": file_read,
     }

@@ -16,7 +16,13 @@ Conventions (each a choice stated once):
   read each cached key/value once per step (an ideal single-pass fused kernel);
 - the LM head runs on the last position of each sequence only (vLLM, and HF
   generate with logits_to_keep=1);
-- norms: :data:`NORM_FLOPS_PER_ELEMENT` FLOPs per element, never compute bound.
+- norms: :data:`NORM_FLOPS_PER_ELEMENT` FLOPs per element, never compute bound;
+- each matmul records its ``rows`` (M, the tokens one weight multiplies) and the bytes of one
+  of its weight matrices (FFNs: a third of a gated FFN's weights): a GEMM's efficiency
+  depends on both (:mod:`capsim.sim.roofline`);
+- MLA decode is absorbed (attention over the cached latent) unless the engine
+  expands it: transformers' DeepseekV2/V3 attention (``expand_kv``) runs kv_b_proj
+  over EVERY cached latent each step and attends per head (op ``mla_expand``).
 """
 
 from __future__ import annotations
@@ -35,9 +41,12 @@ NORM_FLOPS_PER_ELEMENT = 4  # RMSNorm: square, accumulate, scale by rsqrt, multi
 KERNELS_PER_LAYER = {
     "attn_proj": 2, "attn_scores": 1, "norms": 2, "router": 2,
     "routed_experts": 2, "shared_experts": 2, "dense_ffn": 2,
+    # expand_kv: kv_b_proj, transpose/split, new_empty + two copy_ into the key tensor
+    "mla_expand": 4,
 }
-OPS = ("embedding", "attn_proj", "attn_scores", "norms", "router", "routed_experts",
+OPS = ("embedding", "attn_proj", "mla_expand", "attn_scores", "norms", "router", "routed_experts",
        "shared_experts", "dense_ffn", "lm_head")
+FFN_MATRICES = 3  # gate, up, down of a gated FFN: the typical weight matrix is a third of its weights
 ALLREDUCES_PER_LAYER = 2  # Megatron-style TP: after attention and after the FFN/MoE block
 
 
@@ -50,6 +59,8 @@ class OpCost:
     kernels: np.ndarray
     compute: str  # which peak: "matmul", "attention" or "vector"
     activated_per_layer: np.ndarray | float = 0.0  # routed experts only: activated experts summed over MoE layers
+    rows: np.ndarray | float = np.inf  # matmuls: rows (tokens) each weight multiplies; inf for non-GEMM work
+    matrix_bytes: np.ndarray | float = 0.0  # matmuls: bytes of one weight matrix as one device holds it
 
     @property
     def bytes(self) -> np.ndarray:
@@ -84,6 +95,7 @@ def step_costs(
     activated=None,
     rank_activated=None,
     rank_load=1.0,
+    mla_absorbed=True,
 ) -> Step:
     """Per-device costs of one step.
 
@@ -94,6 +106,7 @@ def step_costs(
     each averaged over MoE layers): ``activated``, distinct experts the tokens of one expert group
     touch per layer; ``rank_activated``, distinct experts on the slowest EP rank per layer;
     ``rank_load``, the slowest EP rank's expert-token assignments over the mean rank's (1 = balanced).
+    ``mla_absorbed`` (engine property): False when MLA decode re-expands the cached latents each step.
     """
     tp, ep, n = _f(tp), _f(ep), _f(n)
     dp = n / tp
@@ -105,16 +118,30 @@ def step_costs(
     zero = np.zeros(np.broadcast(t_g, tp, ep).shape)
     ops: dict[str, OpCost] = {}
 
-    def put(name, flops, wbytes, act, kernels, compute="matmul", kv=0.0):
-        ops[name] = OpCost(zero + flops, zero + wbytes, zero + kv, zero + act, zero + kernels, compute)
+    def put(name, flops, wbytes, act, kernels, compute="matmul", kv=0.0, rows=np.inf, matrix=0.0):
+        ops[name] = OpCost(zero + flops, zero + wbytes, zero + kv, zero + act, zero + kernels, compute,
+                           rows=zero + rows, matrix_bytes=zero + matrix)
 
     put("embedding", 0.0, t_g * h * s.other_weight_bytes / tp, t_g * h * ab, 1.0, "vector")
     put("attn_proj", 2 * t_g * s.attn_params * L / tp, L * s.attn_params * s.attn_weight_bytes / tp,
-        t_g * s.attn_io_width * ab * L / tp, KERNELS_PER_LAYER["attn_proj"] * L)
-    qk, v = (s.qk_dim_decode, s.v_dim_decode) if decode else (s.qk_dim_prefill, s.v_dim_prefill)
+        t_g * s.attn_io_width * ab * L / tp, KERNELS_PER_LAYER["attn_proj"] * L, rows=t_g,
+        matrix=h * h * s.attn_weight_bytes / tp)
+    expand = bool(s.mla and decode and not mla_absorbed)
+    qk, v = (s.qk_dim_decode, s.v_dim_decode) if decode and not expand else (s.qk_dim_prefill, s.v_dim_prefill)
     kv_frac = 1.0 if s.mla else np.ceil(s.num_kv_heads / tp) / s.num_kv_heads  # MLA latent: replicated over TP
     kv_elems = s.kv_elements_per_token_layer * L * kv_frac * _f(kv_bytes_per_element)
-    put("attn_scores", 2 * pairs_g * s.heads * (qk + v) * L / tp, 0.0, t_g * s.heads * (qk + v) * ab * L / tp,
+    # Expanded MLA decode: kv_b_proj over every cached latent (a GEMM, 2 x latent x up_width FLOPs per cached
+    # token, reading the latent and writing the per-head K_nope|V, up_width elements); then copies of K_nope
+    # and the rope part into a new key tensor (read heads x nope, write heads x qk) and attention over the
+    # per-head K and V instead of the latent: those element moves are counted with the attention.
+    nope = s.mla_up_width / s.heads - s.v_dim_prefill if s.mla else 0.0  # qk_nope_head_dim
+    put("mla_expand", 2 * kv_g * s.mla_latent * s.mla_up_width * L / tp if expand else 0.0, 0.0,
+        kv_g * (s.mla_latent + s.mla_up_width) * ab * L / tp if expand else 0.0,
+        KERNELS_PER_LAYER["mla_expand"] * L if expand else 0.0, rows=kv_g / b_g,
+        matrix=s.mla_latent * s.mla_up_width * s.attn_weight_bytes / tp)
+    expanded_kv_act = kv_g * s.heads * (nope + 2 * qk + v) * ab * L / tp if expand else 0.0
+    put("attn_scores", 2 * pairs_g * s.heads * (qk + v) * L / tp, 0.0,
+        t_g * s.heads * (qk + v) * ab * L / tp + expanded_kv_act,
         KERNELS_PER_LAYER["attn_scores"] * L, "attention", kv=(kv_g + t_g) * kv_elems)  # read cache + write new
     n_norms = 2 * L + 1
     put("norms", NORM_FLOPS_PER_ELEMENT * t_g * h * n_norms,
@@ -122,7 +149,8 @@ def step_costs(
         KERNELS_PER_LAYER["norms"] * L + 1, "vector")
     lm, e, k = s.moe_layers, s.num_experts, s.top_k
     put("router", 2 * t_g * h * e * lm, s.router_params * s.other_weight_bytes * lm, t_g * (h + e) * ab * lm,
-        KERNELS_PER_LAYER["router"] * lm if e else 0.0)
+        KERNELS_PER_LAYER["router"] * lm if e else 0.0, rows=t_g,
+        matrix=h * e * s.other_weight_bytes)
     expert_bytes = s.expert_params * s.expert_weight_bytes * lm
     expert_flops_token = 2 * s.expert_params * lm
     if np.any((ep > 1) & (ep != n)):
@@ -136,16 +164,23 @@ def step_costs(
     load = np.where(is_ep, _f(rank_load), 1.0)
     routed_w = np.where(is_ep, on_rank * expert_bytes, activated * expert_bytes / tp)
     all_w = np.where(is_ep, e / ep * expert_bytes, e * expert_bytes / tp)
+    on_device = np.where(is_ep, on_rank, activated)
+    with np.errstate(divide="ignore", invalid="ignore"):  # rows per activated expert: its token assignments
+        expert_rows = np.where(on_device > 0, load * t_g * k / np.maximum(on_device, 1e-300), np.inf)
     put("routed_experts", load * t_g * k * expert_flops_token / tp, routed_w,
-        load * t_g * k * s.expert_io_width * ab * lm / tp, KERNELS_PER_LAYER["routed_experts"] * lm if e else 0.0)
-    ops["routed_experts"] = replace(ops["routed_experts"], activated_per_layer=np.where(is_ep, on_rank, activated) * lm)
+        load * t_g * k * s.expert_io_width * ab * lm / tp, KERNELS_PER_LAYER["routed_experts"] * lm if e else 0.0,
+        rows=expert_rows, matrix=s.expert_params * s.expert_weight_bytes / FFN_MATRICES / np.where(is_ep, 1.0, tp))
+    ops["routed_experts"] = replace(ops["routed_experts"], activated_per_layer=on_device * lm)
     put("shared_experts", 2 * t_g * s.shared_params * lm / tp, s.shared_params * s.ffn_weight_bytes * lm / tp,
-        t_g * s.shared_io_width * ab * lm / tp, KERNELS_PER_LAYER["shared_experts"] * lm if s.shared_params else 0.0)
+        t_g * s.shared_io_width * ab * lm / tp, KERNELS_PER_LAYER["shared_experts"] * lm if s.shared_params else 0.0,
+        rows=t_g, matrix=s.shared_params * s.ffn_weight_bytes / FFN_MATRICES / tp)
     ld = s.dense_layers
     put("dense_ffn", 2 * t_g * s.dense_params * ld / tp, s.dense_params * s.ffn_weight_bytes * ld / tp,
-        t_g * s.dense_io_width * ab * ld / tp, KERNELS_PER_LAYER["dense_ffn"] * ld)
+        t_g * s.dense_io_width * ab * ld / tp, KERNELS_PER_LAYER["dense_ffn"] * ld, rows=t_g,
+        matrix=s.dense_params * s.ffn_weight_bytes / FFN_MATRICES / tp)
     lm_bytes = s.other_weight_bytes if s.tie_embeddings else s.lm_head_weight_bytes
-    put("lm_head", 2 * b_g * h * s.vocab / tp, h * s.vocab * lm_bytes / tp, b_g * (h + s.vocab) * ab / tp, 1.0)
+    put("lm_head", 2 * b_g * h * s.vocab / tp, h * s.vocab * lm_bytes / tp, b_g * (h + s.vocab) * ab / tp, 1.0,
+        rows=b_g, matrix=h * s.vocab * lm_bytes / tp)
 
     msg = t_g * h * ab  # one all-reduce message: the group's hidden states
     transfers = {

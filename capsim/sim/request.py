@@ -50,7 +50,8 @@ def simulate_request(
     """``*_routing``: measured routing for the phase (keys activated, rank_activated, rank_load of
     :func:`capsim.sim.ops.step_costs`); None means uniform routing."""
     b, i, o = (np.asarray(x, float) for x in (batch, input_len, output_len))
-    common = dict(kv_bytes_per_element=kv_bytes_per_element, tp=tp, ep=ep, n=n)
+    common = dict(kv_bytes_per_element=kv_bytes_per_element, tp=tp, ep=ep, n=n,
+                  mla_absorbed=profile.mla_absorbed >= 0.5)
     timing = dict(peak_flop_per_s=peak_flop_per_s, bandwidth_bytes_per_s=bandwidth_bytes_per_s,
                   ring_bandwidth_bytes_per_s=ring_bandwidth_bytes_per_s,
                   alltoall_bandwidth_bytes_per_s=alltoall_bandwidth_bytes_per_s,

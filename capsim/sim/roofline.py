@@ -1,7 +1,13 @@
 """Time of a step on one device: per operator the slower of compute and memory, plus overheads.
 
-t_op = max(FLOPs / (peak x compute_efficiency), bytes / (bandwidth x memory_efficiency))
+t_op = max(FLOPs / (peak x compute_efficiency x gemm_fraction), bytes / (bandwidth x memory_efficiency))
+       (attention: bandwidth x attention_efficiency)
        + kernels x kernel_overhead_s
+gemm_fraction = rows / (rows + gemm_half_rows) for matmuls (1 for other work): a GEMM whose weight
+multiplies few rows (decode, or an expert that got few tokens) runs far below the peak; Hockney's
+n_1/2 (R. Hockney, Parallel Computing 1991) is the rows at which it reaches half of it. An engine
+profile with measured curves (``gemm_curves``, from ``capsim probe``, at two weight sizes: small-M
+efficiency falls when the weight no longer fits the caches) interpolates them instead.
 t_collective = bytes / (link bandwidth x link_efficiency) + calls x collective_latency_s
 t_step = sum(t_op) + (1 - transfer_overlap) x sum(t_collective) + step_overhead_s
 
@@ -35,6 +41,26 @@ class Timing:
         return np.argmax(np.stack([self.by_category_s[c] for c in CATEGORIES]), axis=0)
 
 
+def gemm_fraction(rows, weight_bytes, curves) -> np.ndarray:
+    """Fraction of the peak a GEMM of ``rows`` over a weight of ``weight_bytes`` reaches on measured curves
+    ((weight bytes, ((rows, fraction), ...)), ...): linear in log rows within a curve and in log weight
+    bytes between curves, flat beyond the ends (inf rows: a curve's last point)."""
+    per_size = []
+    for _, pts in curves:
+        r = np.log(np.clip(np.asarray(rows, dtype=float), pts[0][0], pts[-1][0]))
+        per_size.append(np.interp(r, np.log([p[0] for p in pts]), [p[1] for p in pts]))
+    if len(curves) == 1:
+        return per_size[0]
+    sizes = np.log([c[0] for c in curves])
+    w = np.log(np.clip(np.asarray(weight_bytes, dtype=float), np.exp(sizes[0]), np.exp(sizes[-1])))
+    out = per_size[0]
+    for i in range(1, len(curves)):  # piecewise linear in log size
+        t = np.clip((w - sizes[i - 1]) / (sizes[i] - sizes[i - 1]), 0.0, 1.0)
+        seg = per_size[i - 1] + t * (per_size[i] - per_size[i - 1])
+        out = np.where(w >= sizes[i - 1], seg, out)
+    return out
+
+
 def step_time(
     step: Step,
     *,
@@ -50,8 +76,18 @@ def step_time(
     op_s, comp_s, mem_s = {}, {}, {}
     compute_bound = memory_bound = overhead = 0.0
     for name, op in step.ops.items():
-        tc = op.flops / (np.asarray(peak_flop_per_s[op.compute], dtype=float) * profile.compute_efficiency)
-        tm = (op.bytes + (profile.kv_traffic_factor - 1.0) * op.kv_bytes) / bw
+        peak = np.asarray(peak_flop_per_s[op.compute], dtype=float) * profile.compute_efficiency
+        if op.compute == "matmul" and profile.gemm_curves:
+            frac = gemm_fraction(op.rows, op.matrix_bytes, profile.gemm_curves)
+            tc = np.where(op.flops > 0, op.flops / (peak * frac), 0.0)
+        elif op.compute == "matmul" and profile.gemm_half_rows > 0:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                slow = 1.0 + profile.gemm_half_rows / np.asarray(op.rows, dtype=float)  # 1 / gemm_fraction
+            tc = np.where(op.flops > 0, op.flops * slow / peak, 0.0)
+        else:
+            tc = op.flops / peak
+        op_bw = bw if op.compute != "attention" else bw / profile.memory_efficiency * profile.attention_efficiency
+        tm = (op.bytes + (profile.kv_traffic_factor - 1.0) * op.kv_bytes) / op_bw
         kernels = op.kernels + profile.kernels_per_activated_expert * op.activated_per_layer
         ov = kernels * profile.kernel_overhead_s
         comp_s[name], mem_s[name] = tc, tm

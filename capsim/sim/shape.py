@@ -32,6 +32,8 @@ class Shape:
     v_dim_prefill: int
     qk_dim_decode: int
     v_dim_decode: int
+    mla_latent: int  # MLA: cached latent width (kv_lora_rank); 0 otherwise
+    mla_up_width: int  # MLA: kv_b_proj output per token, heads x (qk_nope + v); 0 otherwise
     attn_params: int  # one layer's attention projections
     attn_io_width: int  # activation elements in + out of the projections, per token
     num_experts: int
@@ -93,6 +95,8 @@ def shape_of(spec: ModelSpec, prec: Precision) -> Shape:
         v_dim_prefill=a.v_head_dim,
         qk_dim_decode=qk_dec,
         v_dim_decode=v_dec,
+        mla_latent=(a.kv_lora_rank or 0) if a.kind == "mla" else 0,
+        mla_up_width=a.num_heads * (a.head_dim - (a.qk_rope_head_dim or 0) + a.v_head_dim) if a.kind == "mla" else 0,
         attn_params=a.params(spec.hidden),
         attn_io_width=io,
         num_experts=spec.num_experts,

@@ -89,6 +89,7 @@ def predict_case(case: Case, target: Target, profile: EngineProfile, dtype: str 
     b, n = case.batch, case.length
     routing = {} if case.activated is None else {"activated": case.activated}
     kv = case.shape.act_bytes
+    routing["mla_absorbed"] = profile.mla_absorbed >= 0.5
     if case.phase == "prefill":
         step = step_costs(case.shape, tokens=b * n, seqs=b, pairs=b * n * (n + 1) / 2, kv_read_tokens=0.0,
                           decode=False, kv_bytes_per_element=kv, **routing)

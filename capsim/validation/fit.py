@@ -23,7 +23,7 @@ FIT_PARAMETERS = (
     ("memory_efficiency", 0.02, 1.0, 0.5),
     ("kernel_overhead_s", 1e-8, 1e-2, 1e-5),
     ("step_overhead_s", 1e-8, 1.0, 1e-4),
-    ("kernels_per_activated_expert", 1e-3, 20.0, 1.0),
+    ("attention_efficiency", 0.02, 1.0, 0.5),
 )
 
 
