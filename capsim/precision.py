@@ -25,6 +25,7 @@ SIXTEEN_BIT = 16.0
 GGUF_Q8_0_BPW = 34 * 8 / 32  # block_q8_0: fp16 scale + 32 x int8 = 34 bytes per 32 weights = 8.5
 GGUF_Q4_0_BPW = 18 * 8 / 32  # block_q4_0: fp16 scale + 32 x 4 bit = 18 bytes per 32 weights = 4.5
 GGUF_Q6_K_BPW = 210 * 8 / 256  # block_q6_K: 210 bytes per 256 weights = 6.5625
+GGUF_IQ4_XS_BPW = 136 * 8 / 256  # block_iq4_xs: fp16 d + u16 scales_h + 4 scales_l + 128 qs = 136 B / 256 = 4.25
 # Mixes (per-tensor types differ), tools/quantize/README.md, table "Llama 2 7B", bits per weight:
 GGUF_Q4_K_M_BPW = 4.84
 GGUF_Q3_K_S_BPW = 3.50
@@ -71,11 +72,16 @@ PRECISIONS: dict[str, Precision] = {
             "gguf-q3_k_s", GGUF_Q3_K_S_BPW, ("int8", "fp16", "fp32"), lm_head_bits=GGUF_Q6_K_BPW,
             source="llama.cpp tools/quantize/README.md (Llama 2 7B: 3.50 bpw); output.weight in Q6_K",
         ),
+        Precision(
+            "gguf-iq4_xs", GGUF_IQ4_XS_BPW, ("int8", "fp16", "fp32"), lm_head_bits=GGUF_Q6_K_BPW,
+            source="ggml-common.h block_iq4_xs (136 bytes per 256 weights); output.weight in Q6_K",
+        ),
         Precision("nvfp4", NVFP4_BPW, ("fp4",), source="NVIDIA NVFP4: E2M1 + E4M3 scale per 16"),
         Precision("mxfp4", MXFP4_BPW, ("fp4", "bf16"), scope="experts", source="OCP MX v1.0: E2M1 + E8M0 per 32"),
     )
 }
 ALIASES = {"q8_0": "gguf-q8_0", "q4_0": "gguf-q4_0", "q4_k_m": "gguf-q4_k_m", "q3_k_s": "gguf-q3_k_s",
+           "iq4_xs": "gguf-iq4_xs",
            "awq": "int4", "gptq": "int4", "w4a16": "int4", "fp4": "nvfp4"}
 KV_PRECISIONS = ("fp32", "bf16", "fp16", "fp8", "int8")  # KV-cache element formats engines offer (bytes: dtypes.py)
 

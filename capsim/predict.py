@@ -80,8 +80,9 @@ def _peaks(target: Target, compute: str) -> dict[str, float]:
     return {"matmul": p[compute], "attention": p[attn], "vector": p.get("fp32", p[compute])}
 
 
-def resolve(q: Query, db: HardwareDB) -> dict[str, Any]:
-    """Every input made explicit (the report's ``scenario``) plus the objects the simulator needs."""
+def resolve(q: Query, db: HardwareDB, profile: engines.EngineProfile | None = None) -> dict[str, Any]:
+    """Every input made explicit (the report's ``scenario``) plus the objects the simulator needs.
+    ``profile`` replaces the engine profile named by ``q.engine`` (fitting tries parameter values)."""
     _check_ints(q)
     spec, info = load_model(q.model, allow_dense=q.allow_dense)
     try:
@@ -93,7 +94,7 @@ def resolve(q: Query, db: HardwareDB) -> dict[str, Any]:
     kv_b = precision.kv_bytes(kv_name)
     compute = precision.choose_compute(prec, target.peak_flop_per_s, target.device_id, q.compute_dtype)
     tp, ep = _parallelism(q, target)
-    profile = engines.load(q.engine)
+    profile = profile or engines.load(q.engine)
     scenario = {
         "model": info["id"], "model_source": info["source"], "hardware": target.hardware_id,
         "device": target.device_id, "device_role": target.device_role, "devices": target.n_devices,
@@ -182,8 +183,8 @@ def _cost(q: Query, target: Target, seconds: float, tokens: float) -> dict[str, 
             "usd_per_h": per_h, "basis": basis}
 
 
-def predict(q: Query, db: HardwareDB) -> dict[str, Any]:
-    r = resolve(q, db)
+def predict(q: Query, db: HardwareDB, profile: engines.EngineProfile | None = None) -> dict[str, Any]:
+    r = resolve(q, db, profile)
     s, target, profile = r["shape"], r["target"], r["profile"]
     tp, ep, n = r["tp"], r["ep"], target.n_devices
     mem = memory_use(s, batch=q.batch, input_len=q.input_len, output_len=q.output_len, kv_bytes_per_element=r["kv_bytes"],

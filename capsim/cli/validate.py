@@ -80,16 +80,25 @@ def _probe_sizes(value) -> tuple[int, ...] | None:
               help="Exit 1 when a held-out phase's median absolute error (%) exceeds this.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None, help="Write the log-log PNG.")
 @click.option("--report", "report_path", type=click.Path(path_type=Path), default=None, help="Write a Markdown report.")
+@click.option("--published", is_flag=True,
+              help="Validate against the published results (validation/published/) instead of the CPU runs; "
+                   "--max-median-error then applies to all supported rows.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def validate_cmd(config_path: Path, fit: bool, max_median_error: float | None, plot_path: Path | None,
-                 report_path: Path | None, as_json: bool) -> None:
-    """Predict every measured case and report the error (held-out cases separately from the fitting subset)."""
+                 report_path: Path | None, published: bool, as_json: bool) -> None:
+    """Predict every measured case and report the error (held-out cases separately from the fitting subset).
+
+    Exit codes: 0 ok; 1 a median error above --max-median-error; 2 bad input (config, run file, CSV row).
+    """
     from capsim.validation import report
     from capsim.validation.cases import load_cases, predict_case
     from capsim.validation.fit import fit_profile, split
 
     cfg = _config(config_path)
     root = config_path.resolve().parent.parent
+    if published:
+        _published(cfg, root, config_path, fit, max_median_error, report_path, as_json)
+        return
     cpu = cfg["cpu"]
     db = hwdb.load(root / cfg["hardware_db"])
     target = resolve_target(db, cpu["hardware"])
@@ -139,3 +148,31 @@ def validate_cmd(config_path: Path, fit: bool, max_median_error: float | None, p
         if worst:
             click.echo(f"capsim: held-out median error above {max_median_error}%: {', '.join(worst)}", err=True)
             raise SystemExit(1)
+
+
+def _published(cfg: dict, root: Path, config_path: Path, fit: bool, max_median_error: float | None,
+               report_path: Path | None, as_json: bool) -> None:
+    from capsim.validation.published_run import markdown, validate_published
+
+    result = validate_published(hwdb.load(), cfg, root, config_path, fit)
+    for line in result["log"]:
+        click.echo(line, err=True)
+    if report_path:
+        tmp = report_path.with_suffix(".tmp")
+        tmp.write_text(markdown(result, f"capsim validate --published --report {report_path}"))
+        tmp.replace(report_path)
+    if as_json:
+        click.echo(json.dumps(result, indent=1))
+    else:
+        click.echo(render(["row", "engine", "hardware", "metric", "subset", "predicted", "published", "error"],
+                          [[t["row"], t["engine"], t["hardware"], t["metric"], t["subset"],
+                            f"{t['predicted']:.4g} {t['unit']}", f"{t['published']:.4g} {t['unit']}",
+                            f"{t['error_pct']:+.1f}%"] for t in result["rows"]]))
+        click.echo("")
+        click.echo(render(["subset", "rows", "median |error|", "max |error|"],
+                          [[k, str(v["rows"]), f"{v['median_abs_pct']:.1f}%", f"{v['max_abs_pct']:.1f}%"]
+                           for k, v in result["aggregates"].items()]))
+        click.echo(f"\n{len(result['unsupported'])} rows not supported yet (reasons: --json or --report).")
+    if max_median_error is not None and result["aggregates"]["all"]["median_abs_pct"] > max_median_error:
+        click.echo(f"capsim: published median error above {max_median_error}%", err=True)
+        raise SystemExit(1)

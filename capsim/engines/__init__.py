@@ -111,7 +111,8 @@ def _curves(raw, path: Path) -> tuple[tuple[float, tuple[tuple[float, float], ..
     return tuple(sorted(out))
 
 
-def write(profile: EngineProfile, extra: dict | None = None, folder: Path = FOLDER) -> Path:
+def write(profile: EngineProfile, extra: dict | None = None, folder: Path = FOLDER,
+          command: str = "capsim validate --fit") -> Path:
     """Write ``<folder>/<id>.yaml`` atomically (parameters rounded to 4 significant digits)."""
     import os
 
@@ -124,7 +125,7 @@ def write(profile: EngineProfile, extra: dict | None = None, folder: Path = FOLD
                                for wb, pts in profile.gemm_curves]
     path = folder / f"{profile.id}.yaml"
     tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text("# Written by 'capsim validate --fit'; edit the fitting subset in validation/config.yaml.\n"
+    tmp.write_text(f"# Written by '{command}'; edit the fitting subset in validation/config.yaml.\n"
                    + yaml.safe_dump(data, sort_keys=False, width=110))
     os.replace(tmp, path)
     return path

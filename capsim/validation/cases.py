@@ -8,7 +8,6 @@ recorded (activated experts per layer), so routing is not a source of error here
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,13 +40,9 @@ class Case:
 
 
 def load_run(path: Path) -> dict[str, Any]:
-    try:
-        run = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CapsimError(f"{path}: unreadable run file ({err})") from None
-    if run.get("format") != "capsim-run" or run.get("version") != 1:
-        raise CapsimError(f"{path}: not a capsim-run v1 file")
-    return run
+    from capsim.measure.run import read_run  # torch-free module scope
+
+    return read_run(path)
 
 
 def cases_from_run(path: Path) -> list[Case]:
