@@ -163,3 +163,15 @@ def test_gpu_entry_from_a_gpu_result(probed, tmp_path):
     no_power = {**gpu, "power_limit": None}
     written = probe_entry.write_entry({**result, "gpu": no_power}, tmp_path / "b", "box", "capsim probe --id box")
     assert "gpu" not in written and hwdb.load(tmp_path / "b").get("box").kind == "cpu"
+
+
+def test_cold_weights_cycle_copies_larger_than_the_budget():
+    import dataclasses
+
+    from capsim.measure import probe
+
+    s = dataclasses.replace(probe.QUICK, gemm_cold_bytes=probe.MiB, gemm_ms=(1, 4))
+    curve = probe.gemm_curve("fp32", s)
+    # N = K = 256 fp32 weights are 256 KiB: 1 MiB of copies is 4 weights, each call uses the next one
+    assert curve["weights_cycled"] == 4 and curve["weights_cycled_bytes"] == probe.MiB
+    assert [p["m"] for p in curve["points"]] == [1, 4]

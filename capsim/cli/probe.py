@@ -16,12 +16,14 @@ DEFAULT_OUT = Path("validation/hardware")
 
 
 def _command(out: Path, item_id: str, file: Path | None, quick: bool, threads: int | None,
-             gemm_nk: int | None) -> str:
+             gemm_nk: int | None, cold_weights: bool = False) -> str:
     parts = ["capsim", "probe", "--id", item_id, "--out", str(out)]
     if threads is not None:
         parts += ["--threads", str(threads)]
     if gemm_nk is not None:
         parts += ["--gemm-nk", str(gemm_nk)]
+    if cold_weights:
+        parts.append("--cold-weights")
     if file is not None:
         parts += ["--file", str(file)]
     if quick:
@@ -42,10 +44,13 @@ def _command(out: Path, item_id: str, file: Path | None, quick: bool, threads: i
 @click.option("--gemm-nk", type=click.IntRange(min=16), default=None,
               help="N = K of the CPU GEMM curve (default 4096): small-M efficiency depends on the weight's size; "
                    "use the hidden size of the models you will validate.")
+@click.option("--cold-weights", is_flag=True,
+              help="Cycle CPU GEMMs through 1 GiB of weight copies, so each call reads its weight from DRAM (as a "
+                   "decode step over a model larger than the last-level cache does); default: one cache-hot weight.")
 @click.option("--quick", is_flag=True, help="Small sizes and few repeats (seconds; for tests, not for numbers).")
 @click.option("--json", "as_json", is_flag=True, help="Print all measurements as JSON on stdout.")
 def probe_cmd(out: Path, item_id: str, file: Path | None, threads: int | None, gemm_nk: int | None,
-              quick: bool, as_json: bool) -> None:
+              cold_weights: bool, quick: bool, as_json: bool) -> None:
     """Measure memory read/copy bandwidth, GEMM FLOP/s per dtype as M grows, GPU copies and a file's
     read rate; write OUT/cpus/ID.yaml (kind measured), OUT/sources/ID.yaml and OUT/probe/ID.json.
 
@@ -72,8 +77,10 @@ def probe_cmd(out: Path, item_id: str, file: Path | None, threads: int | None, g
     settings = probe.QUICK if quick else probe.FULL
     if gemm_nk is not None:
         settings = dataclasses.replace(settings, gemm_nk=gemm_nk)
+    if cold_weights:
+        settings = dataclasses.replace(settings, gemm_cold_bytes=settings.memory_bytes)
     result = probe.run_probe(settings, file=file, log=log)
-    written = probe_entry.write_entry(result, out, item_id, _command(out, item_id, file, quick, threads, gemm_nk))
+    written = probe_entry.write_entry(result, out, item_id, _command(out, item_id, file, quick, threads, gemm_nk, cold_weights))
     _, problems = hwdb.check(hwdb.BUILTIN_DB, out)
     if problems:
         raise CapsimError(f"the written entry does not load: {problems[0]}")

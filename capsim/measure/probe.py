@@ -54,7 +54,9 @@ def _silent(_: str) -> None:
 class Settings:
     memory_bytes: int  # size of the tensor read / copied
     gemm_nk: int  # N = K of the CPU GEMM
-    gemm_nk_small: int  # N = K of a second, cache-sized CPU GEMM curve (small-M efficiency depends on size)
+    gemm_nk_small: int  # N = K of a second, smaller CPU GEMM curve (small-M efficiency depends on size)
+    gemm_cold_bytes: int  # CPU GEMMs cycle through copies of the weight totalling this, so each call reads
+    # its weight from DRAM as a decode step does (0: one weight, cache-hot)
     gemm_ms: tuple[int, ...]
     gpu_gemm_nk: int
     gpu_gemm_ms: tuple[int, ...]
@@ -66,12 +68,12 @@ class Settings:
 
 
 FULL = Settings(
-    memory_bytes=GiB, gemm_nk=4096, gemm_nk_small=1024, gemm_ms=tuple(2**i for i in range(12)),
+    memory_bytes=GiB, gemm_nk=4096, gemm_nk_small=1024, gemm_cold_bytes=0, gemm_ms=tuple(2**i for i in range(12)),
     gpu_gemm_nk=8192, gpu_gemm_ms=tuple(2**i for i in range(14)), transfer_bytes=GiB,
     warmup=2, repeats=7, point_budget_s=2.0, read_chunk_bytes=16 * MiB,
 )
 QUICK = Settings(
-    memory_bytes=16 * MiB, gemm_nk=256, gemm_nk_small=64, gemm_ms=(1, 4, 16, 64, 256),
+    memory_bytes=16 * MiB, gemm_nk=256, gemm_nk_small=64, gemm_cold_bytes=0, gemm_ms=(1, 4, 16, 64, 256),
     gpu_gemm_nk=1024, gpu_gemm_ms=(1, 16, 256, 1024), transfer_bytes=16 * MiB,
     warmup=1, repeats=3, point_budget_s=0.2, read_chunk_bytes=MiB,
 )
@@ -223,9 +225,22 @@ def gemm_curve(dtype: str, s: Settings, device: str = "cpu", log: Log = _silent)
         log(f"gemm {dtype} on {device}: N = K = {nk}, M = {', '.join(map(str, ms))}")
         out["op"] = _gemm_op(dtype)
         b = _matrix(dtype, nk, nk, device, 2)
+        weights = [b]
+        if not gpu and s.gemm_cold_bytes:  # copies of the weight, cycled so that each call streams it from DRAM
+            weights += [b.clone() for _ in range(max(0, -(-s.gemm_cold_bytes // (b.numel() * b.element_size())) - 1))]
+            out["weights_cycled"] = len(weights)
+            out["weights_cycled_bytes"] = len(weights) * b.numel() * b.element_size()
+        turn = [0]
         for m in ms:
+            a = _matrix(dtype, m, nk, device, 1)
+            calls = [_gemm_fn(dtype, a, w) for w in weights]
+
+            def call(calls=calls):
+                turn[0] += 1
+                return calls[turn[0] % len(calls)]()
+
             try:
-                t = _median_time(_gemm_fn(dtype, _matrix(dtype, m, nk, device, 1), b), timer, s)
+                t = _median_time(call, timer, s)
             except (RuntimeError, TypeError, NotImplementedError) as err:  # e.g. CUDA _int_mm needs M > 16
                 out["skipped_points"].append({"m": m, "reason": _first_line(err)})
                 continue
@@ -233,7 +248,7 @@ def gemm_curve(dtype: str, s: Settings, device: str = "cpu", log: Log = _silent)
             out["points"].append({"m": m, "flop_per_s": rate, **t})
             if gpu:
                 torch.cuda.empty_cache()
-    del b
+    del b, weights
     if not out["points"]:
         out["skipped"] = "no shape ran: " + "; ".join(p["reason"] for p in out["skipped_points"][:2])
         return out

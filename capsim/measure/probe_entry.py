@@ -95,7 +95,9 @@ def cpu_entry(result: dict[str, Any], item_id: str, source: str, command: str) -
             continue
         peaks[dt] = _q(
             c["peak_flop_per_s"], "FLOP/s", source, command, date, ops=dt == "int8",
-            note=(f"max over M of {c['op']} with N = K = {c['n']} on {threads_used} threads, reached at "
+            note=(f"max over M of {c['op']} with N = K = {c['n']} on {threads_used} threads"
+                  + (f" (cycling {c['weights_cycled']} copies of the weight, so each call reads it from DRAM)"
+                     if c.get("weights_cycled", 1) > 1 else "") + ", reached at "
                   f"M = {c['peak_m']}; at M = {c['smallest_m']}: {_fl(c['points'][0]['flop_per_s'], dt)} "
                   f"({c['smallest_m_efficiency']:.1%} of the peak). Dense; curve in probe/{item_id}.json."),
         )
