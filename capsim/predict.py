@@ -7,12 +7,12 @@ profile); the functions in :mod:`capsim.sim` it calls are pure.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from capsim import engines, precision
+from capsim import engines, placement, precision
 from capsim.errors import CapsimError
 from capsim.hardware.db import HardwareDB
 from capsim.hardware.target import Target, resolve_target
@@ -20,6 +20,7 @@ from capsim.model.catalogue import load_model
 from capsim.sim import cost
 from capsim.sim.memory import memory_use
 from capsim.sim.metrics import utilisation
+from capsim.sim.offload import offload_step
 from capsim.sim.request import simulate_request
 from capsim.sim.roofline import CATEGORIES
 from capsim.sim.shape import shape_of
@@ -49,6 +50,11 @@ class Query:
     usd_per_h: float | None = None
     check_memory: bool = True
     allow_dense: bool = False  # a local config.json without routed experts
+    offload: str | None = None  # routed experts not all on the device: "gpu-fetch" or "cpu" (capsim.placement)
+    expert_cache: int | None = None  # experts per MoE layer resident on each device (default: as many as fit)
+    cache_policy: str = "lru"
+    expert_tier: str = "dram"  # where the other experts live: "dram" or "ssd"
+    host_sockets: int | None = None  # --offload cpu: CPU sockets computing experts (default: all of the system's)
 
 
 def _check_ints(q: Query) -> None:
@@ -63,14 +69,21 @@ def _check_ints(q: Query) -> None:
         raise CapsimError(f"--usd-per-hour {q.usd_per_h}: expected a positive price")
 
 
-def _parallelism(q: Query, target: Target) -> tuple[int, int]:
+def _parallelism(q: Query, target: Target, spec) -> tuple[int, int]:
     n = target.n_devices
     ep = q.ep or 1
     tp = q.tp or n
     if n % tp:
         raise CapsimError(f"--tp {tp}: must divide the {n} devices used (--devices)")
+    heads = spec.attention.num_heads
+    if heads % tp:
+        raise CapsimError(f"--tp {tp}: {heads} attention heads do not split evenly over {tp} devices")
     if ep not in (1, n):
         raise CapsimError(f"--ep {ep}: expert parallelism spans all devices here, so --ep must be 1 or {n}")
+    if ep > 1 and spec.num_experts % ep:
+        raise CapsimError(f"--ep {ep}: {spec.num_experts} routed experts do not split evenly over {ep} ranks")
+    if ep > 1 and not spec.num_experts:
+        raise CapsimError(f"--ep {ep}: the model has no routed experts")
     return tp, ep
 
 
@@ -93,7 +106,7 @@ def resolve(q: Query, db: HardwareDB, profile: engines.EngineProfile | None = No
     kv_name = (q.kv_precision or ("fp32" if prec.name == "fp32" else "bf16")).lower()
     kv_b = precision.kv_bytes(kv_name)
     compute = precision.choose_compute(prec, target.peak_flop_per_s, target.device_id, q.compute_dtype)
-    tp, ep = _parallelism(q, target)
+    tp, ep = _parallelism(q, target, spec)
     profile = profile or engines.load(q.engine)
     scenario = {
         "model": info["id"], "model_source": info["source"], "hardware": target.hardware_id,
@@ -187,9 +200,10 @@ def predict(q: Query, db: HardwareDB, profile: engines.EngineProfile | None = No
     r = resolve(q, db, profile)
     s, target, profile = r["shape"], r["target"], r["profile"]
     tp, ep, n = r["tp"], r["ep"], target.n_devices
+    place = placement.plan(q, r) if q.offload else None
     mem = memory_use(s, batch=q.batch, input_len=q.input_len, output_len=q.output_len, kv_bytes_per_element=r["kv_bytes"],
                      capacity_bytes=target.memory_capacity_bytes, reserve_fraction=profile.memory_reserve_fraction,
-                     tp=tp, ep=ep, n=n)
+                     tp=tp, ep=ep, n=n, expert_fraction=place.expert_fraction if place else 1.0)
     fits = bool(mem.fits)
     if not fits and q.check_memory:
         raise CapsimError(_no_fit_message(q, r, mem, db))
@@ -199,6 +213,9 @@ def predict(q: Query, db: HardwareDB, profile: engines.EngineProfile | None = No
         peak_flop_per_s=r["peaks"], bandwidth_bytes_per_s=target.memory_bandwidth_bytes_per_s,
         ring_bandwidth_bytes_per_s=target.ring_bandwidth_bytes_per_s,
         alltoall_bandwidth_bytes_per_s=target.alltoall_bandwidth_bytes_per_s, profile=profile, tp=tp, ep=ep, n=n)
+    offload_info = None
+    if place is not None:
+        res, offload_info = _offloaded(res, place, r, q)
     util_kw = dict(bandwidth_bytes_per_s=target.memory_bandwidth_bytes_per_s, peak_flop_per_s=r["peaks"])
     pre = _phase(res.prefill, res.prefill_timing, utilisation(res.prefill, res.prefill_timing, **util_kw), target,
                  q.batch * q.input_len)
@@ -236,7 +253,38 @@ def predict(q: Query, db: HardwareDB, profile: engines.EngineProfile | None = No
         },
         "engine": asdict(profile),
         "scenario": scenario,
+        "offload": offload_info,
     }
+
+
+def _offloaded(res, place, r: dict[str, Any], q: Query):
+    """The request with the routed-expert misses served from the host (capsim.sim.offload)."""
+    t, s, host = r["target"], r["shape"], r["target"].host
+    host_peak, share = np.inf, 1.0
+    if place.mode == "cpu":
+        dt = precision.choose_compute(r["precision"], host.cpu_peak_flop_per_s, host.cpu_id)
+        sockets = q.host_sockets or host.sockets
+        if not 1 <= sockets <= host.sockets:
+            raise CapsimError(f"--host-sockets {sockets}: {t.hardware_id} has {host.sockets} CPU socket(s)")
+        share = sockets / host.sockets  # each socket computes from its own DRAM
+        host_peak = host.cpu_peak_flop_per_s[dt] * share
+    kw = dict(mode=place.mode, link_bytes_per_s=place.link_bytes_per_s,
+              host_bandwidth_bytes_per_s=host.dram_bandwidth_bytes_per_s * share, host_peak_flop_per_s=host_peak,
+              tp=r["tp"], profile=r["profile"])
+    pre = offload_step(res.prefill, res.prefill_timing, s, hit_rate=place.hit_rate_prefill, **kw)
+    dec = offload_step(res.decode, res.decode_timing, s, hit_rate=place.hit_rate_decode, **kw)
+    o = np.asarray(q.output_len, float)
+    res = replace(res, prefill_timing=replace(res.prefill_timing, step_s=pre.step_s),
+                  decode_timing=replace(res.decode_timing, step_s=dec.step_s), ttft_s=pre.step_s, tpot_s=dec.step_s,
+                  request_s=pre.step_s + np.maximum(o - 1, 0) * dec.step_s)
+    info = dict(placement.report(place), decode={
+        "device_s": _f(dec.device_s), "offload_s": _f(dec.offload_s), "miss_experts_per_layer": _f(dec.miss_experts_per_layer),
+        "miss_bytes": _f(dec.miss_bytes), "host_bound": "memory" if bool(np.all(dec.host_bound)) else "compute"},
+        prefill={"device_s": _f(pre.device_s), "offload_s": _f(pre.offload_s), "miss_bytes": _f(pre.miss_bytes)})
+    if place.mode == "gpu-fetch":
+        for ph in ("decode", "prefill"):
+            info[ph].pop("host_bound", None)
+    return res, info
 
 
 def _memory_report(mem, target: Target) -> dict[str, Any]:

@@ -27,6 +27,13 @@ def _pct(x: float) -> str:
 def _bound_line(rep: dict) -> str:
     dec = rep["phases"]["decode"]
     sc = rep["scenario"]
+    off = rep.get("offload")
+    if off and off["decode"]["offload_s"] > off["decode"]["device_s"]:
+        where = (f"fetching experts over {off['link_path']}" if off["mode"] == "gpu-fetch" else
+                 f"in CPU expert compute ({off['decode']['host_bound']}-bound on host DRAM)"
+                 if off["decode"]["host_bound"] == "memory" else "in CPU expert compute (compute-bound)")
+        return (f"Decode is bound by the offloaded experts: {off['decode']['offload_s'] / dec['step_s']:.0%} of each "
+                f"step is spent {where}.")
     share = dec["time_by_bound_s"][dec["bottleneck"]] / dec["step_s"]
     what = {
         "memory": f"reading weights and KV cache from {sc['device']} memory",
@@ -81,6 +88,15 @@ def human(rep: dict) -> str:
             f"p90 {_t(sp['tpot_s']['p90'])}; activated experts p10-p90 "
             f"{sp['activated_experts_per_layer']['p10']:.1f}-{sp['activated_experts_per_layer']['p90']:.1f}"
             + (" (synthetic trace)" if sc.get("trace_synthetic") else ""))
+    if rep.get("offload"):
+        off = rep["offload"]
+        dec_off = off["decode"]
+        lines.append(
+            f"offload ({off['mode']}): {off['experts_resident_per_layer']} of {off['num_experts']} experts per layer "
+            f"resident, the rest in {off['expert_tier']}; decode hit rate {_pct(off['hit_rate_decode'])} "
+            f"({off['hit_rate_source']}); per step {_t(dec_off['device_s'])} on the device, {_t(dec_off['offload_s'])} "
+            + ("fetching experts over " + off["link_path"] if off["mode"] == "gpu-fetch" else
+               f"on the CPU ({dec_off['host_bound']}-bound)"))
     lines += [f"note: {n}" for n in sc["notes"]]
     return "\n".join(lines)
 
@@ -104,15 +120,28 @@ def human(rep: dict) -> str:
 @click.option("--usd-per-hour", type=float, default=None, help="Price of the devices used, overriding the database.")
 @click.option("--no-memory-check", is_flag=True, help="Predict even when the scenario does not fit in memory.")
 @click.option("--allow-dense", is_flag=True, help="Accept a local config.json without routed experts.")
+@click.option("--offload", type=click.Choice(["gpu-fetch", "cpu"]), default=None,
+              help="Keep only --expert-cache experts per layer on the device; misses are fetched over the host link "
+                   "(gpu-fetch, MoE-Infinity) or computed by the CPU from DRAM (cpu, KTransformers / llama.cpp -ot).")
+@click.option("--expert-cache", type=int, default=None,
+              help="With --offload: routed experts per MoE layer resident on each device [default: as many as fit].")
+@click.option("--cache-policy", type=click.Choice(["lru", "lfu", "static"]), default="lru", show_default=True,
+              help="With --offload and --trace: the cache policy replayed over the trace.")
+@click.option("--expert-tier", type=click.Choice(["dram", "ssd"]), default="dram", show_default=True,
+              help="With --offload: where the non-resident experts live.")
+@click.option("--host-sockets", type=int, default=None,
+              help="With --offload cpu: CPU sockets computing experts [default: all of the system's].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (SI units).")
 @click.pass_context
 def predict_cmd(ctx: click.Context, model, hardware, devices, engine, precision, kv_precision, compute_dtype, batch,
-                input_len, output_len, tp, ep, trace, trace_samples, trace_any_model, usd_per_hour, no_memory_check, allow_dense, as_json) -> None:
+                input_len, output_len, tp, ep, trace, trace_samples, trace_any_model, usd_per_hour, no_memory_check,
+                allow_dense, offload, expert_cache, cache_policy, expert_tier, host_sockets, as_json) -> None:
     """Predict TTFT, TPOT, throughput, S-MBU / S-MFU, memory and cost of serving MODEL on HARDWARE."""
     db = hwdb.load(ctx.obj.get("hardware_db") if ctx.obj else None)
     q = Query(model=model, hardware=hardware, devices=devices, engine=engine, precision=precision,
               kv_precision=kv_precision, compute_dtype=compute_dtype, batch=batch, input_len=input_len,
               output_len=output_len, tp=tp, ep=ep, trace=trace, trace_samples=trace_samples, trace_any_model=trace_any_model, usd_per_h=usd_per_hour,
-              check_memory=not no_memory_check, allow_dense=allow_dense)
+              check_memory=not no_memory_check, allow_dense=allow_dense, offload=offload, expert_cache=expert_cache,
+              cache_policy=cache_policy, expert_tier=expert_tier, host_sockets=host_sockets)
     rep = predict(q, db)
     click.echo(json.dumps(rep, indent=2) if as_json else human(rep))

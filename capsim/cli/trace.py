@@ -10,6 +10,7 @@ import importlib
 import click
 
 _SUBCOMMANDS = {
+    "cache": ("capsim.cli.trace_cache", "cache_cmd"),
     "collect": ("capsim.cli.trace_collect", "collect_cmd"),
     "stats": ("capsim.cli.trace_analyse", "stats_cmd"),
     "synth": ("capsim.cli.trace_analyse", "synth_cmd"),

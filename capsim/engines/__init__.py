@@ -28,6 +28,9 @@ PARAMETERS = {
     "gemm_half_rows": (0.0, 4096.0),
     "attention_efficiency": (0.0, 1.0),
     "mla_absorbed": (0.0, 1.0),
+    "host_memory_efficiency": (0.0, 1.0),
+    "host_compute_efficiency": (0.0, 1.0),
+    "offload_overlap": (0.0, 1.0),
 }
 
 
@@ -59,6 +62,11 @@ class EngineProfile:
     # 1: MLA decode attends over the cached latent (W_UK/W_UV absorbed, vLLM/SGLang); 0: the engine
     # re-expands every cached latent through kv_b_proj each step (transformers' DeepseekV2/V3 attention).
     mla_absorbed: float = 1.0
+    # Offloaded experts (capsim.sim.offload): the CPU's fraction of its DRAM bandwidth and of its peak FLOP/s
+    # when it computes experts, and the fraction of the shorter of device / offload time hidden under the other.
+    host_memory_efficiency: float = 1.0
+    host_compute_efficiency: float = 1.0
+    offload_overlap: float = 0.0
     # Measured GEMM efficiency curves, one per weight-matrix size: ((weight bytes, ((rows, fraction of the
     # peak), ...)), ...) by ascending size; the engine's kernels on the hardware it was fitted for
     # (``capsim probe`` measures them). Used instead of gemm_half_rows when present.
@@ -83,7 +91,8 @@ def load(name: str) -> EngineProfile:
         if not isinstance(value, (int, float)) or not lo <= value <= hi:
             raise CapsimError(f"{path}: parameters.{key}: expected a number in [{lo}, {hi}], got {value!r}")
     eff = {k: params.get(k, 1.0) for k in ("compute_efficiency", "memory_efficiency", "link_efficiency",
-                                            "attention_efficiency")}
+                                            "attention_efficiency", "host_memory_efficiency",
+                                            "host_compute_efficiency")}
     if min(eff.values()) <= 0:
         raise CapsimError(f"{path}: efficiencies must be > 0")
     return EngineProfile(

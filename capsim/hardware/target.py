@@ -14,7 +14,28 @@ from dataclasses import dataclass, field
 from capsim.errors import CapsimError
 from capsim.hardware.db import HardwareDB, resolve_id
 from capsim.hardware.schema import Accelerator, Cpu, Link, System
-from capsim.hardware.topology import alltoall_bandwidth, build_graph, devices, ring_bandwidth
+from capsim.hardware.topology import alltoall_bandwidth, build_graph, devices, path, ring_bandwidth
+
+
+@dataclass(frozen=True)
+class HostTier:
+    """The host side of an accelerator system, where offloaded experts live or run.
+
+    ``cpu_*`` and ``dram_bandwidth_bytes_per_s`` add up over every socket (KTransformers' dual-socket mode
+    copies the experts to each NUMA node, so each socket reads its own DRAM); ``to_device_bytes_per_s`` is
+    the widest path from socket 0's DRAM to the first accelerator (PCIe or C2C), ``ssd_*`` the path from the
+    first drive through DRAM to it (None without storage).
+    """
+
+    cpu_id: str
+    sockets: int
+    cpu_peak_flop_per_s: dict[str, float]
+    dram_bandwidth_bytes_per_s: float
+    dram_capacity_bytes: float | None
+    to_device_bytes_per_s: float
+    to_device_path: str
+    ssd_to_device_bytes_per_s: float | None = None
+    ssd_capacity_bytes: float | None = None
 
 
 @dataclass(frozen=True)
@@ -37,6 +58,7 @@ class Target:
     purchase_usd: float | None = None  # pro-rated
     power_w: float | None = None  # pro-rated
     notes: list[str] = field(default_factory=list)
+    host: HostTier | None = None  # accelerator systems with CPUs and DRAM (offload); None otherwise
 
 
 def _peaks(item: Accelerator | Cpu) -> dict[str, float]:
@@ -57,7 +79,15 @@ def _bare_accelerator(db: HardwareDB, acc: Accelerator, n: int) -> Target:
             link_id = f"{link_id} via host"
             notes.append(f"{n}x {acc.id} joined through the host ({link_id}); no switch modelled")
     price = acc.price.purchase_usd.value * n if acc.price and acc.price.purchase_usd else None
+    host = None
+    if acc.host_link is not None:  # an unknown host behind the device's own host link: enough for gpu-fetch
+        hl = db.items[acc.host_link]
+        assert isinstance(hl, Link)
+        host = HostTier(cpu_id="", sockets=0, cpu_peak_flop_per_s={}, dram_bandwidth_bytes_per_s=math.inf,
+                        dram_capacity_bytes=None, to_device_bytes_per_s=hl.bandwidth_per_direction_bytes_per_s.value,
+                        to_device_path=f"host DRAM -> {acc.host_link} -> {acc.id} (host not in the database)")
     return Target(
+        host=host,
         hardware_id=acc.id, device_id=acc.id, device_role="accelerator", n_devices=n, n_available=None,
         memory_capacity_bytes=acc.memory.capacity_bytes.value,
         memory_bandwidth_bytes_per_s=acc.memory.bandwidth_bytes_per_s.value, memory_type=acc.memory.type,
@@ -125,7 +155,9 @@ def _system(db: HardwareDB, sysm: System, n: int | None) -> Target:
         purchase, basis = sysm.price.purchase_usd.value * share, "purchase"
     if share < 1 and basis:
         notes.append(f"price and power pro-rated to {n} of {len(nodes)} {role}s")
+    host = _host_tier(g, db, used[0]) if role == "accelerator" else None
     return Target(
+        host=host,
         hardware_id=sysm.id, device_id=item.id, device_role=role, n_devices=n, n_available=len(nodes),
         memory_capacity_bytes=cap, memory_bandwidth_bytes_per_s=bw, memory_type=mem_type,
         peak_flop_per_s=_peaks(item), ring_bandwidth_bytes_per_s=ring, alltoall_bandwidth_bytes_per_s=a2a,
@@ -133,6 +165,28 @@ def _system(db: HardwareDB, sysm: System, n: int | None) -> Target:
         usd_per_h_basis=basis or "", purchase_usd=purchase,
         power_w=sysm.power_w.value * share if sysm.power_w else None, notes=notes,
     )
+
+
+def _host_tier(g, db: HardwareDB, device: str) -> HostTier | None:
+    cpus, drams, drives = devices(g, "cpu"), devices(g, "dram"), devices(g, "storage")
+    if not cpus or not drams:
+        return None
+    cpu = db.items[g.nodes[cpus[0]]["item"]]
+    assert isinstance(cpu, Cpu)
+    peaks = {dt: v * len(cpus) for dt, v in _peaks(cpu).items()}
+    dram_bw = sum(g.nodes[d]["bandwidth_bytes_per_s"] for d in drams)
+    caps = [g.nodes[d]["capacity_bytes"] for d in drams]
+    to_dev = path(g, drams[0], device)
+    ssd_bw = ssd_cap = None
+    if drives:
+        ssd_bw = path(g, drives[0], device, via=(drams[0],)).bandwidth_bytes_per_s
+        caps_ssd = [g.nodes[d]["capacity_bytes"] for d in drives]
+        ssd_cap = sum(caps_ssd) if all(c is not None for c in caps_ssd) else None
+    return HostTier(cpu_id=cpu.id, sockets=len(cpus), cpu_peak_flop_per_s=peaks, dram_bandwidth_bytes_per_s=dram_bw,
+                    dram_capacity_bytes=sum(caps) if all(c is not None for c in caps) else None,
+                    to_device_bytes_per_s=to_dev.bandwidth_bytes_per_s,
+                    to_device_path=" -> ".join(to_dev.nodes) + f" (bound: {to_dev.bottleneck})",
+                    ssd_to_device_bytes_per_s=ssd_bw, ssd_capacity_bytes=ssd_cap)
 
 
 def resolve_target(db: HardwareDB, hardware: str, n_devices: int | None = None) -> Target:

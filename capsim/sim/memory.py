@@ -38,11 +38,13 @@ class MemoryUse:
         return self.total <= self.capacity
 
 
-def weights_per_device(s: Shape, tp=1, ep=1) -> np.ndarray:
+def weights_per_device(s: Shape, tp=1, ep=1, expert_fraction=1.0) -> np.ndarray:
+    """``expert_fraction``: the share of the routed experts kept in device memory (offload keeps the rest
+    in host DRAM or on SSD)."""
     tp, ep = np.asarray(tp, float), np.asarray(ep, float)
     w = weight_bytes(s)
     split_tp = w["embedding"] + w["lm_head"] + w["attention"] + w["dense_ffn"] + w["shared_experts"]
-    routed = np.where(ep > 1, w["routed_experts"] / ep, w["routed_experts"] / tp)
+    routed = np.where(ep > 1, w["routed_experts"] / ep, w["routed_experts"] / tp) * np.asarray(expert_fraction, float)
     return split_tp / tp + routed + w["router"] + w["norms"]
 
 
@@ -54,7 +56,7 @@ def kv_bytes_per_token(s: Shape, kv_bytes_per_element, tp=1) -> np.ndarray:
 
 
 def memory_use(s: Shape, *, batch, input_len, output_len, kv_bytes_per_element, capacity_bytes,
-               reserve_fraction=0.0, tp=1, ep=1, n=1) -> MemoryUse:
+               reserve_fraction=0.0, tp=1, ep=1, n=1, expert_fraction=1.0) -> MemoryUse:
     tp, n = np.asarray(tp, float), np.asarray(n, float)
     dp = n / tp
     b_g = np.ceil(np.asarray(batch, float) / dp - 1e-9)  # the fullest data-parallel group
@@ -64,6 +66,6 @@ def memory_use(s: Shape, *, batch, input_len, output_len, kv_bytes_per_element, 
     widest = max(s.attn_io_width, s.top_k * s.expert_io_width + s.shared_io_width, s.dense_io_width)
     act = t_g * s.act_bytes * (widest / tp + s.hidden) + b_g * s.vocab * LOGIT_BYTES / tp
     cap = np.asarray(capacity_bytes, float)
-    w = weights_per_device(s, tp, ep)
+    w = weights_per_device(s, tp, ep, expert_fraction)
     reserve = reserve_fraction * np.where(np.isinf(cap), 0.0, cap)
     return MemoryUse(*np.broadcast_arrays(w, kv, act, reserve, cap))

@@ -25,6 +25,9 @@ BOUNDS = {
     "kernel_overhead_s": (1e-8, 1e-2, 1e-5),
     "step_overhead_s": (1e-8, 1.0, 1e-4),
     "attention_efficiency": (0.02, 1.0, 0.5),
+    "host_memory_efficiency": (0.02, 1.0, 0.5),
+    "host_compute_efficiency": (1e-3, 1.0, 0.03),  # CPU kernels may reach ~1% of an AMX peak they do not use
+    "link_efficiency": (0.02, 1.0, 0.5),
 }
 # What the CPU runs fit (hf-eager); the rest of a profile is set by mechanism in validation/config.yaml.
 FIT_PARAMETERS = ("compute_efficiency", "memory_efficiency", "kernel_overhead_s", "step_overhead_s",

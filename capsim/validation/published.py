@@ -42,7 +42,8 @@ METRICS = {
     "decode_output_tokens_per_s_per_node": (None, "rate"),
 }
 SCENARIO_KEYS = {"model", "precision", "compute_dtype", "kv_precision", "hardware", "devices", "engine", "batch",
-                 "input_len", "output_len", "tp", "ep", "assumptions"}
+                 "input_len", "output_len", "tp", "ep", "offload", "expert_cache", "cache_policy", "expert_tier",
+                 "host_sockets", "assumptions"}
 REQUIRED_KEYS = {"model", "hardware", "engine", "batch", "input_len", "output_len"}
 
 

@@ -61,6 +61,13 @@ def fit_engines(rows: list[PublishedRow], db: HardwareDB, cfg: dict[str, Any], c
                    f"published rows {', '.join(fit_ids)}")
         else:
             prof, how = base, "nothing fitted"
+        tied = spec.get("tied") or {}
+        bad_tie = [f"{k}: {v}" for k, v in tied.items() if k not in engines.PARAMETERS or v not in engines.PARAMETERS]
+        if bad_tie:
+            raise CapsimError(f"{config_path}: published.engines.{name}.tied: unknown {', '.join(bad_tie)}")
+        prof = dataclasses.replace(prof, **{k: getattr(prof, v) for k, v in tied.items()})
+        if tied:
+            how += "; " + ", ".join(f"{k} = {v}" for k, v in tied.items())
         prof = dataclasses.replace(prof, fitted_to=how, fitted_cases=tuple(fit_ids))
         extra = {"not_fitted": {k: (spec.get("fixed_sources") or {}).get(k, "set in validation/config.yaml")
                                 for k in fixed}}

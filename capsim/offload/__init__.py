@@ -1,0 +1,1 @@
+"""Expert offloading: caches of experts in GPU memory replayed over routing traces (pure numpy)."""

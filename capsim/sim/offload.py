@@ -1,0 +1,74 @@
+"""Routed experts that do not live in device memory: fetched over the host link, or computed by the CPU.
+
+A step's routed experts split into hits (resident in device memory, priced by the roofline
+as usual) and misses (``activated x (1 - hit_rate)`` experts per MoE layer). Two ways engines
+serve a miss:
+
+- ``gpu-fetch`` (MoE-Infinity, DeepSpeed/HF offload, llama.cpp without -ot): the expert's
+  weights cross the host link (DRAM -> PCIe/C2C -> HBM; from an SSD the path through DRAM),
+  then the device computes it as usual: extra time = miss bytes / (link bandwidth x
+  link_efficiency).
+- ``cpu`` (KTransformers, llama.cpp ``-ot exps=CPU``): the CPU sockets compute the missed
+  experts from DRAM, the device does the rest; extra time = max(miss bytes / (DRAM bandwidth x
+  host_memory_efficiency), miss FLOPs / (CPU peak x host_compute_efficiency)) plus the hidden
+  states crossing the link twice per MoE layer, and the device's share of routed-expert time
+  shrinks to the hit fraction.
+
+The two sides overlap by the engine's ``offload_overlap`` (fraction of the shorter side hidden
+under the longer; 0 = strictly one after the other, 1 = fully concurrent):
+``t = t_device + t_offload - offload_overlap x min(t_device, t_offload)``.
+Pure numpy; every argument may be an array of scenarios.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from capsim.engines import EngineProfile
+from capsim.sim.ops import Step
+from capsim.sim.roofline import Timing
+from capsim.sim.shape import Shape
+
+MODES = ("gpu-fetch", "cpu")
+
+
+@dataclass(frozen=True)
+class OffloadTiming:
+    step_s: np.ndarray  # the step with offload
+    device_s: np.ndarray  # device side (hits only, in cpu mode)
+    offload_s: np.ndarray  # link transfer (gpu-fetch) or CPU expert compute + hidden-state transfers (cpu)
+    miss_experts_per_layer: np.ndarray
+    miss_bytes: np.ndarray  # expert weight bytes served from the host per step
+    host_bound: np.ndarray  # cpu mode: True when the CPU side is bound by DRAM bandwidth (not compute)
+
+
+def offload_step(step: Step, timing: Timing, s: Shape, *, hit_rate, mode: str, link_bytes_per_s,
+                 host_bandwidth_bytes_per_s=np.inf, host_peak_flop_per_s=np.inf, tp=1,
+                 profile: EngineProfile) -> OffloadTiming:
+    if mode not in MODES:
+        raise ValueError(f"offload mode {mode!r}: expected one of {MODES}")
+    h = np.clip(np.asarray(hit_rate, dtype=float), 0.0, 1.0)
+    miss_frac = 1.0 - h
+    routed = step.ops["routed_experts"]
+    per_expert_bytes = s.expert_params * s.expert_weight_bytes * s.moe_layers / np.asarray(tp, float)
+    miss = step.activated_experts * miss_frac
+    miss_bytes = miss * per_expert_bytes
+    link = np.asarray(link_bytes_per_s, dtype=float) * profile.link_efficiency
+    t_routed = timing.op_s["routed_experts"]
+    if mode == "gpu-fetch":
+        device = timing.step_s
+        off = miss_bytes / link
+        host_bound = np.zeros_like(off, dtype=bool)
+    else:
+        device = timing.step_s - miss_frac * t_routed
+        t_mem = miss_bytes / (np.asarray(host_bandwidth_bytes_per_s, float) * profile.host_memory_efficiency)
+        t_cmp = miss_frac * routed.flops / (np.asarray(host_peak_flop_per_s, float) * profile.host_compute_efficiency)
+        # hidden states to the CPU and results back, per MoE layer, for the step's tokens
+        hidden = 2 * routed.act_bytes / np.maximum(s.top_k * s.expert_io_width, 1) * s.hidden
+        t_x = np.where(miss_frac > 0, hidden / link, 0.0)
+        off = np.maximum(t_mem, t_cmp) + t_x
+        host_bound = t_mem >= t_cmp
+    total = device + off - profile.offload_overlap * np.minimum(device, off)
+    return OffloadTiming(total, device, off, miss, miss_bytes, host_bound)

@@ -1,0 +1,87 @@
+"""Expert offload in `capsim predict`: exact miss bytes, the orderings users see, and bad placements."""
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from capsim import engines, precision
+from capsim.cli.main import cli
+from capsim.hardware.db import load
+from capsim.model.catalogue import load_model
+from capsim.predict import Query, predict
+from capsim.sim.offload import offload_step
+from capsim.sim.ops import step_costs
+from capsim.sim.roofline import step_time
+from capsim.sim.shape import shape_of
+
+DB = load()
+
+
+def test_gpu_fetch_miss_bytes_exact():
+    # Mixtral-8x7B bf16, batch 1: 2 experts per MoE layer (top-2). Hit rate 0.5 -> 1 missed expert per layer:
+    # 1 x 176,160,768 params x 2 bytes x 32 layers = 11,274,289,152 bytes over the host link.
+    s = shape_of(load_model("mixtral")[0], precision.PRECISIONS["bf16"])
+    step = step_costs(s, tokens=1, seqs=1, pairs=100, kv_read_tokens=100, decode=True, kv_bytes_per_element=2.0,
+                      activated=2.0)
+    prof = engines.load("roofline")
+    t = step_time(step, peak_flop_per_s={"matmul": 1e15, "attention": 1e15, "vector": 1e15},
+                  bandwidth_bytes_per_s=3.35e12, ring_bandwidth_bytes_per_s=np.inf,
+                  alltoall_bandwidth_bytes_per_s=np.inf, layers=s.layers, moe_layers=s.moe_layers, profile=prof)
+    off = offload_step(step, t, s, hit_rate=0.5, mode="gpu-fetch", link_bytes_per_s=32e9, profile=prof)
+    assert float(off.miss_bytes) == 11_274_289_152
+    assert float(off.offload_s) == pytest.approx(11_274_289_152 / 32e9)
+    assert float(off.step_s) == pytest.approx(float(t.step_s) + 11_274_289_152 / 32e9)  # no overlap in roofline
+
+
+def test_deepseek_v3_cpu_experts_are_dram_bound():
+    # 1 GPU (RTX 4090D) + 2 Xeon sockets with DDR5 (KTransformers' machine), every routed expert on the CPU.
+    rep = predict(Query(model="deepseek-v3", hardware="ktransformers-testbed", precision="gguf-q4_k_m",
+                        offload="cpu", expert_cache=0, input_len=500, output_len=128), DB)
+    off = rep["offload"]["decode"]
+    assert off["host_bound"] == "memory"
+    assert off["offload_s"] > off["device_s"]
+
+
+def test_bigger_cache_raises_hit_rate_and_lowers_tpot():
+    tpot, hits = [], []
+    for cache in (0, 1, 2, 3, 4):
+        rep = predict(Query(model="mixtral", hardware="workstation-rtx-4090", precision="int4", offload="gpu-fetch",
+                            expert_cache=cache), DB)
+        tpot.append(rep["tpot_s"])
+        hits.append(rep["offload"]["hit_rate_decode"])
+    assert all(a < b for a, b in zip(hits, hits[1:], strict=False))
+    assert all(a > b for a, b in zip(tpot, tpot[1:], strict=False))
+
+
+def test_bigger_lru_cache_with_a_trace_is_monotone():
+    # LRU is a stack algorithm (the cache of size C is always a subset of the cache of size C + 1), so the
+    # replayed hit rate cannot fall as the cache grows.
+    model = "traces/models/tiny-olmoe-stdlib/config.json"
+    rates = []
+    for cache in (2, 4, 8, 12):
+        rep = predict(Query(model=model, hardware="workstation-rtx-4090", offload="gpu-fetch", expert_cache=cache,
+                            batch=4, trace="traces/tiny-olmoe-stdlib"), DB)
+        rates.append(rep["offload"]["hit_rate_decode"])
+    assert all(a <= b for a, b in zip(rates, rates[1:], strict=False)) and rates[-1] > rates[0]
+
+
+def test_mixtral_ep8_on_8_h100_beats_tp1_offload():
+    ep8 = predict(Query(model="mixtral", hardware="dgx-h100", devices=8, tp=1, ep=8), DB)
+    off = predict(Query(model="mixtral", hardware="dgx-h100", devices=1, offload="gpu-fetch"), DB)
+    assert ep8["tpot_s"] < off["tpot_s"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-m", "mixtral", "-H", "dgx-h100", "--devices", "3", "--tp", "1", "--ep", "3"],
+     "--ep 3: 8 routed experts do not split evenly over 3 ranks"),
+    (["-m", "mixtral", "-H", "dgx-h100", "--devices", "9"], "--devices 9: system dgx-h100 has 8"),
+    (["-m", "mixtral", "-H", "workstation-rtx-4090", "--offload", "gpu-fetch", "--expert-cache", "8"],
+     "--expert-cache 8: the placement does not fit"),
+    (["-m", "mixtral", "-H", "ktransformers-testbed", "--offload", "gpu-fetch", "--expert-tier", "ssd"],
+     "--expert-tier ssd: ktransformers-testbed has no drive"),
+    (["-m", "mixtral", "-H", "h100-sxm5-80gb", "--offload", "cpu"], "is a bare device with no host CPU"),
+])
+def test_bad_layouts_are_one_line_errors(args, message):
+    r = CliRunner().invoke(cli, ["predict", *args])
+    assert r.exit_code == 2, r.output
+    assert message in r.output and "Traceback" not in r.output
