@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from capsim import engines, placement, precision
+from capsim import capacity, engines, placement, precision
 from capsim.errors import CapsimError
 from capsim.hardware.db import HardwareDB
 from capsim.hardware.target import Target, resolve_target
@@ -241,6 +241,7 @@ def predict(q: Query, db: HardwareDB, profile: engines.EngineProfile | None = No
         "num_experts": r["spec"].num_experts, "top_k": r["spec"].top_k,
         "memory_bytes": _memory_report(mem, target),
         "fits": fits,
+        "capacity": capacity.limits(r, q, place.expert_fraction if place else 1.0),
         "bottleneck": {"prefill": pre["bottleneck"], "decode": dec["bottleneck"]},
         "cost_usd_per_million_tokens": cost_info["usd_per_million_output_tokens"],
         "cost": cost_info,

@@ -85,3 +85,49 @@ def test_bad_layouts_are_one_line_errors(args, message):
     r = CliRunner().invoke(cli, ["predict", *args])
     assert r.exit_code == 2, r.output
     assert message in r.output and "Traceback" not in r.output
+
+
+def _mixtral_shape():
+    return shape_of(load_model("mixtral")[0], precision.PRECISIONS["bf16"])
+
+
+def test_ring_allreduce_time_from_link_bandwidth_and_latency():
+    # Mixtral decode, batch 1, TP2: 2 all-reduces per layer x 32 layers, each of the hidden state
+    # (4096 x 2 bytes); a ring moves 2 (n - 1) / n of the message per device: 2 x 32 x 2 x 1/2 x 8192
+    # = 524,288 bytes. At 450 GB/s per direction and 5 us per call: 524,288 / 450e9 + 64 x 5e-6 s.
+    import dataclasses
+
+    s = _mixtral_shape()
+    step = step_costs(s, tokens=1, seqs=1, pairs=10, kv_read_tokens=10, decode=True, kv_bytes_per_element=2.0,
+                      tp=2, n=2)
+    assert float(step.transfer_bytes["tp_allreduce"]) == 524_288
+    prof = dataclasses.replace(engines.load("roofline"), collective_latency_s=5e-6)
+    t = step_time(step, peak_flop_per_s={"matmul": 1e15, "attention": 1e15, "vector": 1e15},
+                  bandwidth_bytes_per_s=3.35e12, ring_bandwidth_bytes_per_s=450e9,
+                  alltoall_bandwidth_bytes_per_s=np.inf, layers=s.layers, moe_layers=s.moe_layers, profile=prof)
+    assert float(t.transfer_s["tp_allreduce"]) == pytest.approx(524_288 / 450e9 + 64 * 5e-6)
+
+
+def test_alltoall_bytes_per_rank_for_a_given_routing():
+    # Mixtral, EP8 over 8 devices (TP1, so 8 data-parallel attention groups), 64 decode tokens, routing with
+    # the busiest rank at 1.5x the mean load. Dispatch + combine per MoE layer send each of the rank's
+    # 64 / 8 = 8 tokens' top-2 copies of the hidden state (4096 x 2 bytes) to the other 7 of 8 ranks:
+    # 2 x 1.5 x 8 x 2 x 8192 x 7/8 x 32 layers = 11,010,048 bytes.
+    s = _mixtral_shape()
+    step = step_costs(s, tokens=64, seqs=64, pairs=640, kv_read_tokens=640, decode=True, kv_bytes_per_element=2.0,
+                      tp=1, ep=8, n=8, activated=8.0, rank_activated=1.0, rank_load=1.5)
+    assert float(step.transfer_bytes["ep_alltoall"]) == 11_010_048
+
+
+def test_capacity_limits_are_the_largest_that_fit():
+    q = Query(model="mixtral", hardware="dgx-h100", devices=2, batch=32)
+    rep = predict(q, DB)
+    b, i = rep["capacity"]["max_batch"], rep["capacity"]["max_input_len"]
+    assert b > 32 and i > 512
+    assert predict(Query(model="mixtral", hardware="dgx-h100", devices=2, batch=b), DB)["fits"]
+    r = CliRunner().invoke(cli, ["predict", "-m", "mixtral", "-H", "dgx-h100", "--devices", "2", "--batch", str(b + 1)])
+    assert r.exit_code == 2 and "--batch" in r.output  # one more does not fit; the error suggests a smaller batch
+    assert predict(Query(model="mixtral", hardware="dgx-h100", devices=2, batch=32, input_len=i), DB)["fits"]
+    r = CliRunner().invoke(cli, ["predict", "-m", "mixtral", "-H", "dgx-h100", "--devices", "2", "--batch", "32",
+                                 "--input-len", str(i + 1)])
+    assert r.exit_code == 2

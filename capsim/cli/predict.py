@@ -44,6 +44,14 @@ def _bound_line(rep: dict) -> str:
     return f"Decode is {dec['bottleneck']}-bound: {share:.0%} of each step is spent {what}."
 
 
+def _capacity_line(c: dict) -> str:
+    def lim(x):
+        return "no limit known" if x is None else f"{x:,}"
+
+    return (f"capacity: at most {lim(c['max_batch'])} sequences of {c['at_input_len']} + {c['at_output_len']} tokens, "
+            f"or prompts of {lim(c['max_input_len'])} tokens at batch {c['at_batch']}")
+
+
 def human(rep: dict) -> str:
     sc, pre, dec = rep["scenario"], rep["phases"]["prefill"], rep["phases"]["decode"]
     par = f"TP{sc['tp']}" + (f" EP{sc['ep']}" if sc["ep"] > 1 else "") + (f" DP{sc['dp']}" if sc["dp"] > 1 else "")
@@ -78,6 +86,7 @@ def human(rep: dict) -> str:
         f"memory per device {format_quantity(mem['total'], 'B')} of {cap} "
         f"(weights {format_quantity(mem['weights'], 'B')}, KV {format_quantity(mem['kv_cache'], 'B')})"
         + ("" if rep["fits"] else "  DOES NOT FIT"),
+        _capacity_line(rep["capacity"]),
         f"cost {cost_s}",
         _bound_line(rep),
     ]
