@@ -9,22 +9,38 @@ search over integers is exact.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from capsim.sim.memory import memory_use
+from capsim import pipeline
+from capsim.sim.memory import MemoryUse, memory_use
 
 SEARCH_LIMIT = 1 << 24  # 16.7 M sequences or tokens: beyond any device's memory for a real model
 
 
+def per_device(r: dict[str, Any], q, batch: int, input_len: int, expert_fraction: float = 1.0) -> MemoryUse:
+    """Memory of one device of the busiest pipeline stage (capsim.pipeline): its share of the weights and
+    KV cache, the activations of one micro-batch."""
+    t, pp = r["target"], getattr(q, "pp", 1)
+
+    def use(b):
+        return memory_use(r["shape"], batch=b, input_len=input_len, output_len=q.output_len,
+                          kv_bytes_per_element=r["kv_bytes"], capacity_bytes=t.memory_capacity_bytes,
+                          reserve_fraction=r["profile"].memory_reserve_fraction, tp=r["tp"], ep=r["ep"],
+                          n=t.n_devices, expert_fraction=expert_fraction)
+
+    m = use(batch)
+    if pp == 1:
+        return m
+    f = pipeline.stage_fraction(r["shape"].layers, pp)
+    return replace(m, weights=m.weights * f, kv_cache=m.kv_cache * f,
+                   activations=use(pipeline.microbatch(batch, pp)).activations)
+
+
 def _fits(r: dict[str, Any], q, expert_fraction: float, batch: int, input_len: int) -> bool:
-    t = r["target"]
-    m = memory_use(r["shape"], batch=batch, input_len=input_len, output_len=q.output_len,
-                   kv_bytes_per_element=r["kv_bytes"], capacity_bytes=t.memory_capacity_bytes,
-                   reserve_fraction=r["profile"].memory_reserve_fraction, tp=r["tp"], ep=r["ep"], n=t.n_devices,
-                   expert_fraction=expert_fraction)
-    return bool(np.all(m.fits))
+    return bool(np.all(per_device(r, q, batch, input_len, expert_fraction).fits))
 
 
 def _largest(ok) -> int | None:

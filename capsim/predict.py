@@ -12,13 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from capsim import capacity, engines, placement, precision
+from capsim import capacity, engines, pipeline, placement, precision
 from capsim.errors import CapsimError
 from capsim.hardware.db import HardwareDB
 from capsim.hardware.target import Target, resolve_target
 from capsim.model.catalogue import load_model
 from capsim.sim import cost
-from capsim.sim.memory import memory_use
 from capsim.sim.metrics import utilisation
 from capsim.sim.offload import offload_step
 from capsim.sim.request import simulate_request
@@ -55,6 +54,8 @@ class Query:
     cache_policy: str = "lru"
     expert_tier: str = "dram"  # where the other experts live: "dram" or "ssd"
     host_sockets: int | None = None  # --offload cpu: CPU sockets computing experts (default: all of the system's)
+    pp: int = 1  # pipeline stages (capsim.pipeline); tp / ep / dp apply inside a stage
+    dp: int | None = None  # attention data-parallel groups in a stage (default: stage devices / tp)
 
 
 def _check_ints(q: Query) -> None:
@@ -78,6 +79,9 @@ def _parallelism(q: Query, target: Target, spec) -> tuple[int, int]:
     heads = spec.attention.num_heads
     if heads % tp:
         raise CapsimError(f"--tp {tp}: {heads} attention heads do not split evenly over {tp} devices")
+    if q.dp is not None and q.dp * tp != n:
+        raise CapsimError(f"--dp {q.dp}: tp x dp x pp must equal the devices used ({tp} x {q.dp} x {q.pp} != "
+                          f"{n * q.pp})")
     if ep not in (1, n):
         raise CapsimError(f"--ep {ep}: expert parallelism spans all devices here, so --ep must be 1 or {n}")
     if ep > 1 and spec.num_experts % ep:
@@ -99,9 +103,17 @@ def resolve(q: Query, db: HardwareDB, profile: engines.EngineProfile | None = No
     _check_ints(q)
     spec, info = load_model(q.model, allow_dense=q.allow_dense)
     try:
-        target = resolve_target(db, q.hardware, q.devices)
+        target = whole = resolve_target(db, q.hardware, q.devices)
+        if not isinstance(q.pp, int) or q.pp < 1 or whole.n_devices % q.pp:
+            raise CapsimError(f"--pp {q.pp}: expected a positive divisor of the {whole.n_devices} devices used")
+        if q.pp > spec.layers:
+            raise CapsimError(f"--pp {q.pp}: the model has only {spec.layers} layers")
+        hop = math.inf
+        if q.pp > 1:
+            target = resolve_target(db, q.hardware, whole.n_devices // q.pp)  # one stage's devices
+            hop = resolve_target(db, q.hardware, 2).ring_bandwidth_bytes_per_s  # stage-to-stage link
     except CapsimError as err:
-        raise CapsimError(f"--hardware: {err}") from None
+        raise CapsimError(err.args[0] if err.args[0].startswith("--pp") else f"--hardware: {err}") from None
     prec = precision.get(q.precision or info["native_precision"])
     kv_name = (q.kv_precision or ("fp32" if prec.name == "fp32" else "bf16")).lower()
     kv_b = precision.kv_bytes(kv_name)
@@ -110,17 +122,17 @@ def resolve(q: Query, db: HardwareDB, profile: engines.EngineProfile | None = No
     profile = profile or engines.load(q.engine)
     scenario = {
         "model": info["id"], "model_source": info["source"], "hardware": target.hardware_id,
-        "device": target.device_id, "device_role": target.device_role, "devices": target.n_devices,
+        "device": target.device_id, "device_role": target.device_role, "devices": whole.n_devices,
         "engine": profile.id, "engine_version": profile.version, "precision": prec.name,
         "bits_per_weight": prec.bits_per_weight, "precision_scope": prec.scope, "kv_precision": kv_name,
         "compute_dtype": compute, "weight_only": compute not in prec.compute[:1],
         "batch": q.batch, "input_len": q.input_len, "output_len": q.output_len, "tp": tp, "ep": ep,
         "dp": target.n_devices // tp, "routing": "uniform (expected distinct experts)", "trace": q.trace,
-        "collective_link": target.collective_link,
+        "collective_link": target.collective_link, "pp": q.pp,
     }
     return {"scenario": scenario, "spec": spec, "model_info": info, "shape": shape_of(spec, prec), "target": target,
             "profile": profile, "peaks": _peaks(target, compute), "kv_bytes": kv_b, "tp": tp, "ep": ep,
-            "precision": prec}
+            "precision": prec, "whole_target": whole, "hop_bytes_per_s": hop}
 
 
 def _f(x) -> float:
@@ -201,21 +213,23 @@ def predict(q: Query, db: HardwareDB, profile: engines.EngineProfile | None = No
     s, target, profile = r["shape"], r["target"], r["profile"]
     tp, ep, n = r["tp"], r["ep"], target.n_devices
     place = placement.plan(q, r) if q.offload else None
-    mem = memory_use(s, batch=q.batch, input_len=q.input_len, output_len=q.output_len, kv_bytes_per_element=r["kv_bytes"],
-                     capacity_bytes=target.memory_capacity_bytes, reserve_fraction=profile.memory_reserve_fraction,
-                     tp=tp, ep=ep, n=n, expert_fraction=place.expert_fraction if place else 1.0)
+    pp, mb = q.pp, pipeline.microbatch(q.batch, q.pp)
+    mem = capacity.per_device(r, q, q.batch, q.input_len, place.expert_fraction if place else 1.0)
     fits = bool(mem.fits)
     if not fits and q.check_memory:
         raise CapsimError(_no_fit_message(q, r, mem, db))
     pre_routing, dec_routing, trace_notes = _replay(q, r)
     res = simulate_request(
-        s, prefill_routing=pre_routing, decode_routing=dec_routing, batch=q.batch, input_len=q.input_len, output_len=q.output_len, kv_bytes_per_element=r["kv_bytes"],
+        s, prefill_routing=pre_routing, decode_routing=dec_routing, batch=mb, input_len=q.input_len,
+        output_len=q.output_len, kv_bytes_per_element=r["kv_bytes"],
         peak_flop_per_s=r["peaks"], bandwidth_bytes_per_s=target.memory_bandwidth_bytes_per_s,
         ring_bandwidth_bytes_per_s=target.ring_bandwidth_bytes_per_s,
         alltoall_bandwidth_bytes_per_s=target.alltoall_bandwidth_bytes_per_s, profile=profile, tp=tp, ep=ep, n=n)
     offload_info = None
     if place is not None:
         res, offload_info = _offloaded(res, place, r, q)
+    if pp > 1:
+        res = _pipelined(res, r, q, mb)
     util_kw = dict(bandwidth_bytes_per_s=target.memory_bandwidth_bytes_per_s, peak_flop_per_s=r["peaks"])
     pre = _phase(res.prefill, res.prefill_timing, utilisation(res.prefill, res.prefill_timing, **util_kw), target,
                  q.batch * q.input_len)
@@ -224,7 +238,7 @@ def predict(q: Query, db: HardwareDB, profile: engines.EngineProfile | None = No
     dec["mean_context"] = _f(res.decode_context)
     request_s = _f(res.request_s)
     ttft, tpot = _f(res.ttft_s), _f(res.tpot_s)
-    cost_info = _cost(q, target, request_s, q.batch * q.output_len)
+    cost_info = _cost(q, r["whole_target"], request_s, q.batch * q.output_len)
     scenario = dict(r["scenario"], notes=list(target.notes) + trace_notes)
     if not fits:
         scenario["notes"].append("does not fit in device memory (memory check skipped on request)")
@@ -256,6 +270,18 @@ def predict(q: Query, db: HardwareDB, profile: engines.EngineProfile | None = No
         "scenario": scenario,
         "offload": offload_info,
     }
+
+
+def _pipelined(res, r: dict[str, Any], q: Query, mb: int):
+    """Micro-batches streaming through ``q.pp`` stages (capsim.pipeline)."""
+    s, pp, link = r["shape"], q.pp, r["hop_bytes_per_s"]
+    tpot = res.tpot_s + pipeline.hop_seconds(mb, s.hidden, s.act_bytes, link, pp)
+    ttft = pipeline.prefill_seconds(res.ttft_s, pp) + pipeline.hop_seconds(mb * q.input_len, s.hidden, s.act_bytes,
+                                                                          link, pp)
+    o = np.asarray(q.output_len, float)
+    return replace(res, ttft_s=ttft, tpot_s=tpot, request_s=ttft + np.maximum(o - 1, 0) * tpot,
+                   prefill_timing=replace(res.prefill_timing, step_s=ttft),
+                   decode_timing=replace(res.decode_timing, step_s=tpot))
 
 
 def _offloaded(res, place, r: dict[str, Any], q: Query):

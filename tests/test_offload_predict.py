@@ -131,3 +131,25 @@ def test_capacity_limits_are_the_largest_that_fit():
     r = CliRunner().invoke(cli, ["predict", "-m", "mixtral", "-H", "dgx-h100", "--devices", "2", "--batch", "32",
                                  "--input-len", str(i + 1)])
     assert r.exit_code == 2
+
+
+def test_pipeline_stages_split_weights_and_add_hops():
+    # Mixtral (32 layers) on 8 H100s: PP2 x TP2 x DP2 against TP2 x DP4. Each stage holds 16 of 32 layers:
+    # exactly half the weights per device. Each DP group decodes 16 sequences either way, so TPOT differs only
+    # by one hop of a 32-sequence micro-batch's hidden states (32 x 4096 x 2 bytes) over the NVLink path.
+    base = predict(Query(model="mixtral", hardware="dgx-h100", devices=8, tp=2, batch=64), DB)
+    pp2 = predict(Query(model="mixtral", hardware="dgx-h100", devices=8, tp=2, pp=2, batch=64), DB)
+    w0, w2 = base["memory_bytes"]["device"]["weights"], pp2["memory_bytes"]["device"]["weights"]
+    assert w2 == pytest.approx(w0 / 2)
+    hop = 32 * 4096 * 2 / predict.__globals__["resolve_target"](DB, "dgx-h100", 2).ring_bandwidth_bytes_per_s
+    assert pp2["tpot_s"] == pytest.approx(base["tpot_s"] + hop)
+    assert pp2["scenario"]["devices"] == 8 and pp2["scenario"]["pp"] == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--devices", "8", "--pp", "3"], "--pp 3: expected a positive divisor of the 8 devices"),
+    (["--devices", "8", "--tp", "2", "--dp", "2"], "--dp 2: tp x dp x pp must equal the devices used"),
+])
+def test_bad_pipeline_layouts(args, message):
+    r = CliRunner().invoke(cli, ["predict", "-m", "mixtral", "-H", "dgx-h100", *args])
+    assert r.exit_code == 2 and message in r.output

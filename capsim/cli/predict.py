@@ -54,7 +54,8 @@ def _capacity_line(c: dict) -> str:
 
 def human(rep: dict) -> str:
     sc, pre, dec = rep["scenario"], rep["phases"]["prefill"], rep["phases"]["decode"]
-    par = f"TP{sc['tp']}" + (f" EP{sc['ep']}" if sc["ep"] > 1 else "") + (f" DP{sc['dp']}" if sc["dp"] > 1 else "")
+    par = (f"TP{sc['tp']}" + (f" EP{sc['ep']}" if sc["ep"] > 1 else "") + (f" DP{sc['dp']}" if sc["dp"] > 1 else "")
+           + (f" PP{sc['pp']}" if sc.get("pp", 1) > 1 else ""))
     weight_only = " (weight-only)" if sc["weight_only"] else ""
     lines = [
         f"{sc['model']} on {sc['devices']}x {sc['device']} ({sc['hardware']}, {par}), engine {sc['engine']}",
@@ -123,6 +124,11 @@ def human(rep: dict) -> str:
 @click.option("--output-len", type=int, default=DEFAULT_OUTPUT_LEN, show_default=True, help="Generated tokens per sequence.")
 @click.option("--tp", type=int, default=None, help="Tensor-parallel size [default: all devices].")
 @click.option("--ep", type=int, default=None, help="Expert-parallel size: 1 or the number of devices [default: 1].")
+@click.option("--pp", type=int, default=1, show_default=True,
+              help="Pipeline-parallel stages; --tp / --ep / --dp apply inside a stage of devices / pp devices.")
+@click.option("--dp", type=int, default=None,
+              help="Attention data-parallel groups inside a stage [default: stage devices / tp]; tp x dp x pp must "
+                   "equal the devices used.")
 @click.option("--trace", default=None, help="Replay a routing trace folder (traces/README.md) instead of uniform routing.")
 @click.option("--trace-samples", type=int, default=200, show_default=True, help="Batch compositions drawn from the trace.")
 @click.option("--trace-any-model", is_flag=True, help="Replay a trace recorded on a model with a different config.")
@@ -143,13 +149,13 @@ def human(rep: dict) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (SI units).")
 @click.pass_context
 def predict_cmd(ctx: click.Context, model, hardware, devices, engine, precision, kv_precision, compute_dtype, batch,
-                input_len, output_len, tp, ep, trace, trace_samples, trace_any_model, usd_per_hour, no_memory_check,
+                input_len, output_len, tp, ep, pp, dp, trace, trace_samples, trace_any_model, usd_per_hour, no_memory_check,
                 allow_dense, offload, expert_cache, cache_policy, expert_tier, host_sockets, as_json) -> None:
     """Predict TTFT, TPOT, throughput, S-MBU / S-MFU, memory and cost of serving MODEL on HARDWARE."""
     db = hwdb.load(ctx.obj.get("hardware_db") if ctx.obj else None)
     q = Query(model=model, hardware=hardware, devices=devices, engine=engine, precision=precision,
               kv_precision=kv_precision, compute_dtype=compute_dtype, batch=batch, input_len=input_len,
-              output_len=output_len, tp=tp, ep=ep, trace=trace, trace_samples=trace_samples, trace_any_model=trace_any_model, usd_per_h=usd_per_hour,
+              output_len=output_len, tp=tp, ep=ep, pp=pp, dp=dp, trace=trace, trace_samples=trace_samples, trace_any_model=trace_any_model, usd_per_h=usd_per_hour,
               check_memory=not no_memory_check, allow_dense=allow_dense, offload=offload, expert_cache=expert_cache,
               cache_policy=cache_policy, expert_tier=expert_tier, host_sockets=host_sockets)
     rep = predict(q, db)
