@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from capsim.capacity import per_device
 from capsim.errors import CapsimError
-from capsim.sim.memory import memory_use
 from capsim.sim.offload import MODES
 from capsim.sim.shape import weight_bytes
 
@@ -61,12 +61,7 @@ def _check(q) -> None:
 
 
 def _fits(r: dict[str, Any], q, resident: int) -> bool:
-    s, t = r["shape"], r["target"]
-    m = memory_use(s, batch=q.batch, input_len=q.input_len, output_len=q.output_len,
-                   kv_bytes_per_element=r["kv_bytes"], capacity_bytes=t.memory_capacity_bytes,
-                   reserve_fraction=r["profile"].memory_reserve_fraction, tp=r["tp"], ep=r["ep"],
-                   n=t.n_devices, expert_fraction=resident / s.num_experts)
-    return bool(m.fits)
+    return bool(per_device(r, q, q.batch, q.input_len, resident / r["shape"].num_experts).fits)
 
 
 def most_resident(r: dict[str, Any], q) -> int:
@@ -140,11 +135,7 @@ def _trace_hit_rate(q, r: dict[str, Any], resident: int) -> tuple[float, str]:
 
 def _no_room(r: dict[str, Any], q) -> str:
     t = r["target"]
-    m = memory_use(r["shape"], batch=q.batch, input_len=q.input_len, output_len=q.output_len,
-                   kv_bytes_per_element=r["kv_bytes"], capacity_bytes=t.memory_capacity_bytes,
-                   reserve_fraction=r["profile"].memory_reserve_fraction, tp=r["tp"], ep=r["ep"], n=t.n_devices,
-                   expert_fraction=0.0)
-    need = float(np.asarray(m.total))
+    need = float(np.asarray(per_device(r, q, q.batch, q.input_len, 0.0).total))
     return (f"even with every routed expert off the device, {need / 1e9:.1f} GB is needed per device and "
             f"{t.device_id} has {t.memory_capacity_bytes / 1e9:.1f} GB; try a smaller --batch or context, or "
             f"a lower --precision")

@@ -104,16 +104,16 @@ def resolve(q: Query, db: HardwareDB, profile: engines.EngineProfile | None = No
     spec, info = load_model(q.model, allow_dense=q.allow_dense)
     try:
         target = whole = resolve_target(db, q.hardware, q.devices)
-        if not isinstance(q.pp, int) or q.pp < 1 or whole.n_devices % q.pp:
-            raise CapsimError(f"--pp {q.pp}: expected a positive divisor of the {whole.n_devices} devices used")
-        if q.pp > spec.layers:
-            raise CapsimError(f"--pp {q.pp}: the model has only {spec.layers} layers")
-        hop = math.inf
-        if q.pp > 1:
-            target = resolve_target(db, q.hardware, whole.n_devices // q.pp)  # one stage's devices
-            hop = resolve_target(db, q.hardware, 2).ring_bandwidth_bytes_per_s  # stage-to-stage link
     except CapsimError as err:
-        raise CapsimError(err.args[0] if err.args[0].startswith("--pp") else f"--hardware: {err}") from None
+        raise CapsimError(f"--hardware: {err}") from None
+    if not isinstance(q.pp, int) or q.pp < 1 or whole.n_devices % q.pp:
+        raise CapsimError(f"--pp {q.pp}: expected a positive divisor of the {whole.n_devices} devices used")
+    if q.pp > spec.layers:
+        raise CapsimError(f"--pp {q.pp}: the model has only {spec.layers} layers")
+    hop = math.inf
+    if q.pp > 1:  # one stage's devices, and the link between adjacent stages
+        target = resolve_target(db, q.hardware, whole.n_devices // q.pp)
+        hop = resolve_target(db, q.hardware, 2).ring_bandwidth_bytes_per_s
     prec = precision.get(q.precision or info["native_precision"])
     kv_name = (q.kv_precision or ("fp32" if prec.name == "fp32" else "bf16")).lower()
     kv_b = precision.kv_bytes(kv_name)

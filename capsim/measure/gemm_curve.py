@@ -1,6 +1,6 @@
 """A probe's measured GEMM efficiency curve, as an engine profile uses it, and its Hockney n_1/2.
 
-The probe times ``M x K @ K x N`` as M grows from 1 (:func:`capsim.measure.probe.gemm_curve`).
+The probe times ``M x K @ K x N`` as M grows from 1 (:func:`capsim.measure.probe_gemm.gemm_curve`).
 The engine profile parameter ``gemm_half_rows`` models that curve as ``M / (M + n_1/2)``
 (R. W. Hockney, "The Science of Computer Benchmarking", SIAM 1996, ch. 1; see
 :mod:`capsim.sim.roofline`). This fits n_1/2 to a curve by least squares on the log of the

@@ -7,7 +7,8 @@ What is measured (torch is imported inside the functions that use it)
     gemm      ``torch.mm`` of an M x K by a K x N matrix (``torch._int_mm`` for int8) per dtype, N = K fixed,
               M = 1, 2, 4, ... : 2 M N K FLOP (or integer OP) / time. The peak is the maximum over M; the
               whole curve is kept, and the M = 1 efficiency (rate at M = 1 / peak) is what decode sees.
-              The same K x N matrix is used at every repeat, so it may be served by a cache that holds it.
+              The same K x N matrix is used at every repeat (a cache may serve it) unless ``--cold-weights``
+              cycles through 1 GiB of copies (:mod:`capsim.measure.probe_gemm`).
     gpu       when ``torch.cuda.is_available()``: device memory and GEMM as above (timed with CUDA events),
               and host-to-device / device-to-host copies from and to pinned host memory.
     file      ``--file PATH``: one sequential pass of large reads over the file after asking the kernel to
@@ -27,27 +28,22 @@ from __future__ import annotations
 
 import os
 import shutil
-import statistics
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from capsim.errors import CapsimError
 from capsim.measure.machine import _cpu_snapshot, cpu_busy_fraction, machine_facts, other_cpu_share
+from capsim.measure.probe_gemm import CPU_DTYPES, GPU_DTYPES, _mark_slow_paths, gemm_curve
+from capsim.measure.timing import Log, cuda_timer, first_line, median_time, silent, timer_for
 from capsim.units import format_quantity
 
 PROBE_FORMAT = 1
 GiB = 2**30
 MiB = 2**20
 
-Log = Callable[[str], None]
-
-
-def _silent(_: str) -> None:
-    pass
 
 
 @dataclass(frozen=True)
@@ -78,56 +74,13 @@ QUICK = Settings(
     warmup=1, repeats=3, point_budget_s=0.2, read_chunk_bytes=MiB,
 )
 
-CPU_DTYPES = ("fp32", "bf16", "fp16", "int8")
-GPU_DTYPES = ("fp32", "tf32", "bf16", "fp16", "int8")
-# A dtype that runs at under this fraction of the fp32 peak is on a slow (emulated) path: it is kept in the
-# curves but left out of the entry's peaks, so a prediction does not assume an engine would use it.
-SLOW_PATH_FRACTION = 0.5
 BUSY_WARNING = 0.1  # share of the CPUs busy before the probe above which the numbers are flagged
-
-
-# ------------------------------------------------------------------ timing
-
-
-def _median_time(fn: Callable[[], Any], timer: Callable[[Callable[[], Any]], float], s: Settings) -> dict:
-    """Warm up, then time ``fn`` up to ``s.repeats`` times (at least 3; fewer past the point budget)."""
-    first = timer(fn)  # also a warm-up
-    for _ in range(s.warmup - 1 if first < s.point_budget_s / 4 else 0):
-        timer(fn)
-    samples: list[float] = []
-    start = time.perf_counter()
-    while len(samples) < s.repeats:
-        samples.append(timer(fn))
-        if len(samples) >= 3 and time.perf_counter() - start > s.point_budget_s:
-            break
-    return {"median_s": statistics.median(samples), "samples_s": samples}
-
-
-def _cpu_timer(fn: Callable[[], Any]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def _cuda_timer(fn: Callable[[], Any]) -> float:
-    import torch
-
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    fn()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / 1e3
-
-
-def _timer(device: str) -> Callable[[Callable[[], Any]], float]:
-    return _cuda_timer if device.startswith("cuda") else _cpu_timer
 
 
 # ------------------------------------------------------------------ machine facts
 
 
-def memory_bandwidth(s: Settings, device: str = "cpu", log: Log = _silent) -> dict[str, Any]:
+def memory_bandwidth(s: Settings, device: str = "cpu", log: Log = silent) -> dict[str, Any]:
     """Read (``torch.sum``) and copy (``dst.copy_(src)``, read + write bytes) bandwidth of one tensor."""
     import torch
 
@@ -135,11 +88,11 @@ def memory_bandwidth(s: Settings, device: str = "cpu", log: Log = _silent) -> di
     nbytes = n * 4
     src = torch.ones(n, dtype=torch.float32, device=device)  # written: every page is touched
     dst = torch.zeros_like(src)
-    timer = _timer(device)
+    timer = timer_for(device)
     log(f"memory: read {format_quantity(nbytes, 'B', binary=True)} float32 on {device}")
-    read = _median_time(lambda: torch.sum(src), timer, s)
+    read = median_time(lambda: torch.sum(src), timer, s)
     log(f"memory: copy {format_quantity(nbytes, 'B', binary=True)} on {device}")
-    copy = _median_time(lambda: dst.copy_(src), timer, s)
+    copy = median_time(lambda: dst.copy_(src), timer, s)
     return {
         "device": device,
         "bytes": nbytes,
@@ -154,132 +107,6 @@ def memory_bandwidth(s: Settings, device: str = "cpu", log: Log = _silent) -> di
 
 
 # ------------------------------------------------------------------ GEMM
-
-
-def _matrix(dtype: str, rows: int, cols: int, device: str, seed: int):
-    import torch
-
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    if dtype == "int8":
-        return torch.randint(-8, 8, (rows, cols), dtype=torch.int8, generator=gen).to(device)
-    tdt = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-    return torch.randn(rows, cols, generator=gen).to(device=device, dtype=tdt)
-
-
-def _gemm_fn(dtype: str, a, b) -> Callable[[], Any]:
-    import torch
-
-    if dtype == "int8":
-        return lambda: torch._int_mm(a, b)
-    return lambda: torch.mm(a, b)
-
-
-def _gemm_op(dtype: str) -> str:
-    if dtype == "int8":
-        return "torch._int_mm(int8 M x K, int8 K x N) -> int32"
-    return f"torch.mm({dtype} M x K, {dtype} K x N)" + (" with TF32 allowed" if dtype == "tf32" else "")
-
-
-class _Tf32:
-    """Allow TF32 in CUDA matmuls only for the 'tf32' dtype (fp32 is measured without it)."""
-
-    def __init__(self, dtype: str, device: str):
-        self.on = dtype == "tf32"
-        self.cuda = device.startswith("cuda")
-
-    def __enter__(self) -> None:
-        if self.cuda:
-            import torch
-
-            self.old = torch.backends.cuda.matmul.allow_tf32
-            torch.backends.cuda.matmul.allow_tf32 = self.on
-
-    def __exit__(self, *exc: object) -> None:
-        if self.cuda:
-            import torch
-
-            torch.backends.cuda.matmul.allow_tf32 = self.old
-
-
-def gemm_curve(dtype: str, s: Settings, device: str = "cpu", log: Log = _silent) -> dict[str, Any]:
-    """FLOP/s (integer OP/s for int8) of an M x K by K x N GEMM as M grows; the peak is the max over M."""
-    import torch
-
-    gpu = device.startswith("cuda")
-    nk = s.gpu_gemm_nk if gpu else s.gemm_nk
-    ms = s.gpu_gemm_ms if gpu else s.gemm_ms
-    out: dict[str, Any] = {"dtype": dtype, "device": device, "n": nk, "k": nk, "points": [], "skipped_points": []}
-    if dtype == "tf32" and not gpu:
-        out["skipped"] = "tf32 is a GPU tensor-core mode"
-        return out
-    if dtype == "int8" and not hasattr(torch, "_int_mm"):
-        out["skipped"] = f"torch {torch.__version__} has no torch._int_mm"
-        return out
-    timer = _timer(device)
-    with _Tf32(dtype, device):
-        try:  # does this dtype run at all?
-            _gemm_fn(dtype, _matrix(dtype, 32, 32, device, 1), _matrix(dtype, 32, 32, device, 2))()
-        except (RuntimeError, TypeError, NotImplementedError) as err:
-            out["skipped"] = f"not supported by torch {torch.__version__} on {device}: {_first_line(err)}"
-            return out
-        log(f"gemm {dtype} on {device}: N = K = {nk}, M = {', '.join(map(str, ms))}")
-        out["op"] = _gemm_op(dtype)
-        b = _matrix(dtype, nk, nk, device, 2)
-        weights = [b]
-        if not gpu and s.gemm_cold_bytes:  # copies of the weight, cycled so that each call streams it from DRAM
-            weights += [b.clone() for _ in range(max(0, -(-s.gemm_cold_bytes // (b.numel() * b.element_size())) - 1))]
-            out["weights_cycled"] = len(weights)
-            out["weights_cycled_bytes"] = len(weights) * b.numel() * b.element_size()
-        turn = [0]
-        for m in ms:
-            a = _matrix(dtype, m, nk, device, 1)
-            calls = [_gemm_fn(dtype, a, w) for w in weights]
-
-            def call(calls=calls):
-                turn[0] += 1
-                return calls[turn[0] % len(calls)]()
-
-            try:
-                t = _median_time(call, timer, s)
-            except (RuntimeError, TypeError, NotImplementedError) as err:  # e.g. CUDA _int_mm needs M > 16
-                out["skipped_points"].append({"m": m, "reason": _first_line(err)})
-                continue
-            rate = 2.0 * m * nk * nk / t["median_s"]
-            out["points"].append({"m": m, "flop_per_s": rate, **t})
-            if gpu:
-                torch.cuda.empty_cache()
-    del b, weights
-    if not out["points"]:
-        out["skipped"] = "no shape ran: " + "; ".join(p["reason"] for p in out["skipped_points"][:2])
-        return out
-    best = max(out["points"], key=lambda p: p["flop_per_s"])
-    out["peak_flop_per_s"] = best["flop_per_s"]
-    out["peak_m"] = best["m"]
-    first = out["points"][0]
-    out["smallest_m"] = first["m"]
-    out["smallest_m_efficiency"] = first["flop_per_s"] / best["flop_per_s"]
-    elem = 1 if dtype == "int8" else (4 if dtype in ("fp32", "tf32") else 2)
-    out["weight_bytes"] = nk * nk * elem
-    out["weight_bytes_per_s_at_smallest_m"] = nk * nk * elem / first["median_s"]
-    return out
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
-
-
-def _mark_slow_paths(curves: dict[str, dict[str, Any]]) -> None:
-    ref = curves.get("fp32", {}).get("peak_flop_per_s")
-    for dt, c in curves.items():
-        if "peak_flop_per_s" not in c:
-            c["in_entry"] = False
-            continue
-        slow = ref is not None and dt not in ("fp32", "tf32") and c["peak_flop_per_s"] < SLOW_PATH_FRACTION * ref
-        c["in_entry"] = not slow
-        if slow:
-            c["note"] = (f"peak under {SLOW_PATH_FRACTION:g} x the fp32 peak: torch runs {dt} on a slow path here; "
-                         "left out of the entry's peaks")
 
 
 # ------------------------------------------------------------------ GPU
@@ -297,7 +124,7 @@ def _nvidia_smi(field: str) -> str | None:
     return text if text and "N/A" not in text and "Not Supported" not in text else None
 
 
-def host_device_copies(s: Settings, log: Log = _silent) -> dict[str, Any]:
+def host_device_copies(s: Settings, log: Log = silent) -> dict[str, Any]:
     """Host-to-device and device-to-host copy rates between pinned host memory and GPU 0."""
     import torch
 
@@ -306,8 +133,8 @@ def host_device_copies(s: Settings, log: Log = _silent) -> dict[str, Any]:
     host.fill_(1)
     dev = torch.empty(n, dtype=torch.uint8, device="cuda")
     log(f"gpu: host <-> device copies of {format_quantity(n, 'B', binary=True)} (pinned)")
-    h2d = _median_time(lambda: dev.copy_(host, non_blocking=True), _cuda_timer, s)
-    d2h = _median_time(lambda: host.copy_(dev, non_blocking=True), _cuda_timer, s)
+    h2d = median_time(lambda: dev.copy_(host, non_blocking=True), cuda_timer, s)
+    d2h = median_time(lambda: host.copy_(dev, non_blocking=True), cuda_timer, s)
     return {
         "bytes": n, "pinned": True,
         "host_to_device_bytes_per_s": n / h2d["median_s"], "device_to_host_bytes_per_s": n / d2h["median_s"],
@@ -315,7 +142,7 @@ def host_device_copies(s: Settings, log: Log = _silent) -> dict[str, Any]:
     }
 
 
-def gpu_probe(s: Settings, log: Log = _silent) -> dict[str, Any]:
+def gpu_probe(s: Settings, log: Log = silent) -> dict[str, Any]:
     """Everything measured on GPU 0, or ``{"skipped": why}``."""
     import torch
 
@@ -337,7 +164,7 @@ def gpu_probe(s: Settings, log: Log = _silent) -> dict[str, Any]:
         _mark_slow_paths(out["gemm"])
         out["transfers"] = host_device_copies(s, log)
     except RuntimeError as err:  # out of memory, a driver error: keep the CPU results
-        out["error"] = _first_line(err)
+        out["error"] = first_line(err)
     finally:
         torch.cuda.empty_cache()
     return out
@@ -346,7 +173,7 @@ def gpu_probe(s: Settings, log: Log = _silent) -> dict[str, Any]:
 # ------------------------------------------------------------------ file read
 
 
-def file_read_rate(path: str | Path, s: Settings, log: Log = _silent) -> dict[str, Any]:
+def file_read_rate(path: str | Path, s: Settings, log: Log = silent) -> dict[str, Any]:
     """One sequential pass of large reads over ``path`` after advising the kernel to drop it from the cache."""
     p = Path(path)
     if not p.exists():
@@ -404,7 +231,7 @@ def file_read_rate(path: str | Path, s: Settings, log: Log = _silent) -> dict[st
 # ------------------------------------------------------------------ the whole probe
 
 
-def run_probe(s: Settings, file: str | Path | None = None, log: Log = _silent) -> dict[str, Any]:
+def run_probe(s: Settings, file: str | Path | None = None, log: Log = silent) -> dict[str, Any]:
     """Facts, memory, GEMM curves per dtype, the GPU (when present) and the file read rate."""
     import torch
 
