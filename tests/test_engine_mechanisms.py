@@ -101,3 +101,53 @@ def test_bad_gemm_curves_in_a_profile(tmp_path, monkeypatch):
         "gemm_curves: [{weight_bytes: 1, points: [[4, 0.5], [2, 0.9]]}]\n")
     with pytest.raises(CapsimError, match=r"x\.yaml: gemm_curves: expected"):
         engines.load("x")
+
+
+def _mixtral_like_decode(batch: int, context: int):
+    from pathlib import Path
+
+    from capsim.validation.cases import cases_from_run
+
+    run = Path(__file__).resolve().parents[1] / "validation" / "measured" / "cpu" / "mixtral-like.json"
+    s = cases_from_run(run)[0].shape
+    return s, step_costs(s, tokens=batch, seqs=batch, pairs=batch * (context + 1), kv_read_tokens=batch * context,
+                         decode=True, kv_bytes_per_element=4.0)
+
+
+def test_fresh_pages_of_a_concatenated_kv_cache():
+    # The committed mixtral-like run (2 layers, 2 KV heads x 128, fp32). transformers' DynamicCache grows by
+    # torch.cat, so each decode step allocates each layer's K and V anew: batch x 2 x (context + 1) x 128 x 4 B.
+    # Batch 64, context 1024: 64 x 2 x 1025 x 128 x 4 = 67,174,400 B per tensor, above glibc's 32 MiB
+    # (33,554,432 B) mmap threshold, so 2 tensors x 2 layers = 268,697,600 B are fresh pages every step.
+    # (Measured on this CPU, ru_minflt over one such step: 65,605 faults x 4096 B = 268,718,080 B.)
+    s, dec = _mixtral_like_decode(64, 1024)
+    (size, count), = dec.ops["attn_scores"].allocs
+    assert (float(size), float(count)) == (67_174_400, 4)
+    prof = dataclasses.replace(engines.load("roofline"), first_touch_s_per_byte=2e-10)
+    from capsim.sim.roofline import fresh_page_s
+    assert float(fresh_page_s(dec.ops["attn_scores"], prof)) == pytest.approx(268_697_600 * 2e-10)
+    # Batch 16: 16,793,600 B per tensor stays under the threshold (heap memory reused): no first-touch cost.
+    _, dec16 = _mixtral_like_decode(16, 1024)
+    assert float(fresh_page_s(dec16.ops["attn_scores"], prof)) == 0.0
+    # An engine with a caching allocator (first_touch_s_per_byte 0) pays nothing, and the step time grows by
+    # exactly the first-touch time when it is on.
+    base = engines.load("roofline")
+    kw = dict(peak_flop_per_s={"matmul": 1e11, "attention": 1e11, "vector": 1e11}, bandwidth_bytes_per_s=1e10,
+              ring_bandwidth_bytes_per_s=np.inf, alltoall_bandwidth_bytes_per_s=np.inf, layers=s.layers,
+              moe_layers=s.moe_layers)
+    off, on = step_time(dec, profile=base, **kw), step_time(dec, profile=prof, **kw)
+    assert float(on.step_s - off.step_s) == pytest.approx(268_697_600 * 2e-10)
+
+
+def test_fresh_pages_of_expanded_mla_decode():
+    # DeepSeek-V2-Lite, expanded decode, batch 64, context 1000, bf16: kv_b_proj writes 64 x 1000 x 4096 x 2 B
+    # = 524,288,000 B per layer and the new key tensor 64 x 1000 x 16 heads x 192 x 2 B = 393,216,000 B; both
+    # above 32 MiB: 27 layers x (524,288,000 + 393,216,000) B fresh. The cached latent (64 x 1001 x 512 x 2 B
+    # = 65,601,536 B) is above it too, its rope part (64 x 1001 x 64 x 2 B = 8,200,192 B) is not.
+    s, dec = _v2_lite_decode(absorbed=False, batch=64)
+    prof = dataclasses.replace(engines.load("roofline"), first_touch_s_per_byte=1.0)
+    from capsim.sim.roofline import fresh_page_s
+    assert float(fresh_page_s(dec.ops["mla_expand"], prof)) == 27 * (524_288_000 + 393_216_000)
+    assert float(fresh_page_s(dec.ops["attn_scores"], prof)) == 27 * 65_601_536
+    _, absorbed = _v2_lite_decode(absorbed=True, batch=64)
+    assert float(fresh_page_s(absorbed.ops["mla_expand"], prof)) == 0.0

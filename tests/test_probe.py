@@ -74,6 +74,10 @@ def test_measurements_consistent(probed):
         "read_bytes_per_s"]
     mem = result["cpu"]["memory"]
     assert mem["read_bytes_per_s"] > 0 and mem["copy_bytes_per_s"] > 0 and mem["threads"] >= 1
+    # first touch: (fresh - mapped) write time over the bytes written, the same tensor size as the read
+    ft = mem["first_touch"]
+    extra = ft["fresh_write"]["median_s"] - ft["mapped_write"]["median_s"]
+    assert ft["bytes"] == mem["bytes"] and math.isclose(ft["s_per_byte"], max(extra, 0.0) / ft["bytes"])
     facts = result["facts"]
     assert facts["torch"] and facts["numpy"] and facts["python"] and facts["date"].endswith("Z")
     assert facts["memory_total_kib"] > 0

@@ -50,13 +50,28 @@ def _fixed(cpu: dict, db_root: Path, config_path: Path) -> tuple[dict[str, float
             values[name] = got["half_rows"]
             how[name] = (f"Hockney n_1/2 fitted to the {cpu['dtype']} torch.mm curve in {probe_file.name} "
                          f"(compute-bound points M = {', '.join(map(str, got['points']))})")
+        elif name == "first_touch_s_per_byte" and value == "probe":
+            values[name] = _probe_first_touch(probe_file)
+            how[name] = (f"{values[name] * 1e9:.3f} ns/B: fresh-page minus mapped-page write time per byte, "
+                         f"measured in {probe_file.name} (cpu.memory.first_touch)")
         elif isinstance(value, (int, float)):
             values[name] = float(value)
             how[name] = f"set in {config_path.name} (mechanism, not fitted)"
         else:
             raise CapsimError(f"{config_path}: cpu.fixed.{name}: expected a number (or 'probe' for "
-                              f"gemm_half_rows), got {value!r}")
+                              f"gemm_half_rows and first_touch_s_per_byte), got {value!r}")
     return values, how
+
+
+def _probe_first_touch(path: Path) -> float:
+    import json
+
+    try:
+        return float(json.loads(path.read_text())["cpu"]["memory"]["first_touch"]["s_per_byte"])
+    except (OSError, ValueError) as err:
+        raise CapsimError(f"{path}: unreadable probe result ({err})") from None
+    except (KeyError, TypeError):
+        raise CapsimError(f"{path}: no cpu.memory.first_touch.s_per_byte (run capsim probe again)") from None
 
 
 def _probe_sizes(value) -> tuple[int, ...] | None:

@@ -14,6 +14,7 @@ import yaml
 from capsim.errors import CapsimError
 
 FOLDER = Path(__file__).parent
+GLIBC_MMAP_THRESHOLD_MAX_BYTES = 32 * 2**20  # mallopt(3), M_MMAP_THRESHOLD: DEFAULT_MMAP_THRESHOLD_MAX on 64-bit
 PARAMETERS = {
     "compute_efficiency": (0.0, 1.0),
     "memory_efficiency": (0.0, 1.0),
@@ -31,6 +32,8 @@ PARAMETERS = {
     "host_memory_efficiency": (0.0, 1.0),
     "host_compute_efficiency": (0.0, 1.0),
     "offload_overlap": (0.0, 1.0),
+    "first_touch_s_per_byte": (0.0, 1e-6),
+    "fresh_alloc_threshold_bytes": (0.0, 1e12),
 }
 
 
@@ -67,6 +70,13 @@ class EngineProfile:
     host_memory_efficiency: float = 1.0
     host_compute_efficiency: float = 1.0
     offload_overlap: float = 0.0
+    # Engines on the CPU allocator (torch CPU: malloc): every tensor above the allocator's mmap threshold is
+    # mapped afresh and unmapped on free, so each step's large tensors fault in and zero their pages on first
+    # touch: fresh bytes x first_touch_s_per_byte (``capsim probe`` measures it). 0 = no such cost (caching
+    # allocators: CUDA, preallocated engine buffers). The threshold defaults to glibc's largest dynamic mmap
+    # threshold, DEFAULT_MMAP_THRESHOLD_MAX = 4 x 1024 x 1024 x sizeof(long) = 32 MiB on 64-bit (mallopt(3)).
+    first_touch_s_per_byte: float = 0.0
+    fresh_alloc_threshold_bytes: float = GLIBC_MMAP_THRESHOLD_MAX_BYTES
     # Measured GEMM efficiency curves, one per weight-matrix size: ((weight bytes, ((rows, fraction of the
     # peak), ...)), ...) by ascending size; the engine's kernels on the hardware it was fitted for
     # (``capsim probe`` measures them). Used instead of gemm_half_rows when present.
@@ -126,6 +136,7 @@ def write(profile: EngineProfile, extra: dict | None = None, folder: Path = FOLD
     import os
 
     params = {k: float(f"{getattr(profile, k):.4g}") for k in PARAMETERS}
+    params["fresh_alloc_threshold_bytes"] = float(profile.fresh_alloc_threshold_bytes)  # a byte count, kept exact
     data = {"id": profile.id, "version": profile.version, "description": profile.description,
             "fitted_to": profile.fitted_to, "parameters": params, "fitted_cases": list(profile.fitted_cases),
             **(extra or {})}

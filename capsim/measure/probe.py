@@ -106,6 +106,32 @@ def memory_bandwidth(s: Settings, device: str = "cpu", log: Log = silent) -> dic
     }
 
 
+def first_touch(s: Settings, log: Log = silent) -> dict[str, Any]:
+    """Extra time per byte of writing a tensor that was just allocated (fresh pages: the kernel faults in and
+    zeroes each page on first touch) over writing one already mapped: median ``torch.empty(n).fill_(1)`` minus
+    median ``x.fill_(1)``, over the tensor's bytes. glibc malloc maps every block above its mmap threshold
+    afresh (and unmaps it on free), so a CPU torch engine pays this for each large activation, every step."""
+    import torch
+
+    n = s.memory_bytes // 4
+    nbytes = n * 4
+    warm = torch.empty(n, dtype=torch.float32)
+    warm.fill_(0.0)  # every page mapped once
+    timer = timer_for("cpu")
+    log(f"memory: first-touch writes of {format_quantity(nbytes, 'B', binary=True)} (fresh vs mapped pages)")
+    mapped = median_time(lambda: warm.fill_(1.0), timer, s)
+    fresh = median_time(lambda: torch.empty(n, dtype=torch.float32).fill_(1.0), timer, s)
+    extra = max(fresh["median_s"] - mapped["median_s"], 0.0)
+    return {
+        "bytes": nbytes,
+        "s_per_byte": extra / nbytes,
+        "mapped_write": mapped,
+        "fresh_write": fresh,
+        "method": "median time of torch.empty(n).fill_(1.0) (fresh pages) minus median time of x.fill_(1.0) on a "
+        "tensor whose pages are mapped, over the bytes written (float32, n x 4 bytes)",
+    }
+
+
 # ------------------------------------------------------------------ GEMM
 
 
@@ -249,6 +275,7 @@ def run_probe(s: Settings, file: str | Path | None = None, log: Log = silent) ->
     snap = _cpu_snapshot()
     with torch.inference_mode():
         memory = memory_bandwidth(s, "cpu", log)
+        memory["first_touch"] = first_touch(s, log)
         gemm = {dt: gemm_curve(dt, s, "cpu", log) for dt in CPU_DTYPES}
         _mark_slow_paths(gemm)
         small = replace(s, gemm_nk=s.gemm_nk_small)

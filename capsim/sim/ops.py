@@ -61,6 +61,10 @@ class OpCost:
     activated_per_layer: np.ndarray | float = 0.0  # routed experts only: activated experts summed over MoE layers
     rows: np.ndarray | float = np.inf  # matmuls: rows (tokens) each weight multiplies; inf for non-GEMM work
     matrix_bytes: np.ndarray | float = 0.0  # matmuls: bytes of one weight matrix as one device holds it
+    # Tensors the step allocates, ((bytes of one tensor, how many), ...): those above the allocator's mmap
+    # threshold are fresh pages each step (:mod:`capsim.sim.roofline`). Decode with a cache grown by
+    # concatenation (and expanded MLA) only; other activations are not listed.
+    allocs: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
 
     @property
     def bytes(self) -> np.ndarray:
@@ -143,6 +147,18 @@ def step_costs(
     put("attn_scores", 2 * pairs_g * s.heads * (qk + v) * L / tp, 0.0,
         t_g * s.heads * (qk + v) * ab * L / tp + expanded_kv_act,
         KERNELS_PER_LAYER["attn_scores"] * L, "attention", kv=(kv_g + t_g) * kv_elems)  # read cache + write new
+    if decode:
+        # A cache grown by torch.cat allocates each layer's cache tensors anew every step: K and V (MHA/GQA:
+        # half the cached elements each) or the latent and its rope part (MLA); expanded MLA also allocates
+        # kv_b_proj's output (up_width per cached token) and the new key tensor (heads x qk per cached token).
+        cached = (kv_g + t_g) * _f(kv_bytes_per_element) * kv_frac
+        per_tok = s.kv_elements_per_token_layer
+        cache = (((cached * s.mla_latent, L + zero), (cached * (per_tok - s.mla_latent), L + zero)) if s.mla
+                 else ((cached * per_tok / 2, 2 * L + zero),))
+        ops["attn_scores"] = replace(ops["attn_scores"], allocs=cache)
+        if expand:
+            ops["mla_expand"] = replace(ops["mla_expand"], allocs=(
+                (kv_g / tp * s.mla_up_width * ab, L + zero), (kv_g / tp * s.heads * qk * ab, L + zero)))
     n_norms = 2 * L + 1
     put("norms", NORM_FLOPS_PER_ELEMENT * t_g * h * n_norms,
         (L * s.norm_params_layer + s.final_norm_params) * s.other_weight_bytes, 2 * t_g * h * ab * n_norms,

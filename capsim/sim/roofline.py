@@ -2,7 +2,7 @@
 
 t_op = max(FLOPs / (peak x compute_efficiency x gemm_fraction), bytes / (bandwidth x memory_efficiency))
        (attention: bandwidth x attention_efficiency)
-       + kernels x kernel_overhead_s
+       + kernels x kernel_overhead_s + fresh bytes x first_touch_s_per_byte
 gemm_fraction = rows / (rows + gemm_half_rows) for matmuls (1 for other work): a GEMM whose weight
 multiplies few rows (decode, or an expert that got few tokens) runs far below the peak; Hockney's
 n_1/2 (R. Hockney, Parallel Computing 1991) is the rows at which it reaches half of it. An engine
@@ -61,6 +61,14 @@ def gemm_fraction(rows, weight_bytes, curves) -> np.ndarray:
     return out
 
 
+def fresh_page_s(op, profile: EngineProfile) -> np.ndarray | float:
+    """First-touch time of the op's tensors above the allocator's mmap threshold (fresh pages each step)."""
+    if not profile.first_touch_s_per_byte or not op.allocs:
+        return 0.0
+    fresh = sum(np.where(size > profile.fresh_alloc_threshold_bytes, size * count, 0.0) for size, count in op.allocs)
+    return fresh * profile.first_touch_s_per_byte
+
+
 def step_time(
     step: Step,
     *,
@@ -89,7 +97,7 @@ def step_time(
         op_bw = bw if op.compute != "attention" else bw / profile.memory_efficiency * profile.attention_efficiency
         tm = (op.bytes + (profile.kv_traffic_factor - 1.0) * op.kv_bytes) / op_bw
         kernels = op.kernels + profile.kernels_per_activated_expert * op.activated_per_layer
-        ov = kernels * profile.kernel_overhead_s
+        ov = kernels * profile.kernel_overhead_s + fresh_page_s(op, profile)
         comp_s[name], mem_s[name] = tc, tm
         op_s[name] = np.maximum(tc, tm) + ov
         compute_bound = compute_bound + np.where(tc > tm, tc, 0.0)
