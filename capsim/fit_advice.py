@@ -26,6 +26,13 @@ def _fits(shape, q, target, reserve, tp, ep, n, kv_b, batch=None) -> bool:
     return bool(m.fits)
 
 
+def _scale_out(db: HardwareDB, hardware_id: str) -> bool:
+    try:
+        return bool(getattr(db.get(hardware_id), "scale_out_link", None))
+    except CapsimError:
+        return False
+
+
 def suggestions(q, r: dict[str, Any], db: HardwareDB) -> list[str]:
     out: list[str] = []
     t, s, kv_b = r["target"], r["shape"], r["kv_bytes"]
@@ -33,9 +40,15 @@ def suggestions(q, r: dict[str, Any], db: HardwareDB) -> list[str]:
     # 1. more devices (tensor parallel over all of them)
     limit = t.n_available or max(DEVICE_COUNTS)
     for n in DEVICE_COUNTS:
-        if n > t.n_devices and _fits(s, q, t, reserve, n, 1, n, kv_b):
-            where = "" if n <= limit else f" (the system has {t.n_available}; multi-node is not modelled yet)"
-            out.append(f"--devices {n}{where}")
+        if n >= t.n_devices and n > r["tp"] and _fits(s, q, t, reserve, n, 1, n, kv_b):
+            nodes = max(getattr(q, "nodes", 1) or 1, 1)
+            per_node = t.n_available // nodes if t.n_available else None
+            if n <= limit:  # the check splits every weight n ways: tensor parallel over n devices
+                out.append(f"--devices {n}" if nodes == 1 else f"--tp {n}")
+            elif per_node and n % per_node == 0 and _scale_out(db, t.hardware_id):
+                out.append(f"--nodes {n // per_node} --tp {n} (the system has {per_node} devices per node)")
+            else:
+                out.append(f"--devices {n} (the system has {t.n_available}; no scale-out link to join nodes)")
             break
     # 2. a smaller weight format the device can compute with
     current = r["precision"].bits_per_weight
@@ -60,7 +73,7 @@ def suggestions(q, r: dict[str, Any], db: HardwareDB) -> list[str]:
     if routed and t.host_dram_bytes and routed <= t.host_dram_bytes:
         no_experts = replace(s, num_experts=0)
         if _fits(no_experts, q, t, reserve, r["tp"], r["ep"], t.n_devices, kv_b):
-            out.append(f"the routed experts ({routed / 1e9:.0f} GB) offloaded to host DRAM "
-                       f"({t.host_dram_bytes / 1e9:.0f} GB; offload is modelled from the memory-tiers issue on)")
+            out.append(f"--offload cpu or --offload gpu-fetch (the routed experts, {routed / 1e9:.0f} GB, in host "
+                       f"DRAM of {t.host_dram_bytes / 1e9:.0f} GB)")
     return out
 

@@ -5,7 +5,9 @@ a stage). The batch is cut into ``pp`` micro-batches that stream through the sta
 every stage is busy with a different micro-batch:
 
 - a token's step (TPOT) is the whole model at micro-batch ``ceil(B / pp)`` on one stage group (the
-  sum of the stages' times) plus ``pp - 1`` hops of its hidden states to the next stage;
+  sum of the stages' times) plus ``pp - 1`` hops of its hidden states to the next stage, over the
+  topology graph's route from a stage's last device to the next stage's first (every boundary
+  sending at once; the InfiniBand NICs when stages are nodes, ``capsim.hardware.target.stage``);
 - decode throughput is ``B / TPOT`` (no bubble once the pipeline is full);
 - the prefill pass of ``pp`` micro-batches takes ``(2 pp - 1)`` stage times (GPipe fill and drain,
   Huang et al., arXiv:1811.06965): ``prefill(B / pp) x (2 pp - 1) / pp``;

@@ -81,6 +81,8 @@ def plan(q, r: dict[str, Any]) -> Placement:
     s, t = r["shape"], r["target"]
     if not s.num_experts:
         raise CapsimError(f"--offload: {r['scenario']['model']} has no routed experts to offload")
+    if t.nodes > 1:
+        raise CapsimError(f"--offload: expert offload is modelled on one node; drop --nodes {t.nodes} or --offload")
     if t.host is None:
         raise CapsimError(f"--offload: {t.hardware_id} has no host CPU and DRAM in the database; name a system "
                           "(e.g. workstation-rtx-4090, ktransformers-testbed, dgx-h100)")

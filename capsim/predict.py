@@ -15,11 +15,12 @@ import numpy as np
 from capsim import capacity, engines, pipeline, placement, precision
 from capsim.errors import CapsimError
 from capsim.hardware.db import HardwareDB
-from capsim.hardware.target import Target, resolve_target
+from capsim.hardware.target import Target, for_layout, resolve_target, stage
 from capsim.model.catalogue import load_model
 from capsim.sim import cost
 from capsim.sim.metrics import utilisation
 from capsim.sim.offload import offload_step
+from capsim.sim.ops import ALLREDUCES_PER_LAYER
 from capsim.sim.request import simulate_request
 from capsim.sim.roofline import CATEGORIES
 from capsim.sim.shape import shape_of
@@ -56,11 +57,13 @@ class Query:
     host_sockets: int | None = None  # --offload cpu: CPU sockets computing experts (default: all of the system's)
     pp: int = 1  # pipeline stages (capsim.pipeline); tp / ep / dp apply inside a stage
     dp: int | None = None  # attention data-parallel groups in a stage (default: stage devices / tp)
+    nodes: int = 1  # copies of a system joined by its scale-out link; ``devices`` is then per node
 
 
 def _check_ints(q: Query) -> None:
     for flag, value, low in (("--batch", q.batch, 1), ("--input-len", q.input_len, 1),
-                             ("--output-len", q.output_len, 1), ("--trace-samples", q.trace_samples, 1)):
+                             ("--output-len", q.output_len, 1), ("--trace-samples", q.trace_samples, 1),
+                             ("--nodes", q.nodes, 1)):
         if not isinstance(value, int) or value < low:
             raise CapsimError(f"{flag} {value}: expected an integer >= {low}")
     for flag, value in (("--tp", q.tp), ("--ep", q.ep), ("--devices", q.devices)):
@@ -73,7 +76,7 @@ def _check_ints(q: Query) -> None:
 def _parallelism(q: Query, target: Target, spec) -> tuple[int, int]:
     n = target.n_devices
     ep = q.ep or 1
-    tp = q.tp or n
+    tp = q.tp or math.gcd(n, target.devices_per_node or n)  # default: TP inside a node, DP across nodes
     if n % tp:
         raise CapsimError(f"--tp {tp}: must divide the {n} devices used (--devices)")
     heads = spec.attention.num_heads
@@ -103,22 +106,20 @@ def resolve(q: Query, db: HardwareDB, profile: engines.EngineProfile | None = No
     _check_ints(q)
     spec, info = load_model(q.model, allow_dense=q.allow_dense)
     try:
-        target = whole = resolve_target(db, q.hardware, q.devices)
+        target = whole = resolve_target(db, q.hardware, q.devices, q.nodes)
     except CapsimError as err:
         raise CapsimError(f"--hardware: {err}") from None
     if not isinstance(q.pp, int) or q.pp < 1 or whole.n_devices % q.pp:
         raise CapsimError(f"--pp {q.pp}: expected a positive divisor of the {whole.n_devices} devices used")
     if q.pp > spec.layers:
         raise CapsimError(f"--pp {q.pp}: the model has only {spec.layers} layers")
-    hop = math.inf
-    if q.pp > 1:  # one stage's devices, and the link between adjacent stages
-        target = resolve_target(db, q.hardware, whole.n_devices // q.pp)
-        hop = resolve_target(db, q.hardware, 2).ring_bandwidth_bytes_per_s
+    target, hop, hop_where = stage(whole, q.pp)  # one stage's devices, and the link between adjacent stages
     prec = precision.get(q.precision or info["native_precision"])
     kv_name = (q.kv_precision or ("fp32" if prec.name == "fp32" else "bf16")).lower()
     kv_b = precision.kv_bytes(kv_name)
     compute = precision.choose_compute(prec, target.peak_flop_per_s, target.device_id, q.compute_dtype)
     tp, ep = _parallelism(q, target, spec)
+    target = for_layout(target, tp, ep)
     profile = profile or engines.load(q.engine)
     scenario = {
         "model": info["id"], "model_source": info["source"], "hardware": target.hardware_id,
@@ -128,11 +129,12 @@ def resolve(q: Query, db: HardwareDB, profile: engines.EngineProfile | None = No
         "compute_dtype": compute, "weight_only": compute not in prec.compute[:1],
         "batch": q.batch, "input_len": q.input_len, "output_len": q.output_len, "tp": tp, "ep": ep,
         "dp": target.n_devices // tp, "routing": "uniform (expected distinct experts)", "trace": q.trace,
-        "collective_link": target.collective_link, "pp": q.pp,
+        "collective_link": target.collective_link, "pp": q.pp, "nodes": whole.nodes,
+        "devices_per_node": whole.devices_per_node or whole.n_devices,
     }
     return {"scenario": scenario, "spec": spec, "model_info": info, "shape": shape_of(spec, prec), "target": target,
             "profile": profile, "peaks": _peaks(target, compute), "kv_bytes": kv_b, "tp": tp, "ep": ep,
-            "precision": prec, "whole_target": whole, "hop_bytes_per_s": hop}
+            "precision": prec, "whole_target": whole, "hop_bytes_per_s": hop, "hop_bottleneck": hop_where}
 
 
 def _f(x) -> float:
@@ -225,6 +227,7 @@ def predict(q: Query, db: HardwareDB, profile: engines.EngineProfile | None = No
         peak_flop_per_s=r["peaks"], bandwidth_bytes_per_s=target.memory_bandwidth_bytes_per_s,
         ring_bandwidth_bytes_per_s=target.ring_bandwidth_bytes_per_s,
         alltoall_bandwidth_bytes_per_s=target.alltoall_bandwidth_bytes_per_s, profile=profile, tp=tp, ep=ep, n=n)
+    res = _with_link_latency(res, r, q)
     offload_info = None
     if place is not None:
         res, offload_info = _offloaded(res, place, r, q)
@@ -249,6 +252,8 @@ def predict(q: Query, db: HardwareDB, profile: engines.EngineProfile | None = No
         "prefill_tokens_per_s": q.batch * q.input_len / ttft,
         "decode_tokens_per_s": q.batch / tpot,
         "decode_tokens_per_s_per_user": 1.0 / tpot,
+        "prefill_tokens_per_s_per_node": q.batch * q.input_len / ttft / r["whole_target"].nodes,
+        "decode_tokens_per_s_per_node": q.batch / tpot / r["whole_target"].nodes,
         "s_mbu": dec["s_mbu"], "s_mfu": dec["s_mfu"], "mbu": dec["mbu"], "mfu": dec["mfu"],
         "activated_experts_per_layer": dec["activated_experts_per_layer"],
         "activated_experts_per_layer_prefill": pre["activated_experts_per_layer"],
@@ -267,9 +272,63 @@ def predict(q: Query, db: HardwareDB, profile: engines.EngineProfile | None = No
             "activated_experts_per_layer_prefill": _spread(res.prefill.activated_experts),
         },
         "engine": asdict(profile),
+        "collectives": _collectives_report(r, q),
         "scenario": scenario,
         "offload": offload_info,
     }
+
+
+def _latency_per_call(r: dict[str, Any]) -> tuple[float, float]:
+    """Link latency of one TP all-reduce and one EP all-to-all (dispatch or combine) on the topology graph:
+    a ring all-reduce (reduce-scatter, then all-gather) takes 2 (tp - 1) steps, each waiting on the slowest
+    ring hop's route; an all-to-all's messages travel at once, so it waits once on the longest route."""
+    t, tp, ep = r["target"], r["tp"], r["ep"]
+    return (2 * (tp - 1) * t.ring_latency_s if tp > 1 else 0.0,
+            t.alltoall_latency_s if ep > 1 and r["shape"].num_experts else 0.0)
+
+
+def _with_link_latency(res, r: dict[str, Any], q: Query):
+    """Each step plus the link latencies of its collective calls, exposed as the engine exposes collectives
+    (1 - transfer_overlap); the engine profile's collective_latency_s (software) is already in the step.
+    No link in the built-in database states a latency yet, so this adds 0 there."""
+    s, prof = r["shape"], r["profile"]
+    ar_call, a2a_call = _latency_per_call(r)
+    exposed = 1.0 - prof.transfer_overlap
+    extra = {"tp_allreduce": ALLREDUCES_PER_LAYER * s.layers * ar_call * exposed,
+             "ep_alltoall": 2 * s.moe_layers * a2a_call * exposed}
+    total = sum(extra.values())
+    if total == 0:
+        return res
+
+    def bump(tm):
+        return replace(tm, step_s=tm.step_s + total,
+                       transfer_s={k: v + extra.get(k, 0.0) for k, v in tm.transfer_s.items()},
+                       by_category_s=dict(tm.by_category_s, transfer=tm.by_category_s["transfer"] + total))
+
+    pre, dec = bump(res.prefill_timing), bump(res.decode_timing)
+    o = np.asarray(q.output_len, float)
+    return replace(res, prefill_timing=pre, decode_timing=dec, ttft_s=pre.step_s, tpot_s=dec.step_s,
+                   request_s=pre.step_s + np.maximum(o - 1, 0) * dec.step_s)
+
+
+def _collectives_report(r: dict[str, Any], q: Query) -> dict[str, Any]:
+    """The collective bandwidths and link latencies the prediction used (None: that collective is not used)."""
+    t = r["target"]
+    ar_call, a2a_call = _latency_per_call(r)
+
+    def bw(x: float) -> float | None:
+        return None if math.isinf(x) else float(x)
+
+    out: dict[str, Any] = {
+        "nodes": r["whole_target"].nodes,
+        "tp_allreduce": {"devices_per_ring": r["tp"], "ring_bandwidth_bytes_per_s": bw(t.ring_bandwidth_bytes_per_s),
+                         "link_latency_per_call_s": ar_call, "bound_by": t.ring_bottleneck or None},
+        "ep_alltoall": {"devices": r["ep"], "bandwidth_bytes_per_s": bw(t.alltoall_bandwidth_bytes_per_s),
+                        "link_latency_per_call_s": a2a_call, "bound_by": t.alltoall_bottleneck or None},
+    }
+    if q.pp > 1:
+        out["pp_hop"] = {"bandwidth_bytes_per_s": bw(r["hop_bytes_per_s"]), "bound_by": r["hop_bottleneck"] or None}
+    return out
 
 
 def _pipelined(res, r: dict[str, Any], q: Query, mb: int):

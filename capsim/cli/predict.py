@@ -52,13 +52,28 @@ def _capacity_line(c: dict) -> str:
             f"or prompts of {lim(c['max_input_len'])} tokens at batch {c['at_batch']}")
 
 
+def _collectives_line(c: dict) -> str:
+    def one(name: str, key: str, d: dict) -> str:
+        bw = d[key]
+        return f"{name} {format_quantity(bw, 'B/s')} (bound by {d['bound_by']})" if bw is not None else ""
+
+    parts = [one("TP all-reduce ring", "ring_bandwidth_bytes_per_s", c["tp_allreduce"]),
+             one("EP all-to-all", "bandwidth_bytes_per_s", c["ep_alltoall"])]
+    if "pp_hop" in c:
+        parts.append(one("pipeline hop", "bandwidth_bytes_per_s", c["pp_hop"]))
+    parts = [p for p in parts if p]
+    return f"collectives over {c['nodes']} nodes: " + ("; ".join(parts) if parts else "none")
+
+
 def human(rep: dict) -> str:
     sc, pre, dec = rep["scenario"], rep["phases"]["prefill"], rep["phases"]["decode"]
     par = (f"TP{sc['tp']}" + (f" EP{sc['ep']}" if sc["ep"] > 1 else "") + (f" DP{sc['dp']}" if sc["dp"] > 1 else "")
            + (f" PP{sc['pp']}" if sc.get("pp", 1) > 1 else ""))
     weight_only = " (weight-only)" if sc["weight_only"] else ""
+    nodes = sc.get("nodes", 1)
+    where = f"{nodes} nodes of {sc['hardware']}" if nodes > 1 else sc["hardware"]
     lines = [
-        f"{sc['model']} on {sc['devices']}x {sc['device']} ({sc['hardware']}, {par}), engine {sc['engine']}",
+        f"{sc['model']} on {sc['devices']}x {sc['device']} ({where}, {par}), engine {sc['engine']}",
         f"weights {sc['precision']} ({sc['bits_per_weight']:.3g} bits), KV {sc['kv_precision']}, "
         f"compute {sc['compute_dtype']}{weight_only}; batch {sc['batch']}, input {sc['input_len']}, "
         f"output {sc['output_len']} tokens",
@@ -88,6 +103,7 @@ def human(rep: dict) -> str:
         f"(weights {format_quantity(mem['weights'], 'B')}, KV {format_quantity(mem['kv_cache'], 'B')})"
         + ("" if rep["fits"] else "  DOES NOT FIT"),
         _capacity_line(rep["capacity"]),
+        *([_collectives_line(rep["collectives"])] if nodes > 1 else []),
         f"cost {cost_s}",
         _bound_line(rep),
     ]
@@ -114,7 +130,11 @@ def human(rep: dict) -> str:
 @click.command("predict")
 @click.option("--model", "-m", required=True, help="Catalogue id or alias ('capsim model list'), or a config.json / checkpoint folder.")
 @click.option("--hardware", "-H", required=True, help="System or device id ('capsim hw list').")
-@click.option("--devices", type=int, default=None, help="Devices to use [default: all of a system's, 1 for a device].")
+@click.option("--devices", type=int, default=None,
+              help="Devices to use, per node with --nodes [default: all of a system's, 1 for a device].")
+@click.option("--nodes", type=int, default=1, show_default=True,
+              help="Copies of a system joined by its scale-out link (InfiniBand / RoCE NICs, one non-blocking "
+                   "switch); --devices counts per node, so the devices used are nodes x devices.")
 @click.option("--engine", default="roofline", show_default=True, help="Engine profile.")
 @click.option("--precision", default=None, help="Weight format (bf16, fp16, fp8, int8, int4, gguf-q8_0, gguf-q4_0, gguf-q4_k_m, gguf-q3_k_s, nvfp4, mxfp4) [default: the checkpoint's].")
 @click.option("--kv-precision", default=None, help="KV-cache format (bf16, fp16, fp8, int8) [default: bf16].")
@@ -122,7 +142,8 @@ def human(rep: dict) -> str:
 @click.option("--batch", type=int, default=1, show_default=True, help="Concurrent sequences.")
 @click.option("--input-len", type=int, default=DEFAULT_INPUT_LEN, show_default=True, help="Prompt tokens per sequence.")
 @click.option("--output-len", type=int, default=DEFAULT_OUTPUT_LEN, show_default=True, help="Generated tokens per sequence.")
-@click.option("--tp", type=int, default=None, help="Tensor-parallel size [default: all devices].")
+@click.option("--tp", type=int, default=None,
+              help="Tensor-parallel size [default: all devices of a stage that lie in one node].")
 @click.option("--ep", type=int, default=None, help="Expert-parallel size: 1 or the number of devices [default: 1].")
 @click.option("--pp", type=int, default=1, show_default=True,
               help="Pipeline-parallel stages; --tp / --ep / --dp apply inside a stage of devices / pp devices.")
@@ -148,12 +169,12 @@ def human(rep: dict) -> str:
               help="With --offload cpu: CPU sockets computing experts [default: all of the system's].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (SI units).")
 @click.pass_context
-def predict_cmd(ctx: click.Context, model, hardware, devices, engine, precision, kv_precision, compute_dtype, batch,
+def predict_cmd(ctx: click.Context, model, hardware, devices, nodes, engine, precision, kv_precision, compute_dtype, batch,
                 input_len, output_len, tp, ep, pp, dp, trace, trace_samples, trace_any_model, usd_per_hour, no_memory_check,
                 allow_dense, offload, expert_cache, cache_policy, expert_tier, host_sockets, as_json) -> None:
     """Predict TTFT, TPOT, throughput, S-MBU / S-MFU, memory and cost of serving MODEL on HARDWARE."""
     db = hwdb.load(ctx.obj.get("hardware_db") if ctx.obj else None)
-    q = Query(model=model, hardware=hardware, devices=devices, engine=engine, precision=precision,
+    q = Query(model=model, hardware=hardware, devices=devices, nodes=nodes, engine=engine, precision=precision,
               kv_precision=kv_precision, compute_dtype=compute_dtype, batch=batch, input_len=input_len,
               output_len=output_len, tp=tp, ep=ep, pp=pp, dp=dp, trace=trace, trace_samples=trace_samples, trace_any_model=trace_any_model, usd_per_h=usd_per_hour,
               check_memory=not no_memory_check, allow_dense=allow_dense, offload=offload, expert_cache=expert_cache,

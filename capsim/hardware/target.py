@@ -3,18 +3,29 @@
 ``resolve_target`` turns a system id (its accelerators, or its CPU sockets when it
 has none) or a bare device id (accelerator or CPU) into per-device figures in SI
 units plus the collective bandwidths of the topology graph. Prices and power are
-pro-rated to the devices used.
+pro-rated to the devices used. ``nodes`` > 1 takes that many copies of a system
+joined over its scale-out link (:func:`capsim.hardware.topology.build_cluster`);
+``n_devices`` is then per node. :func:`for_layout` prices the collectives of a
+parallel layout (TP rings, EP all-to-all) and :func:`stage` cuts a pipeline stage.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from capsim.errors import CapsimError
 from capsim.hardware.db import HardwareDB, resolve_id
 from capsim.hardware.schema import Accelerator, Cpu, Link, System
-from capsim.hardware.topology import alltoall_bandwidth, build_graph, devices, path, ring_bandwidth
+from capsim.hardware.topology import (
+    alltoall_collective,
+    build_cluster,
+    build_graph,
+    devices,
+    path,
+    ring_collective,
+    transfer_collective,
+)
 
 
 @dataclass(frozen=True)
@@ -52,13 +63,21 @@ class Target:
     ring_bandwidth_bytes_per_s: float  # per device per direction among the devices used (inf for 1)
     alltoall_bandwidth_bytes_per_s: float
     collective_link: str  # what carries collectives ("nvlink-4", "pcie-gen4-x16 via host", ...)
-    host_dram_bytes: float | None = None  # host memory of the system (offload room), when known
+    host_dram_bytes: float | None = None  # host memory of the system (one node's), when known
     usd_per_h: float | None = None  # pro-rated
     usd_per_h_basis: str = ""  # "cloud" or "purchase"
     purchase_usd: float | None = None  # pro-rated
     power_w: float | None = None  # pro-rated
     notes: list[str] = field(default_factory=list)
     host: HostTier | None = None  # accelerator systems with CPUs and DRAM (offload); None otherwise
+    nodes: int = 1  # copies of the system joined by its scale-out link
+    devices_per_node: int | None = None  # None for a bare device
+    ring_latency_s: float = 0.0  # link latencies along the slowest ring hop (0 where the database has none)
+    alltoall_latency_s: float = 0.0  # along the longest all-to-all route
+    ring_bottleneck: str = ""  # the link that sets the ring bandwidth
+    alltoall_bottleneck: str = ""
+    graph: object = field(default=None, repr=False, compare=False)  # the topology graph (None for a bare device)
+    used: tuple[str, ...] = field(default=(), repr=False)  # graph nodes of the devices used, node by node
 
 
 def _peaks(item: Accelerator | Cpu) -> dict[str, float]:
@@ -70,11 +89,12 @@ def _bare_accelerator(db: HardwareDB, acc: Accelerator, n: int) -> Target:
     link_id = acc.scale_up_link or acc.host_link
     if n > 1 and link_id is None:
         raise CapsimError(f"--devices {n}: {acc.id} has no scale-up or host link to join devices; name a system")
-    bw = math.inf
+    bw, lat = math.inf, 0.0
     if n > 1:
         link = db.items[link_id]
         assert isinstance(link, Link)
         bw = link.bandwidth_per_direction_bytes_per_s.value
+        lat = link.latency_s.value if link.latency_s else 0.0
         if acc.scale_up_link is None:
             link_id = f"{link_id} via host"
             notes.append(f"{n}x {acc.id} joined through the host ({link_id}); no switch modelled")
@@ -93,7 +113,8 @@ def _bare_accelerator(db: HardwareDB, acc: Accelerator, n: int) -> Target:
         memory_bandwidth_bytes_per_s=acc.memory.bandwidth_bytes_per_s.value, memory_type=acc.memory.type,
         peak_flop_per_s=_peaks(acc), ring_bandwidth_bytes_per_s=bw, alltoall_bandwidth_bytes_per_s=bw,
         collective_link=link_id or "none", purchase_usd=price, usd_per_h_basis="purchase" if price else "",
-        power_w=acc.tdp_w.value * n, notes=notes,
+        power_w=acc.tdp_w.value * n, notes=notes, ring_latency_s=lat, alltoall_latency_s=lat,
+        ring_bottleneck=link_id or "", alltoall_bottleneck=link_id or "",
     )
 
 
@@ -112,58 +133,68 @@ def _bare_cpu(cpu: Cpu, n: int) -> Target:
     )
 
 
-def _system(db: HardwareDB, sysm: System, n: int | None) -> Target:
-    g = build_graph(sysm, db)
-    role = "accelerator" if devices(g, "accelerator") else "cpu"
-    nodes = devices(g, role)
-    if not nodes:
+def _system(db: HardwareDB, sysm: System, n: int | None, nodes: int = 1) -> Target:
+    g = build_cluster(sysm, db, nodes)
+    one = build_graph(sysm, db) if nodes > 1 else g  # one node's graph: per-node figures and host tier
+    role = "accelerator" if devices(one, "accelerator") else "cpu"
+    per_node = devices(one, role)
+    if not per_node:
         raise CapsimError(f"--hardware {sysm.id}: the system has no accelerator or CPU to run on")
-    if n is None and role == "cpu" and len(nodes) > 1:
+    if n is None and role == "cpu" and len(per_node) > 1:
         n = 1  # sockets work apart unless asked (NUMA); --devices joins them over the socket link
-        notes_default = [f"using 1 of {len(nodes)} CPU sockets (--devices {len(nodes)} for all)"]
+        notes_default = [f"using 1 of {len(per_node)} CPU sockets (--devices {len(per_node)} for all)"]
     else:
         notes_default = []
-    n = n or len(nodes)
-    if n > len(nodes):
-        raise CapsimError(f"--devices {n}: system {sysm.id} has {len(nodes)} {role}s")
-    used = nodes[:n]
+    n = n or len(per_node)
+    if n > len(per_node):
+        raise CapsimError(f"--devices {n}: system {sysm.id} has {len(per_node)} {role}s" +
+                          (" per node" if nodes > 1 else ""))
+    all_nodes = devices(g, role)
+    used = [d for k in range(nodes) for d in all_nodes[k * len(per_node):k * len(per_node) + n]]
     item = db.items[g.nodes[used[0]]["item"]]
     notes: list[str] = list(notes_default)
-    drams = devices(g, "dram")
-    dram_total = sum(g.nodes[d]["capacity_bytes"] or 0.0 for d in drams) or None
+    drams = devices(one, "dram")
+    dram_total = sum(one.nodes[d]["capacity_bytes"] or 0.0 for d in drams) or None
     if role == "accelerator":
         assert isinstance(item, Accelerator)
         cap, bw = item.memory.capacity_bytes.value, item.memory.bandwidth_bytes_per_s.value
         mem_type = item.memory.type
     else:  # CPU-only system: each socket computes from its own DRAM tier
         assert isinstance(item, Cpu)
-        socket_dram = [d for d in drams if g.has_edge(d, used[0])]
+        socket_dram = [d for d in drams if one.has_edge(d, per_node[0])]
         if not socket_dram:
-            raise CapsimError(f"--hardware {sysm.id}: {used[0]} has no DRAM attached")
-        cap = g.nodes[socket_dram[0]]["capacity_bytes"] or math.inf
-        bw = g.nodes[socket_dram[0]]["bandwidth_bytes_per_s"]
-        mem_type = g.nodes[socket_dram[0]]["item"] or "dram"
+            raise CapsimError(f"--hardware {sysm.id}: {per_node[0]} has no DRAM attached")
+        cap = one.nodes[socket_dram[0]]["capacity_bytes"] or math.inf
+        bw = one.nodes[socket_dram[0]]["bandwidth_bytes_per_s"]
+        mem_type = one.nodes[socket_dram[0]]["item"] or "dram"
         dram_total = None  # the DRAM is the device memory here
-    ring = ring_bandwidth(g, used) if n > 1 else math.inf
-    a2a = alltoall_bandwidth(g, used) if n > 1 else math.inf
+    ring = ring_collective(g, [used])
+    a2a = alltoall_collective(g, used)
     links = sorted({g[u][v]["link"] for u in used for v in g.successors(u)} - {"memory-bus"})
-    share = n / len(nodes)
+    if nodes > 1:
+        links = [*links, sysm.scale_out_link] if sysm.scale_out_link not in links else links
+        notes.append(f"{nodes} nodes of {sysm.id} joined by {sysm.scale_out_link} through one non-blocking switch")
+    share = n / len(per_node)
     usd_h = basis = purchase = None
     if sysm.price and sysm.price.cloud_usd_per_h:
-        usd_h, basis = sysm.price.cloud_usd_per_h.value * share, "cloud"
+        usd_h, basis = sysm.price.cloud_usd_per_h.value * share * nodes, "cloud"
     elif sysm.price and sysm.price.purchase_usd:
-        purchase, basis = sysm.price.purchase_usd.value * share, "purchase"
+        purchase, basis = sysm.price.purchase_usd.value * share * nodes, "purchase"
+    if nodes > 1 and basis == "purchase":
+        notes.append("the fabric switch and cables are not in the purchase price")
     if share < 1 and basis:
-        notes.append(f"price and power pro-rated to {n} of {len(nodes)} {role}s")
-    host = _host_tier(g, db, used[0]) if role == "accelerator" else None
+        notes.append(f"price and power pro-rated to {n} of {len(per_node)} {role}s" + (" per node" if nodes > 1 else ""))
+    host = _host_tier(one, db, per_node[0]) if role == "accelerator" else None
     return Target(
         host=host,
-        hardware_id=sysm.id, device_id=item.id, device_role=role, n_devices=n, n_available=len(nodes),
-        memory_capacity_bytes=cap, memory_bandwidth_bytes_per_s=bw, memory_type=mem_type,
-        peak_flop_per_s=_peaks(item), ring_bandwidth_bytes_per_s=ring, alltoall_bandwidth_bytes_per_s=a2a,
-        collective_link=", ".join(links) or "none", host_dram_bytes=dram_total, usd_per_h=usd_h,
-        usd_per_h_basis=basis or "", purchase_usd=purchase,
-        power_w=sysm.power_w.value * share if sysm.power_w else None, notes=notes,
+        hardware_id=sysm.id, device_id=item.id, device_role=role, n_devices=n * nodes,
+        n_available=len(per_node) * nodes, memory_capacity_bytes=cap, memory_bandwidth_bytes_per_s=bw,
+        memory_type=mem_type, peak_flop_per_s=_peaks(item), ring_bandwidth_bytes_per_s=ring.bandwidth_bytes_per_s,
+        alltoall_bandwidth_bytes_per_s=a2a.bandwidth_bytes_per_s, collective_link=", ".join(links) or "none",
+        host_dram_bytes=dram_total, usd_per_h=usd_h, usd_per_h_basis=basis or "", purchase_usd=purchase,
+        power_w=sysm.power_w.value * share * nodes if sysm.power_w else None, notes=notes, nodes=nodes,
+        devices_per_node=n, ring_latency_s=ring.latency_s, alltoall_latency_s=a2a.latency_s,
+        ring_bottleneck=ring.bottleneck, alltoall_bottleneck=a2a.bottleneck, graph=g, used=tuple(used),
     )
 
 
@@ -189,15 +220,57 @@ def _host_tier(g, db: HardwareDB, device: str) -> HostTier | None:
                     ssd_to_device_bytes_per_s=ssd_bw, ssd_capacity_bytes=ssd_cap)
 
 
-def resolve_target(db: HardwareDB, hardware: str, n_devices: int | None = None) -> Target:
-    """A Target for a system, accelerator or CPU id (or alias); CapsimError with suggestions otherwise."""
+def resolve_target(db: HardwareDB, hardware: str, n_devices: int | None = None, nodes: int = 1) -> Target:
+    """A Target for a system, accelerator or CPU id (or alias); CapsimError with suggestions otherwise.
+    ``nodes`` > 1: that many copies of a system over its scale-out link, ``n_devices`` per node."""
     if n_devices is not None and n_devices < 1:
         raise CapsimError(f"--devices {n_devices}: expected a positive integer")
+    if not isinstance(nodes, int) or nodes < 1:
+        raise CapsimError(f"--nodes {nodes}: expected a positive integer")
     pool = HardwareDB({k: v for k, v in db.items.items() if v.kind in ("system", "accelerator", "cpu")})
     item = db.items[resolve_id(pool, hardware, None)]
+    if nodes > 1 and not (isinstance(item, System) and item.scale_out_link):
+        have = sorted(k for k, v in db.items.items() if isinstance(v, System) and v.scale_out_link)
+        what = (f"system {item.id} has no scale_out_link (the NIC link that joins nodes)" if isinstance(item, System)
+                else f"{item.id} is a bare {item.kind}, not a system with a scale_out_link")
+        raise CapsimError(f"--nodes {nodes}: {what}; name a system that has one "
+                          f"({', '.join(have) or 'none in this database'})")
     if isinstance(item, System):
-        return _system(db, item, n_devices)
+        return _system(db, item, n_devices, nodes)
     if isinstance(item, Accelerator):
         return _bare_accelerator(db, item, n_devices or 1)
     assert isinstance(item, Cpu)
     return _bare_cpu(item, n_devices or 1)
+
+
+def _priced(t: Target, used: list[str], rings: list[list[str]], alltoall: list[str]) -> Target:
+    ring, a2a = ring_collective(t.graph, rings), alltoall_collective(t.graph, alltoall)
+    return replace(t, n_devices=len(used), used=tuple(used), ring_bandwidth_bytes_per_s=ring.bandwidth_bytes_per_s,
+                   ring_latency_s=ring.latency_s, ring_bottleneck=ring.bottleneck,
+                   alltoall_bandwidth_bytes_per_s=a2a.bandwidth_bytes_per_s, alltoall_latency_s=a2a.latency_s,
+                   alltoall_bottleneck=a2a.bottleneck)
+
+
+def for_layout(t: Target, tp: int, ep: int) -> Target:
+    """``t`` with the collectives of a layout priced on its graph: a TP ring over each group of ``tp``
+    consecutive devices (node by node, so a group of at most a node's devices stays inside it), all rings
+    at once; the EP all-to-all over all devices used when ``ep`` > 1. Unused collectives are inf."""
+    if t.graph is None:  # a bare device: every pair is joined by the same link
+        return replace(t, ring_bandwidth_bytes_per_s=t.ring_bandwidth_bytes_per_s if tp > 1 else math.inf,
+                       alltoall_bandwidth_bytes_per_s=t.alltoall_bandwidth_bytes_per_s if ep > 1 else math.inf)
+    used = list(t.used)
+    return _priced(t, used, [used[i:i + tp] for i in range(0, len(used), tp)], used if ep > 1 else [])
+
+
+def stage(t: Target, pp: int) -> tuple[Target, float, str]:
+    """The first of ``pp`` pipeline stages (``n / pp`` consecutive devices, node by node), the bandwidth of
+    the hop between adjacent stages (B/s; every boundary sends at once, the slowest sets it) and what bounds
+    it. A bare device's stages are joined by its link."""
+    if pp == 1:
+        return t, math.inf, ""
+    size = t.n_devices // pp
+    if t.graph is None:
+        return replace(t, n_devices=size), t.ring_bandwidth_bytes_per_s, t.collective_link
+    used = list(t.used)
+    hop = transfer_collective(t.graph, [(used[k * size - 1], used[k * size]) for k in range(1, pp)])
+    return _priced(t, used[:size], [used[:size]], used[:size]), hop.bandwidth_bytes_per_s, hop.bottleneck
