@@ -38,12 +38,12 @@ METRICS = {
     "tpot_mean": ("tpot_s", "time"),
     "time_per_output_token": ("tpot_s", "time"),
     "output_tokens_per_s_total": (None, "rate"),
-    "prefill_input_tokens_per_s_per_node": (None, "rate"),
-    "decode_output_tokens_per_s_per_node": (None, "rate"),
+    "prefill_input_tokens_per_s_per_node": ("prefill_tokens_per_s_per_node", "rate"),
+    "decode_output_tokens_per_s_per_node": ("decode_tokens_per_s_per_node", "rate"),
 }
 SCENARIO_KEYS = {"model", "precision", "compute_dtype", "kv_precision", "hardware", "devices", "engine", "batch",
                  "input_len", "output_len", "tp", "ep", "offload", "expert_cache", "cache_policy", "expert_tier",
-                 "host_sockets", "assumptions"}
+                 "host_sockets", "nodes", "dp", "pp", "assumptions"}
 REQUIRED_KEYS = {"model", "hardware", "engine", "batch", "input_len", "output_len"}
 
 
