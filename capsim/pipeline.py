@@ -23,8 +23,11 @@ import math
 import numpy as np
 
 
-def microbatch(batch: int, pp: int) -> int:
-    return math.ceil(batch / pp)
+def microbatch(batch, pp: int):
+    """Sequences per micro-batch, ceil(B / pp): an int for an int batch, an array for an array of batches."""
+    if isinstance(batch, (int, np.integer)):
+        return math.ceil(batch / pp)
+    return np.ceil(np.asarray(batch, float) / pp)
 
 
 def stage_fraction(layers: int, pp: int) -> float:

@@ -227,12 +227,12 @@ def predict(q: Query, db: HardwareDB, profile: engines.EngineProfile | None = No
         peak_flop_per_s=r["peaks"], bandwidth_bytes_per_s=target.memory_bandwidth_bytes_per_s,
         ring_bandwidth_bytes_per_s=target.ring_bandwidth_bytes_per_s,
         alltoall_bandwidth_bytes_per_s=target.alltoall_bandwidth_bytes_per_s, profile=profile, tp=tp, ep=ep, n=n)
-    res = _with_link_latency(res, r, q)
+    res = with_link_latency(res, r, q)
     offload_info = None
     if place is not None:
         res, offload_info = _offloaded(res, place, r, q)
     if pp > 1:
-        res = _pipelined(res, r, q, mb)
+        res = pipelined(res, r, q, mb)
     util_kw = dict(bandwidth_bytes_per_s=target.memory_bandwidth_bytes_per_s, peak_flop_per_s=r["peaks"])
     pre = _phase(res.prefill, res.prefill_timing, utilisation(res.prefill, res.prefill_timing, **util_kw), target,
                  q.batch * q.input_len)
@@ -287,7 +287,7 @@ def _latency_per_call(r: dict[str, Any]) -> tuple[float, float]:
             t.alltoall_latency_s if ep > 1 and r["shape"].num_experts else 0.0)
 
 
-def _with_link_latency(res, r: dict[str, Any], q: Query):
+def with_link_latency(res, r: dict[str, Any], q: Query):
     """Each step plus the link latencies of its collective calls, exposed as the engine exposes collectives
     (1 - transfer_overlap); the engine profile's collective_latency_s (software) is already in the step.
     No link in the built-in database states a latency yet, so this adds 0 there."""
@@ -331,7 +331,7 @@ def _collectives_report(r: dict[str, Any], q: Query) -> dict[str, Any]:
     return out
 
 
-def _pipelined(res, r: dict[str, Any], q: Query, mb: int):
+def pipelined(res, r: dict[str, Any], q: Query, mb: int):
     """Micro-batches streaming through ``q.pp`` stages (capsim.pipeline)."""
     s, pp, link = r["shape"], q.pp, r["hop_bytes_per_s"]
     tpot = res.tpot_s + pipeline.hop_seconds(mb, s.hidden, s.act_bytes, link, pp)

@@ -29,6 +29,7 @@ def cli(ctx: click.Context, hardware_db: str | None) -> None:
 
 
 def _register() -> None:
+    from capsim.cli.cap import cap
     from capsim.cli.hw import hw
     from capsim.cli.measure import measure_cmd
     from capsim.cli.model import model
@@ -36,6 +37,7 @@ def _register() -> None:
     from capsim.cli.probe import probe_cmd
     from capsim.cli.trace import trace
 
+    cli.add_command(cap)
     cli.add_command(hw)
     cli.add_command(measure_cmd)
     cli.add_command(model)
@@ -45,6 +47,9 @@ def _register() -> None:
     from capsim.cli.validate import validate_cmd
 
     cli.add_command(validate_cmd)
+    from capsim.cli.sweep import sweep_cmd
+
+    cli.add_command(sweep_cmd)
 
 
 _register()

@@ -1,0 +1,253 @@
+"""The sweep grid: axes read from a YAML file and / or flags, checked, expanded into a scenario frame.
+
+A grid names, per axis, the values to try; the scenarios are the cartesian product
+of all axes (so their number is the product of the axis lengths)::
+
+    models: [mixtral, deepseek-v3]          # catalogue ids / aliases, or config.json paths
+    hardware: [dgx-h100, h100]              # system or device ids ('capsim hw list')
+    devices: [2, 4, 8]                      # per node; 'all' = all of a system's (1 for a device)
+    precisions: [bf16, fp8]                 # 'native' = the checkpoint's own
+    batch: 1..256:x2                        # 1, 2, 4, ..., 256
+    input_len: [512, 2048]
+    output_len: 128..1024:+128              # 128, 256, ..., 1024
+    tp: [auto]                              # 'auto' = all devices of a stage inside one node
+    ep: [1, all]                            # 'all' = every device of a stage
+
+An integer axis takes an integer, a list, or a string of comma-separated items, each
+``N``, ``A..B`` (every integer), ``A..B:+S`` (step S) or ``A..B:xF`` (times F). The
+frame has one categorical column per text axis and an int64 column per number axis;
+``devices``, ``tp`` and ``ep`` hold :data:`AUTO` (0) for their word. The categorical
+axes come first and vary slowest, so the scenarios of one configuration (model,
+hardware, layout, ...) are contiguous rows: :mod:`capsim.sweep.evaluate` runs each
+configuration's batch x input x output block as one vectorised call.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from capsim.errors import CapsimError
+
+AUTO = 0  # devices 'all', tp 'auto', ep 'all' in the scenario frame
+
+
+@dataclass(frozen=True)
+class Axis:
+    key: str  # the YAML key
+    column: str  # the scenario-frame column
+    kind: str  # "text" or "int"
+    default: tuple
+    word: str | None = None  # int axes: the word standing for AUTO ("all", "auto")
+    minimum: int = 1
+    help: str = ""
+
+
+AXES: tuple[Axis, ...] = (
+    Axis("models", "model", "text", (), help="catalogue ids or aliases, or config.json paths"),
+    Axis("hardware", "hardware", "text", (), help="system or device ids"),
+    Axis("devices", "devices", "int", (AUTO,), word="all", help="devices per node ('all': a system's)"),
+    Axis("nodes", "nodes", "int", (1,), help="copies of a system over its scale-out link"),
+    Axis("precisions", "precision", "text", ("native",), help="weight formats ('native': the checkpoint's)"),
+    Axis("kv_precisions", "kv_precision", "text", ("auto",), help="KV-cache formats ('auto': bf16)"),
+    Axis("engines", "engine", "text", ("roofline",), help="engine profiles"),
+    Axis("tp", "tp", "int", (AUTO,), word="auto", help="tensor-parallel sizes ('auto': a node's devices)"),
+    Axis("ep", "ep", "int", (1,), word="all", help="expert-parallel sizes ('all': every device of a stage)"),
+    Axis("pp", "pp", "int", (1,), help="pipeline stages"),
+    Axis("batch", "batch", "int", (1,), help="concurrent sequences"),
+    Axis("input_len", "input_len", "int", (512,), help="prompt tokens per sequence"),
+    Axis("output_len", "output_len", "int", (128,), help="generated tokens per sequence"),
+)
+BY_KEY = {a.key: a for a in AXES}
+ALLOWED_KEYS = tuple(a.key for a in AXES)
+REQUIRED = ("models", "hardware")
+CONFIG_COLUMNS = tuple(a.column for a in AXES[:10])  # what changes the Shape, hardware, layout or profile
+NUMERIC_COLUMNS = ("batch", "input_len", "output_len")  # evaluated together, one numpy call per configuration
+MAX_AXIS_VALUES = 1_000_000
+_RANGE = re.compile(r"^(\d+)\s*\.\.\s*(\d+)(?:\s*:\s*([x+*])\s*(\d+))?$")
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The values of every axis, in AXES order (defaults filled in)."""
+
+    axes: dict[str, tuple] = field(default_factory=dict)
+    source: str = "flags"  # the file it was read from, for messages
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(len(self.axes[a.key]) for a in AXES)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def configurations(self) -> int:
+        return math.prod(self.shape[: len(CONFIG_COLUMNS)])
+
+
+def _int_item(text: str, axis: Axis, where: str) -> list[int]:
+    t = text.strip().lower()
+    if axis.word and t == axis.word:
+        return [AUTO]
+    if re.fullmatch(r"[+-]?\d+", t):
+        return [_check_int(int(t), axis, where)]
+    m = _RANGE.match(t)
+    if not m:
+        word = f", '{axis.word}'" if axis.word else ""
+        raise CapsimError(f"{text!r}: expected an integer, A..B, A..B:+S or A..B:xF{word}", where=where)
+    a, b, op, k = int(m[1]), int(m[2]), m[3], int(m[4] or 1)
+    if a > b:
+        raise CapsimError(f"{text!r}: the range is empty ({a} > {b})", where=where)
+    if op in ("x", "*"):
+        if k < 2 or a < 1:
+            raise CapsimError(f"{text!r}: a geometric range needs a start >= 1 and a factor >= 2", where=where)
+        out = []
+        while a <= b and len(out) <= MAX_AXIS_VALUES:
+            out.append(a)
+            a *= k
+    else:
+        if k < 1:
+            raise CapsimError(f"{text!r}: the step must be >= 1", where=where)
+        if (b - a) // k >= MAX_AXIS_VALUES:
+            raise CapsimError(f"{text!r}: more than {MAX_AXIS_VALUES:,} values", where=where)
+        out = list(range(a, b + 1, k))
+    return [_check_int(v, axis, where) for v in out]
+
+
+def _check_int(v: int, axis: Axis, where: str) -> int:
+    if v < axis.minimum:
+        word = f" or '{axis.word}'" if axis.word else ""
+        raise CapsimError(f"{v}: expected an integer >= {axis.minimum}{word}", where=where)
+    return v
+
+
+def parse_values(raw: Any, axis: Axis, where: str) -> tuple:
+    """One axis's values from YAML (scalar, list, comma string) or a flag's strings."""
+    items = raw if isinstance(raw, list | tuple) else [raw]
+    out: list = []
+    for item in items:
+        if isinstance(item, bool) or item is None or isinstance(item, dict | list | float):
+            raise CapsimError(f"{item!r}: expected {'text' if axis.kind == 'text' else 'an integer'}"
+                              " (or a list of them)", where=where)
+        if axis.kind == "text":
+            parts = [p.strip() for p in str(item).split(",")]
+            if any(not p for p in parts):
+                raise CapsimError(f"{item!r}: empty name", where=where)
+            out += parts
+        elif isinstance(item, int):
+            out.append(_check_int(item, axis, where))
+        else:
+            for part in str(item).split(","):
+                out += _int_item(part, axis, where)
+    if not out:
+        raise CapsimError("no values (give at least one)", where=where)
+    dup = sorted(str(v) for v, k in Counter(out).items() if k > 1)
+    if dup:
+        raise CapsimError(f"repeated value(s) {', '.join(dup[:5])}: each scenario would be evaluated twice",
+                          where=where)
+    return tuple(out)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as err:
+        raise CapsimError(f"cannot read the grid file: {err.strerror}", where=str(p)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise CapsimError(f"malformed YAML{at}: {getattr(err, 'problem', None) or 'syntax error'}",
+                          where=str(p)) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise CapsimError(f"expected a mapping of axis keys ({', '.join(ALLOWED_KEYS)})", where=str(p))
+    return data
+
+
+def build(data: dict[str, Any] | None = None, flags: dict[str, Any] | None = None, source: str = "flags") -> Grid:
+    """A Grid from a YAML mapping (read from ``source``) with ``flags`` (axis key -> raw values) replacing
+    its axes. Unknown keys, missing required axes and malformed values are one-line CapsimErrors."""
+    data = dict(data or {})
+    for key in data:
+        if key not in BY_KEY:
+            close = difflib.get_close_matches(str(key), ALLOWED_KEYS, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise CapsimError(f"unknown key {key!r}{hint}; allowed keys: {', '.join(ALLOWED_KEYS)}", where=source)
+    axes: dict[str, tuple] = {}
+    for axis in AXES:
+        flag = (flags or {}).get(axis.key)
+        if flag is not None and len(flag):
+            axes[axis.key] = parse_values(list(flag), axis, f"--{axis.column.replace('_', '-')}")
+        elif axis.key in data:
+            axes[axis.key] = parse_values(data[axis.key], axis, f"{source}: {axis.key}")
+        elif axis.key in REQUIRED:
+            raise CapsimError(f"no {axis.key} given (a '{axis.key}:' list in the grid file or "
+                              f"--{axis.column} flags)", where=source)
+        else:
+            axes[axis.key] = axis.default
+    return Grid(axes, source)
+
+
+def load(path: str | Path | None, flags: dict[str, Any] | None = None) -> Grid:
+    """The grid of a YAML file (or of flags alone when ``path`` is None), flags replacing its axes."""
+    if path is None:
+        return build({}, flags)
+    return build(read_yaml(path), flags, str(path))
+
+
+def check_names(grid: Grid, db) -> None:
+    """Every model, hardware, precision and engine name exists (a one-line error naming the axis otherwise).
+    Layouts are not checked here: a layout a configuration cannot take becomes an ``error`` row."""
+    from capsim import engines, precision
+    from capsim.hardware.db import HardwareDB, resolve_id
+    from capsim.model.catalogue import load_model
+
+    pool = HardwareDB({k: v for k, v in db.items.items() if v.kind in ("system", "accelerator", "cpu")})
+    checks = {
+        "models": lambda v: load_model(v, allow_dense=True),
+        "hardware": lambda v: resolve_id(pool, v, None),
+        "precisions": lambda v: v == "native" or precision.get(v),
+        "kv_precisions": lambda v: v == "auto" or precision.kv_bytes(v),
+        "engines": engines.load,
+    }
+    for key, check in checks.items():
+        for value in grid.axes[key]:
+            try:
+                check(value)
+            except CapsimError as err:
+                msg = re.sub(r"^--[\w-]+ ", "", str(err))
+                raise CapsimError(msg, where=f"{grid.source}: {key}") from None
+
+
+def expand(grid: Grid, start: int = 0, stop: int | None = None) -> pd.DataFrame:
+    """Rows ``start:stop`` of the cartesian product (all rows by default), first axis slowest."""
+    total = grid.size
+    stop = total if stop is None else min(stop, total)
+    start = max(0, min(start, stop))
+    row = np.arange(start, stop, dtype=np.int64)
+    cols: dict[str, Any] = {}
+    stride = total
+    for axis, n in zip(AXES, grid.shape, strict=True):
+        stride //= n
+        codes = (row // stride) % n
+        values = grid.axes[axis.key]
+        if axis.kind == "text":
+            cols[axis.column] = pd.Categorical.from_codes(codes.astype(np.int32), categories=pd.Index(values))
+        else:
+            cols[axis.column] = np.asarray(values, dtype=np.int64)[codes]
+    return pd.DataFrame(cols, index=pd.RangeIndex(start, stop))
