@@ -32,6 +32,7 @@ def _register() -> None:
     from capsim.cli.cap import cap
     from capsim.cli.hw import hw
     from capsim.cli.measure import measure_cmd
+    from capsim.cli.measure_disk import measure_disk_cmd
     from capsim.cli.model import model
     from capsim.cli.predict import predict_cmd
     from capsim.cli.probe import probe_cmd
@@ -40,6 +41,7 @@ def _register() -> None:
     cli.add_command(cap)
     cli.add_command(hw)
     cli.add_command(measure_cmd)
+    cli.add_command(measure_disk_cmd)
     cli.add_command(model)
     cli.add_command(predict_cmd)
     cli.add_command(probe_cmd)

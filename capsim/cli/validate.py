@@ -98,9 +98,13 @@ def _probe_sizes(value) -> tuple[int, ...] | None:
 @click.option("--published", is_flag=True,
               help="Validate against the published results (validation/published/) instead of the CPU runs; "
                    "--max-median-error then applies to all supported rows.")
+@click.option("--disk", is_flag=True,
+              help="Validate the SSD path against the disk runs (validation/measured/disk/: experts memory-mapped "
+                   "from a file, cold and warm page cache) instead of the CPU runs; --max-median-error then applies "
+                   "to the cold modes.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def validate_cmd(config_path: Path, fit: bool, max_median_error: float | None, plot_path: Path | None,
-                 report_path: Path | None, published: bool, as_json: bool) -> None:
+                 report_path: Path | None, published: bool, disk: bool, as_json: bool) -> None:
     """Predict every measured case and report the error (held-out cases separately from the fitting subset).
 
     Exit codes: 0 ok; 1 a median error above --max-median-error; 2 bad input (config, run file, CSV row).
@@ -113,6 +117,11 @@ def validate_cmd(config_path: Path, fit: bool, max_median_error: float | None, p
     root = config_path.resolve().parent.parent
     if published:
         _published(cfg, root, config_path, fit, max_median_error, report_path, as_json)
+        return
+    if disk:
+        if fit:
+            raise CapsimError("--disk: nothing is fitted to the disk runs (the CPU profile is used as committed)")
+        _disk(cfg, root, max_median_error, report_path, as_json)
         return
     cpu = cfg["cpu"]
     db = hwdb.load(root / cfg["hardware_db"])
@@ -191,3 +200,39 @@ def _published(cfg: dict, root: Path, config_path: Path, fit: bool, max_median_e
     if max_median_error is not None and result["aggregates"]["all"]["median_abs_pct"] > max_median_error:
         click.echo(f"capsim: published median error above {max_median_error}%", err=True)
         raise SystemExit(1)
+
+
+def _disk(cfg: dict, root: Path, max_median_error: float | None, report_path: Path | None, as_json: bool) -> None:
+    """The disk runs predicted with the CPU section's hardware, engine profile and dtype (``disk:`` in the
+    config may name others, and ``runs``, default validation/measured/disk)."""
+    from capsim.validation.disk import markdown, validate_disk
+
+    cpu, disk = cfg["cpu"], cfg.get("disk") or {}
+    hardware, engine, dtype = (disk.get(k, cpu[k]) for k in ("hardware", "engine", "dtype"))
+    target = resolve_target(hwdb.load(root / cfg["hardware_db"]), hardware)
+    prof = engines.load(engine)
+    result = validate_disk(root / disk.get("runs", "validation/measured/disk"), target, prof, dtype)
+    rows, agg = result["rows"], result["aggregates"]
+    if report_path:
+        command = "capsim validate --disk --report " + str(report_path)
+        tmp = report_path.with_suffix(".tmp")
+        tmp.write_text(markdown(result, command, prof, hardware))
+        tmp.replace(report_path)
+    if as_json:
+        click.echo(json.dumps({"profile": prof.id, "hardware": hardware, "aggregates": agg, "cases": rows}, indent=1))
+    else:
+        click.echo(render(["case", "predicted", "of which read", "measured", "read MiB pred / meas", "error"],
+                          [[r["case"], f"{r['predicted_s'] * 1e3:.1f} ms", f"{r['predicted_read_s'] * 1e3:.1f} ms",
+                            f"{r['measured_s'] * 1e3:.1f} ms",
+                            "-" if r["mode"] == "warm" or r["measured_read_bytes"] is None else
+                            f"{r['predicted_read_bytes'] / 2**20:.0f} / {r['measured_read_bytes'] / 2**20:.0f}",
+                            f"{r['error_pct']:+.1f}%"] for r in rows]))
+        click.echo("")
+        click.echo(render(["mode", "cases", "median |error|", "max |error|"],
+                          [[k, str(v["cases"]), f"{v['median_abs_pct']:.1f}%", f"{v['max_abs_pct']:.1f}%"]
+                           for k, v in agg.items()]))
+    if max_median_error is not None:
+        worst = [k for k in ("cold", "cold-4k") if k in agg and agg[k]["median_abs_pct"] > max_median_error]
+        if worst:
+            click.echo(f"capsim: disk median error above {max_median_error}%: {', '.join(worst)}", err=True)
+            raise SystemExit(1)

@@ -17,6 +17,12 @@ serve a miss:
 The two sides overlap by the engine's ``offload_overlap`` (fraction of the shorter side hidden
 under the longer; 0 = strictly one after the other, 1 = fully concurrent):
 ``t = t_device + t_offload - offload_overlap x min(t_device, t_offload)``.
+
+Experts on a drive (``ssd``, a :class:`capsim.sim.ssd.SsdRead`): the miss bytes are read at the drive's
+rate for the engine's request size (:mod:`capsim.sim.ssd`). ``gpu-fetch`` streams them on through DRAM to
+the link, so the slower of the two sets the time: ``max(link time, drive time)``; ``cpu`` computes from
+the pages once they are read, so the drive time comes first: ``drive time + max(t_mem, t_cmp)``. Without
+``ssd`` (experts in DRAM) nothing changes.
 Pure numpy; every argument may be an array of scenarios.
 """
 
@@ -30,6 +36,7 @@ from capsim.engines import EngineProfile
 from capsim.sim.ops import Step
 from capsim.sim.roofline import Timing
 from capsim.sim.shape import Shape
+from capsim.sim.ssd import SsdRead
 
 MODES = ("gpu-fetch", "cpu")
 
@@ -46,7 +53,7 @@ class OffloadTiming:
 
 def offload_step(step: Step, timing: Timing, s: Shape, *, hit_rate, mode: str, link_bytes_per_s,
                  host_bandwidth_bytes_per_s=np.inf, host_peak_flop_per_s=np.inf, tp=1,
-                 profile: EngineProfile) -> OffloadTiming:
+                 profile: EngineProfile, ssd: SsdRead | None = None) -> OffloadTiming:
     if mode not in MODES:
         raise ValueError(f"offload mode {mode!r}: expected one of {MODES}")
     h = np.clip(np.asarray(hit_rate, dtype=float), 0.0, 1.0)
@@ -59,7 +66,7 @@ def offload_step(step: Step, timing: Timing, s: Shape, *, hit_rate, mode: str, l
     t_routed = timing.op_s["routed_experts"]
     if mode == "gpu-fetch":
         device = timing.step_s
-        off = miss_bytes / link
+        off = miss_bytes / link if ssd is None else np.maximum(miss_bytes / link, ssd.seconds(miss_bytes))
         host_bound = np.zeros_like(off, dtype=bool)
     else:
         device = timing.step_s - miss_frac * t_routed
@@ -68,7 +75,7 @@ def offload_step(step: Step, timing: Timing, s: Shape, *, hit_rate, mode: str, l
         # hidden states to the CPU and results back, per MoE layer, for the step's tokens
         hidden = 2 * routed.act_bytes / np.maximum(s.top_k * s.expert_io_width, 1) * s.hidden
         t_x = np.where(miss_frac > 0, hidden / link, 0.0)
-        off = np.maximum(t_mem, t_cmp) + t_x
+        off = np.maximum(t_mem, t_cmp) + t_x + (0.0 if ssd is None else ssd.seconds(miss_bytes))
         host_bound = t_mem >= t_cmp
     total = device + off - profile.offload_overlap * np.minimum(device, off)
     return OffloadTiming(total, device, off, miss, miss_bytes, host_bound)
