@@ -154,9 +154,7 @@ def validate_cmd(config_path: Path, fit: bool, max_median_error: float | None, p
     if report_path:
         head = (f"# Validation: {prof.id} on {cpu['hardware']}\n\nProfile: {prof.fitted_to}.\n"
                 f"Command: `capsim validate --report {report_path}" + (f" --plot {plot_path}" if plot_path else "") + "`")
-        tmp = report_path.with_suffix(".tmp")
-        tmp.write_text(report.markdown(table, agg, head))
-        tmp.replace(report_path)
+        _write_atomic(report_path, report.markdown(table, agg, head))
     if as_json:
         click.echo(json.dumps({"profile": dataclasses.asdict(prof), "aggregates": agg, "cases": table}, indent=1))
     else:
@@ -164,14 +162,24 @@ def validate_cmd(config_path: Path, fit: bool, max_median_error: float | None, p
                           [[r["case"], r["subset"], f"{r['predicted_s'] * 1e3:.2f} ms", f"{r['measured_s'] * 1e3:.2f} ms",
                             f"{r['error_pct']:+.1f}%"] for r in table]))
         click.echo("")
-        click.echo(render(["subset/phase", "cases", "median |error|", "max |error|"],
-                          [[k, str(v["cases"]), f"{v['median_abs_pct']:.1f}%", f"{v['max_abs_pct']:.1f}%"]
-                           for k, v in agg.items()]))
+        click.echo(_aggregates(["subset/phase", "cases"], agg, "cases"))
     if max_median_error is not None:
         worst = [k for k, v in agg.items() if k.startswith("held-out") and v["median_abs_pct"] > max_median_error]
         if worst:
             click.echo(f"capsim: held-out median error above {max_median_error}%: {', '.join(worst)}", err=True)
             raise SystemExit(1)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _aggregates(head: list[str], agg: dict, count: str) -> str:
+    """The median / max absolute error table of a validation, one row per subset."""
+    return render([*head, "median |error|", "max |error|"],
+                  [[k, str(v[count]), f"{v['median_abs_pct']:.1f}%", f"{v['max_abs_pct']:.1f}%"] for k, v in agg.items()])
 
 
 def _published(cfg: dict, root: Path, config_path: Path, fit: bool, max_median_error: float | None,
@@ -182,9 +190,7 @@ def _published(cfg: dict, root: Path, config_path: Path, fit: bool, max_median_e
     for line in result["log"]:
         click.echo(line, err=True)
     if report_path:
-        tmp = report_path.with_suffix(".tmp")
-        tmp.write_text(markdown(result, f"capsim validate --published --report {report_path}"))
-        tmp.replace(report_path)
+        _write_atomic(report_path, markdown(result, f"capsim validate --published --report {report_path}"))
     if as_json:
         click.echo(json.dumps(result, indent=1))
     else:
@@ -193,9 +199,7 @@ def _published(cfg: dict, root: Path, config_path: Path, fit: bool, max_median_e
                             f"{t['predicted']:.4g} {t['unit']}", f"{t['published']:.4g} {t['unit']}",
                             f"{t['error_pct']:+.1f}%"] for t in result["rows"]]))
         click.echo("")
-        click.echo(render(["subset", "rows", "median |error|", "max |error|"],
-                          [[k, str(v["rows"]), f"{v['median_abs_pct']:.1f}%", f"{v['max_abs_pct']:.1f}%"]
-                           for k, v in result["aggregates"].items()]))
+        click.echo(_aggregates(["subset", "rows"], result["aggregates"], "rows"))
         click.echo(f"\n{len(result['unsupported'])} rows not supported yet (reasons: --json or --report).")
     if max_median_error is not None and result["aggregates"]["all"]["median_abs_pct"] > max_median_error:
         click.echo(f"capsim: published median error above {max_median_error}%", err=True)
@@ -215,9 +219,7 @@ def _disk(cfg: dict, root: Path, max_median_error: float | None, report_path: Pa
     rows, agg = result["rows"], result["aggregates"]
     if report_path:
         command = "capsim validate --disk --report " + str(report_path)
-        tmp = report_path.with_suffix(".tmp")
-        tmp.write_text(markdown(result, command, prof, hardware))
-        tmp.replace(report_path)
+        _write_atomic(report_path, markdown(result, command, prof, hardware))
     if as_json:
         click.echo(json.dumps({"profile": prof.id, "hardware": hardware, "aggregates": agg, "cases": rows}, indent=1))
     else:
@@ -228,9 +230,7 @@ def _disk(cfg: dict, root: Path, max_median_error: float | None, report_path: Pa
                             f"{r['predicted_read_bytes'] / 2**20:.0f} / {r['measured_read_bytes'] / 2**20:.0f}",
                             f"{r['error_pct']:+.1f}%"] for r in rows]))
         click.echo("")
-        click.echo(render(["mode", "cases", "median |error|", "max |error|"],
-                          [[k, str(v["cases"]), f"{v['median_abs_pct']:.1f}%", f"{v['max_abs_pct']:.1f}%"]
-                           for k, v in agg.items()]))
+        click.echo(_aggregates(["mode", "cases"], agg, "cases"))
     if max_median_error is not None:
         worst = [k for k in ("cold", "cold-4k") if k in agg and agg[k]["median_abs_pct"] > max_median_error]
         if worst:
