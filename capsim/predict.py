@@ -17,7 +17,6 @@ from capsim.errors import CapsimError
 from capsim.hardware.db import HardwareDB
 from capsim.hardware.target import Target, for_layout, resolve_target, stage
 from capsim.model.catalogue import load_model
-from capsim.sim import cost
 from capsim.sim.metrics import utilisation
 from capsim.sim.offload import offload_step
 from capsim.sim.ops import ALLREDUCES_PER_LAYER
@@ -195,19 +194,22 @@ def _phase(step, timing, util, target: Target, tokens: float) -> dict[str, Any]:
     }
 
 
-def _cost(q: Query, target: Target, seconds: float, tokens: float) -> dict[str, Any]:
+def _cost(q: Query, db: HardwareDB, whole: Target, seconds: float, tokens: float) -> dict[str, Any]:
+    """USD per hour of the devices used and per 1e6 output tokens (batch x output_len over the request's
+    latency): --usd-per-hour, else the CAP cost model with its default assumptions (capsim.cap.hourly: the
+    listed cloud price, else capex over the lifetime plus energy; ``capsim cap cost`` shows every part)."""
     if q.usd_per_h is not None:
-        per_h, basis = q.usd_per_h, "--usd-per-hour"
+        per_h, basis, detail = q.usd_per_h, "given", "--usd-per-hour"
     else:
-        per_h = cost.hourly_usd(target.usd_per_h, target.purchase_usd, target.power_w)
-        basis = {"cloud": "on-demand cloud price", "purchase": (
-            f"purchase over {cost.AMORTISATION_YEARS:g} years + energy at {cost.ELECTRICITY_USD_PER_KWH} $/kWh")
-        }.get(target.usd_per_h_basis, "")
+        from capsim.cap.hourly import default_pricer
+
+        price = default_pricer(db).price(q.hardware, whole.devices_per_node or whole.n_devices, whole.nodes)
+        per_h, basis, detail = price.usd_per_h, price.basis, price.detail
     if per_h is None:
-        return {"usd_per_million_output_tokens": None, "usd_per_h": None,
-                "basis": f"no price for {target.hardware_id} in the hardware database; pass --usd-per-hour"}
-    return {"usd_per_million_output_tokens": _f(cost.usd_per_million_tokens(per_h, seconds, tokens)),
-            "usd_per_h": per_h, "basis": basis}
+        return {"usd_per_million_output_tokens": None, "usd_per_h": None, "basis": "unpriced",
+                "detail": f"{detail}; or pass --usd-per-hour"}
+    return {"usd_per_million_output_tokens": per_h / 3600.0 * seconds / tokens * 1e6, "usd_per_h": per_h,
+            "basis": basis, "detail": detail}
 
 
 def predict(q: Query, db: HardwareDB, profile: engines.EngineProfile | None = None) -> dict[str, Any]:
@@ -241,7 +243,7 @@ def predict(q: Query, db: HardwareDB, profile: engines.EngineProfile | None = No
     dec["mean_context"] = _f(res.decode_context)
     request_s = _f(res.request_s)
     ttft, tpot = _f(res.ttft_s), _f(res.tpot_s)
-    cost_info = _cost(q, r["whole_target"], request_s, q.batch * q.output_len)
+    cost_info = _cost(q, db, r["whole_target"], request_s, q.batch * q.output_len)
     scenario = dict(r["scenario"], notes=list(target.notes) + trace_notes)
     if not fits:
         scenario["notes"].append("does not fit in device memory (memory check skipped on request)")

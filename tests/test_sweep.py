@@ -151,6 +151,24 @@ def test_multinode_rows_equal_predict(db):
         assert math.isclose(row["memory_per_device_bytes"], p["memory_bytes"]["device"]["total"], rel_tol=1e-9)
 
 
+def test_cost_columns(db):
+    # dgx-h100 lists $98.32/h for its 8 GPUs (hardware_db, AWS p5.48xlarge on-demand): 4 GPUs pro rata $49.16/h,
+    # 2 nodes $196.64/h; $/1M output tokens = $/h / (batch x output_len / request latency x 3600 s/h) x 1e6.
+    # dgx-b200 has no price in the database: NaN.
+    g = G.build({"models": ["mixtral"], "hardware": ["dgx-h100", "dgx-b200"], "devices": [4, 8], "nodes": [1, 2],
+                 "batch": [8], "input_len": [512], "output_len": [128]})
+    out = run_sweep(g, db)
+    for _, row in out.iterrows():
+        if row["hardware"] == "dgx-b200":
+            assert math.isnan(row["usd_per_h"]) and math.isnan(row["usd_per_million_output_tokens"])
+            continue
+        assert not isinstance(row["error"], str), row["error"]
+        per_h = 98.32 * row["devices"] / 8 * row["nodes"]
+        assert math.isclose(row["usd_per_h"], per_h, rel_tol=1e-12)
+        tokens_per_s = 8 * 128 / row["request_latency_s"]
+        assert math.isclose(row["usd_per_million_output_tokens"], per_h / (tokens_per_s * 3600) * 1e6, rel_tol=1e-12)
+
+
 def test_invalid_layouts_are_error_rows(mixed):
     g, out = mixed
     assert len(out) == g.size and list(out.columns) == list(COLUMNS)

@@ -1,4 +1,4 @@
-"""``capsim cap``: the CAP analysis (cost, accuracy; radar later).
+"""``capsim cap``: the CAP analysis (cost, accuracy, the CAP radar diagram).
 
 Subcommands load on first use, so ``capsim predict`` does not pay for them at start-up. A new subcommand is one
 entry in ``_SUBCOMMANDS`` pointing at its own module.
@@ -13,6 +13,7 @@ import click
 _SUBCOMMANDS = {
     "accuracy": ("capsim.cli.cap_accuracy", "accuracy_cmd"),
     "cost": ("capsim.cli.cap_cost", "cost_cmd"),
+    "radar": ("capsim.cli.cap_radar", "radar_cmd"),
 }
 
 
@@ -31,4 +32,5 @@ class _LazyGroup(click.Group):
 
 @click.group("cap", cls=_LazyGroup)
 def cap() -> None:
-    """CAP analysis: cost ($/1M tokens, $/h, J/token, capex) and accuracy (published scores, lm-eval files)."""
+    """CAP analysis: cost ($/1M tokens, $/h, J/token, capex), accuracy (published scores, lm-eval files) and the
+    CAP radar diagram of several systems."""

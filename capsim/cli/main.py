@@ -52,6 +52,9 @@ def _register() -> None:
     from capsim.cli.sweep import sweep_cmd
 
     cli.add_command(sweep_cmd)
+    from capsim.cli.provision import provision_cmd
+
+    cli.add_command(provision_cmd)
 
 
 _register()

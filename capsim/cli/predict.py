@@ -94,7 +94,9 @@ def human(rep: dict) -> str:
     mem = rep["memory_bytes"]["device"]
     cap = format_quantity(mem["capacity"], "B") if mem["capacity"] else "unknown"
     cost = rep["cost_usd_per_million_tokens"]
-    cost_s = f"${cost:,.2f} per 1M output tokens ({rep['cost']['basis']})" if cost is not None else rep["cost"]["basis"]
+    c = rep["cost"]
+    cost_s = (f"${cost:,.2f} per 1M output tokens at ${c['usd_per_h']:,.2f}/h ({c['basis']}; 'capsim cap cost' "
+              "itemises it)" if cost is not None else f"unknown ({c['detail']})")
     lines += [
         "",
         f"TTFT {_t(rep['ttft_s'])}   TPOT {_t(rep['tpot_s'])}   request {_t(rep['request_latency_s'])}   "

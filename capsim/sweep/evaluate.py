@@ -8,7 +8,8 @@ lengths go as whole arrays through the same functions :func:`capsim.predict.pred
 calls (``simulate_request``, the link latencies, pipelining, ``capacity.per_device``,
 ``utilisation``), in blocks of at most :data:`CHUNK_ROWS` rows to bound memory. A test
 checks rows against ``predict`` to 1e-9. Not covered (``predict`` only): trace replay,
-expert offload, ``--dp``, ``--compute-dtype``, ``--usd-per-hour`` and the capacity search.
+expert offload, ``--dp``, ``--compute-dtype``, ``--usd-per-hour`` and the capacity search. The cost
+columns come from :mod:`capsim.cap.hourly` (see :func:`cost_columns`), not from ``predict``'s older cost.
 
 A configuration that cannot run (a layout that does not divide the heads or the experts,
 more devices than a system has, a weight format the device cannot compute in) gives rows
@@ -26,6 +27,7 @@ import pandas as pd
 
 from capsim import capacity, pipeline
 from capsim import predict as _predict
+from capsim.cap.hourly import default_pricer
 from capsim.errors import CapsimError
 from capsim.predict import Query, resolve
 from capsim.sim.metrics import utilisation
@@ -48,16 +50,29 @@ BOTTLENECKS = ("bottleneck_prefill", "bottleneck_decode")
 
 
 def cost_columns(r: dict[str, Any], q: Query, m: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """HOOK for the cost columns (``capsim.cap``, not written yet): given one configuration's resolved
-    scenario ``r`` (``r["whole_target"]`` has its prices and power), the query ``q`` whose batch, input_len
-    and output_len are the block's arrays, and the block's metric arrays ``m`` (:data:`METRICS`), return
-    {column: array} for the names in :data:`COST_COLUMNS`, e.g. ``usd_per_h`` and
-    ``usd_per_million_output_tokens`` from ``m["request_latency_s"]`` and ``q.batch * q.output_len``.
-    Error rows get NaN there automatically."""
-    return {}
+    """The cost columns of one configuration's rows (:mod:`capsim.cap.hourly`, basis ``auto``: the listed
+    cloud price where there is one, else owned: capex over the lifetime plus energy, default assumptions):
+    ``usd_per_h`` of the devices used (a part of a system pro rata, N nodes N times), and
+    ``usd_per_million_output_tokens`` = USD/h / (batch x output_len / request latency x 3600) x 1e6, the rate
+    ``capsim cap cost --model`` uses. NaN where the hardware has no price."""
+    per_h = r.get("usd_per_h")
+    per_h = np.nan if per_h is None else per_h
+    tokens_per_s = np.asarray(q.batch, float) * np.asarray(q.output_len, float) / m["request_latency_s"]
+    rows = len(tokens_per_s)
+    return {"usd_per_h": np.full(rows, per_h),
+            "usd_per_million_output_tokens": per_h / (tokens_per_s * SECONDS_PER_HOUR) * 1e6}
 
 
-COST_COLUMNS: tuple[str, ...] = ()  # the float columns cost_columns returns, placed after METRICS
+COST_COLUMNS: tuple[str, ...] = ("usd_per_h", "usd_per_million_output_tokens")  # placed after METRICS
+SECONDS_PER_HOUR = 3600.0
+
+
+def _hourly_usd(db, hardware: str, devices: int, nodes: int) -> float | None:
+    try:
+        return default_pricer(db).price(hardware, devices, nodes).usd_per_h
+    except CapsimError:
+        return None
+
 
 COLUMNS = (*TEXT[:4], *LAYOUT, *TEXT[4:], *NUMERIC_COLUMNS, *METRICS, "fits", *BOTTLENECKS, *COST_COLUMNS,
            "error")
@@ -93,6 +108,7 @@ def configure(key: tuple, db) -> Configuration:
     except CapsimError as err:
         return Configuration(key, q, None, str(err), given)
     sc = r["scenario"]
+    r["usd_per_h"] = _hourly_usd(db, hardware, sc["devices_per_node"], sc["nodes"])
     labels = dict(given, model_id=sc["model"], device=sc["device"], devices=sc["devices_per_node"],
                   nodes=sc["nodes"], devices_total=sc["devices"], precision=sc["precision"],
                   kv_precision=sc["kv_precision"], compute_dtype=sc["compute_dtype"], engine=sc["engine"],
