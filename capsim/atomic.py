@@ -34,8 +34,16 @@ def write_with(path: str | Path, write: Callable[[str], None]) -> Path:
     return path
 
 
-def write_text(path: str | Path, text: str) -> Path:
-    return write_with(path, lambda tmp: Path(tmp).write_text(text))
+def write_text(path: str | Path, text: str, fsync: bool = False) -> Path:
+    """``text`` as UTF-8; ``fsync``: on disk before the rename (survives a power cut, not only a crash)."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+
+    return write_with(path, write)
 
 
 def save_figure(fig, path: str | Path, **savefig_kw) -> Path:

@@ -76,7 +76,7 @@ def _brute_force(db, layouts):
                 usd = cost_report(db, lay.hardware, a, 1.0, devices=lay.devices, cloud=True)["usd_per_h"]
             except CapsimError:
                 usd = cost_report(db, lay.hardware, a, 1.0, devices=lay.devices)["usd_per_h"]
-            keys.add((lay.hardware, lay.devices, lay.nodes, lay.offload))
+            keys.add((lay.hardware, lay.devices, lay.nodes))
             if usd is None:
                 continue
             usd *= lay.nodes
@@ -92,11 +92,10 @@ def test_top_answer_matches_brute_force(db, pricer):
     assert best is not None and res.ranked
     top = res.ranked[0]
     assert top.usd_per_h == pytest.approx(best[0], rel=1e-12)
-    # the same system, device count, nodes and placement (the TP/EP split may differ only at equal price)
+    # the same system, device count and nodes (the TP/EP split and placement may differ only at equal price)
     assert (top.layout.hardware, top.layout.devices, top.layout.nodes) == (best[1].hardware, best[1].devices,
                                                                           best[1].nodes)
-    found = {(c.layout.hardware, c.layout.devices, c.layout.nodes, c.layout.offload)
-             for c in res.ranked + res.unpriced}
+    found = {(c.layout.hardware, c.layout.devices, c.layout.nodes) for c in res.ranked + res.unpriced}
     assert found == keys
 
 

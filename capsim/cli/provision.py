@@ -63,6 +63,8 @@ def _usd(x: float | None) -> str:
 def _limit(c) -> str:
     if c.binding == "max_batch":
         return "none up to --max-batch"
+    if math.isinf(c.binding_ratio):
+        return f"{c.binding} (does not fit at the next batch)" if c.qualifies else f"{c.binding} (cannot run)"
     return f"{c.binding} ({c.binding_ratio:.0%} of limit at the next batch)" if c.qualifies else (
         f"{c.binding} ({c.binding_ratio:.2f}x the limit)")
 

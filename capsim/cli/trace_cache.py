@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import click
 import numpy as np
 
+from capsim.atomic import save_figure
 from capsim.cli.oneline import CapsimCommand
 from capsim.cli.table import render
 from capsim.errors import CapsimError
@@ -59,21 +58,9 @@ def _save_plot(results: list[dict[str, Any]], path: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+        save_figure(fig, path.with_suffix(".png") if not path.suffix else path, dpi=_PLOT_DPI, bbox_inches="tight")
     except OSError as err:
-        plt.close(fig)
         raise CapsimError(f"--plot {path}: cannot write ({err.strerror or err})") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=_PLOT_DPI, bbox_inches="tight")
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it 0600; give it an ordinary file's mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     finally:
         plt.close(fig)
 

@@ -10,6 +10,7 @@ import click
 import yaml
 
 from capsim import engines
+from capsim.atomic import write_text
 from capsim.cli.table import render
 from capsim.errors import CapsimError
 from capsim.hardware import db as hwdb
@@ -154,7 +155,7 @@ def validate_cmd(config_path: Path, fit: bool, max_median_error: float | None, p
     if report_path:
         head = (f"# Validation: {prof.id} on {cpu['hardware']}\n\nProfile: {prof.fitted_to}.\n"
                 f"Command: `capsim validate --report {report_path}" + (f" --plot {plot_path}" if plot_path else "") + "`")
-        _write_atomic(report_path, report.markdown(table, agg, head))
+        write_text(report_path, report.markdown(table, agg, head))
     if as_json:
         click.echo(json.dumps({"profile": dataclasses.asdict(prof), "aggregates": agg, "cases": table}, indent=1))
     else:
@@ -168,12 +169,6 @@ def validate_cmd(config_path: Path, fit: bool, max_median_error: float | None, p
         if worst:
             click.echo(f"capsim: held-out median error above {max_median_error}%: {', '.join(worst)}", err=True)
             raise SystemExit(1)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _aggregates(head: list[str], agg: dict, count: str) -> str:
@@ -190,7 +185,7 @@ def _published(cfg: dict, root: Path, config_path: Path, fit: bool, max_median_e
     for line in result["log"]:
         click.echo(line, err=True)
     if report_path:
-        _write_atomic(report_path, markdown(result, f"capsim validate --published --report {report_path}"))
+        write_text(report_path, markdown(result, f"capsim validate --published --report {report_path}"))
     if as_json:
         click.echo(json.dumps(result, indent=1))
     else:
@@ -219,7 +214,7 @@ def _disk(cfg: dict, root: Path, max_median_error: float | None, report_path: Pa
     rows, agg = result["rows"], result["aggregates"]
     if report_path:
         command = "capsim validate --disk --report " + str(report_path)
-        _write_atomic(report_path, markdown(result, command, prof, hardware))
+        write_text(report_path, markdown(result, command, prof, hardware))
     if as_json:
         click.echo(json.dumps({"profile": prof.id, "hardware": hardware, "aggregates": agg, "cases": rows}, indent=1))
     else:

@@ -45,9 +45,13 @@ def pareto_plot(res: Result, path: str | Path, title: str | None = None) -> Path
     if front:
         ax.plot([c.usd_per_h for c in front], [_capacity(c) for c in front], "-", color="black", linewidth=1.0,
                 zorder=1, label="Pareto front (qualifying)")
-        for i, c in enumerate(front[:LABELLED]):
-            ax.annotate(c.layout.label(), (c.usd_per_h, _capacity(c)), textcoords="offset points", xytext=(6, 6 if i % 2 else -12),
-                        fontsize=7)
+        for i, c in enumerate(front[:LABELLED], 1):  # numbered on the plot, named in a box (no overlaps)
+            ax.annotate(str(i), (c.usd_per_h, _capacity(c)), textcoords="offset points", xytext=(0, 7),
+                        ha="center", fontsize=8, fontweight="bold")
+        names = "\n".join(f"{i}: {c.layout.label()}, ${c.usd_per_h:,.2f}/h"
+                           for i, c in enumerate(front[:LABELLED], 1))
+        ax.text(0.01, 0.94, "Pareto front:\n" + names, transform=ax.transAxes, fontsize=7, va="top",
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.7"})
     need = res.requirements.tokens_per_s
     if need is not None:
         ax.axhline(need, color="tab:red", linestyle="--", linewidth=1.0, label=f"required {need:,.0f} tokens/s")

@@ -74,11 +74,12 @@ def ratios(req: Requirements, batch, ttft_s, tpot_s, memory_use, accuracy: float
     fails an accuracy limit: the ratio is infinite).
     """
     batch = np.asarray(batch, float)
-    tpot = np.asarray(tpot_s, float)
+    tpot = np.asarray(tpot_s, float)  # may be inf where a batch cannot run: tokens/s 0, ratio inf
     nan = np.full(batch.shape, np.nan)
     out = {c: nan for c in CONSTRAINTS}
     if req.tokens_per_s is not None:
-        out["tokens_per_s"] = req.tokens_per_s / (batch / tpot)
+        with np.errstate(divide="ignore"):
+            out["tokens_per_s"] = req.tokens_per_s / (batch / tpot)
     if req.users is not None:
         out["users"] = req.users / batch
     if req.ttft_s is not None:

@@ -9,7 +9,7 @@ batch meets every limit. Then:
 * its binding constraint is the limit that stops a larger batch: the most used of TTFT, TPOT and memory at the
   next batch of the grid (or ``max_batch`` at the end of the grid);
 * qualifying, priced candidates are ranked by USD per hour (ties: more capacity first); per system, device
-  count, nodes, weight format and placement only the best TP/EP split is listed.
+  count, nodes and weight format only the best TP/EP split and expert placement is listed (they cost the same).
 
 When none qualifies, the closest candidates are listed: at each layout's batch with the smallest largest
 ratio, that ratio (how far from the limit: 1.3 = 30% over) and the constraint it belongs to.
@@ -116,7 +116,8 @@ def assess(c: Curve, req: Requirements, price: Price, acc: float | None, acc_not
         j = int(np.flatnonzero(ok)[-1])
         if j + 1 < len(c.batch):
             nxt = {k: r[k][j + 1] for k in LIMITS_OF_CAPACITY}
-            binding = max(nxt, key=lambda k: -np.inf if np.isnan(nxt[k]) else nxt[k])
+            # memory first on ties: a batch the placement cannot hold has every ratio infinite
+            binding = max(reversed(LIMITS_OF_CAPACITY), key=lambda k: -np.inf if np.isnan(nxt[k]) else nxt[k])
             b_ratio = float(nxt[binding])
         else:
             binding, b_ratio = "max_batch", float(top[j])
@@ -133,12 +134,12 @@ def assess(c: Curve, req: Requirements, price: Price, acc: float | None, acc_not
 
 
 def _best_split(cands: list[Candidate]) -> list[Candidate]:
-    """Per (hardware, devices, nodes, format, placement): the TP/EP split that qualifies with the most capacity,
-    or, if none qualifies, the closest."""
+    """Per (hardware, devices, nodes, format): the TP/EP split and expert placement that qualifies with the
+    most capacity, or, if none qualifies, the closest (they cost the same)."""
     best: dict[tuple, Candidate] = {}
     for c in cands:
         lay = c.layout
-        key = (lay.hardware, lay.devices, lay.nodes, c.precision, lay.offload)
+        key = (lay.hardware, lay.devices, lay.nodes, c.precision)
         score = (c.qualifies, c.max_tokens_per_s or 0.0, -c.binding_ratio)
         if key not in best or score > (best[key].qualifies, best[key].max_tokens_per_s or 0.0,
                                        -best[key].binding_ratio):
@@ -185,3 +186,17 @@ def pareto(cands: list[Candidate]) -> list[Candidate]:
             front.append(c)
             best = c.max_tokens_per_s
     return front
+
+
+STATUS = ("qualifies", "qualifies, unpriced", "does not qualify")
+
+
+def rows(res: Result) -> list[dict[str, Any]]:
+    """Every candidate as a row (:meth:`Candidate.row`), with ``status`` and ``rank`` (1 = cheapest qualifying;
+    the unpriced and then the closest follow in their own order)."""
+    out = []
+    for status, group in zip(STATUS, (res.ranked, res.unpriced, res.closest), strict=True):
+        out += [dict(c.row(), status=status) for c in group]
+    for i, r in enumerate(out, 1):
+        r["rank"] = i
+    return out

@@ -9,11 +9,11 @@ column types (categories, nullable integers, booleans) that CSV does not keep.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
+from capsim.atomic import write_with
 from capsim.errors import CapsimError
 from capsim.sweep.evaluate import DTYPES
 
@@ -48,20 +48,14 @@ def check_destination(path: str | Path) -> str:
 def write_results(frame: pd.DataFrame, path: str | Path) -> Path:
     path = Path(path)
     fmt = check_destination(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp: str) -> None:
         if fmt == "parquet":
             frame.to_parquet(tmp, engine="pyarrow", index=False)
         else:
             frame.to_csv(tmp, index=False, compression="gzip" if fmt == "csv.gz" else None)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode a plain open would
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    write_with(path, write)
     return path
 
 
