@@ -165,7 +165,7 @@ def _replay(q: Query, r: dict[str, Any]) -> tuple[dict | None, dict | None, list
     group = q.batch if r["ep"] > 1 else max(1, q.batch // r["scenario"]["dp"])
     n = max(1, q.trace_samples)
     dec, notes = replay.decode_routing(trace, group, r["ep"], samples=n)
-    pre, notes_pre = replay.prefill_routing(trace, group, r["ep"], samples=n)
+    pre, notes_pre = replay.prefill_routing(trace, group, r["ep"], samples=n, input_len=q.input_len)
     r["scenario"].update(routing=f"trace replay ({n} batch compositions)",
                          trace_model=trace.meta["model_id"], trace_synthetic=bool(trace.meta["synthetic"]),
                          trace_sha256=trace.meta["content_sha256"])

@@ -179,3 +179,22 @@ def test_collect_with_missing_prompts_file_overwrites_nothing(tmp_path, same):
                    str(tmp_path / "missing.txt"), "--max-new-tokens", "2", "--batch-size", "1", "--out", str(out)),
               "missing.txt")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_prefill_replay_draws_enough_prompts_for_the_prompt_tokens(tmp_path):
+    from capsim.traces import replay
+    from capsim.traces.format import open_trace, write_trace
+    from capsim.traces.synthetic import synthetic_trace
+
+    arrays, meta = synthetic_trace("uniform", num_experts=16, top_k=2, moe_layers=2, sequences=64, prompt_len=96,
+                                   decode_len=8)
+    trace = open_trace(write_trace(tmp_path / "t", arrays, meta))
+    # every traced prompt has 96 tokens: 4 prompts of 512 tokens = 2,048 tokens = ceil(2048 / 96) = 22 prompts
+    assert replay.prompts_for(trace, 4, 512)[0] == 22
+    assert replay.prompts_for(trace, 4, 96) == (4, [])  # the traced length itself: the batch as it is
+    assert replay.prompts_for(trace, 4, 10)[0] == 4  # never fewer prompts than sequences
+    assert replay.prompts_for(trace, 4, None) == (4, [])
+    # 22 uniform prompts route 2 x 2,112 = 4,224 assignments over 16 experts: all 16 activated
+    stats, notes = replay.prefill_routing(trace, 4, samples=4, input_len=512)
+    assert "draws 22 traced prompts" in notes[0]
+    assert np.all(stats["activated"] == 16)

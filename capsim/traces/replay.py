@@ -20,6 +20,8 @@ Everything here is numpy on memory-mapped arrays: no torch.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from capsim.errors import CapsimError
@@ -178,11 +180,32 @@ def decode_routing(trace: Trace, batch: int, ep: int = 1, samples: int = DEFAULT
     return {k: v[:, 0] for k, v in stats.items()}, notes
 
 
-def prefill_routing(trace: Trace, batch: int, ep: int = 1, samples: int = DEFAULT_SAMPLES, seed: int = 1):
-    """Routing statistics of prefill passes over the prompts of ``batch`` random sequences.
+def prompts_for(trace: Trace, batch: int, input_len: int | None) -> tuple[int, list[str]]:
+    """How many traced prompts a prefill of ``batch`` prompts of ``input_len`` tokens draws: enough to hold as
+    many prompt tokens, ceil(batch x input_len / mean traced prompt length), and at least ``batch``.
+    A traced prompt is shorter or longer than the one predicted; its tokens are what routing sees."""
+    if input_len is None:
+        return batch, []
+    per_seq = _prefill_counts(trace)
+    if len(per_seq) == 0:
+        return batch, []
+    mean_len = float(per_seq[:, 0, :].sum()) / (len(per_seq) * trace.top_k)  # tokens per traced prompt
+    n = max(batch, math.ceil(batch * input_len / mean_len - 1e-9))
+    if n == batch:
+        return n, []
+    return n, [f"prefill replay draws {n} traced prompts (mean {mean_len:.0f} tokens) for the {batch} x "
+               f"{input_len} prompt tokens of the batch"]
+
+
+def prefill_routing(trace: Trace, batch: int, ep: int = 1, samples: int = DEFAULT_SAMPLES, seed: int = 1,
+                    input_len: int | None = None):
+    """Routing statistics of prefill passes over the prompts of ``batch`` random sequences; with ``input_len``,
+    over as many traced prompts as hold ``batch`` x ``input_len`` tokens (:func:`prompts_for`).
 
     Computed for min(samples, PREFILL_SAMPLES) compositions and cycled to ``samples`` values, to pair
     one to one with the decode samples of a prediction.
     """
+    batch, extra = prompts_for(trace, batch, input_len)
     stats, notes = prefill_routing_curve(trace, [batch], ep, min(samples, PREFILL_SAMPLES), seed)
+    notes = extra + notes
     return {k: np.resize(v[:, 0], samples) for k, v in stats.items()}, notes
