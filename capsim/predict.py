@@ -208,7 +208,9 @@ def _cost(q: Query, db: HardwareDB, whole: Target, seconds: float, tokens: float
     if per_h is None:
         return {"usd_per_million_output_tokens": None, "usd_per_h": None, "basis": "unpriced",
                 "detail": f"{detail}; or pass --usd-per-hour"}
-    return {"usd_per_million_output_tokens": per_h / 3600.0 * seconds / tokens * 1e6, "usd_per_h": per_h,
+    from capsim.cap.cost import usd_per_million_tokens
+
+    return {"usd_per_million_output_tokens": float(usd_per_million_tokens(per_h, tokens / seconds)), "usd_per_h": per_h,
             "basis": basis, "detail": detail}
 
 

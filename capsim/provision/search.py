@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from capsim.cap import accuracy as cap_accuracy
+from capsim.cap import cost as cap_cost
 from capsim.cap.hourly import Price, Pricer
 from capsim.hardware.db import HardwareDB
 from capsim.provision.candidates import Layout
@@ -31,7 +32,6 @@ from capsim.provision.evaluate import Curve, Workload, batch_grid, curve
 from capsim.provision.requirements import CONSTRAINTS, Requirements, ratios, worst
 
 LIMITS_OF_CAPACITY = ("ttft", "tpot", "memory")  # what a larger batch can break
-SECONDS_PER_HOUR = 3600.0
 
 
 @dataclass
@@ -62,7 +62,7 @@ class Candidate:
     def usd_per_million_tokens(self) -> float | None:
         if self.price.usd_per_h is None:
             return None
-        return self.price.usd_per_h / (self.tokens_per_s * SECONDS_PER_HOUR) * 1e6
+        return float(cap_cost.usd_per_million_tokens(self.price.usd_per_h, self.tokens_per_s))
 
     def row(self) -> dict[str, Any]:
         lay = self.layout

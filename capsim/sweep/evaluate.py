@@ -27,6 +27,7 @@ import pandas as pd
 
 from capsim import capacity, pipeline
 from capsim import predict as _predict
+from capsim.cap.cost import usd_per_million_tokens
 from capsim.cap.hourly import default_pricer
 from capsim.errors import CapsimError
 from capsim.predict import Query, resolve
@@ -60,11 +61,10 @@ def cost_columns(r: dict[str, Any], q: Query, m: dict[str, np.ndarray]) -> dict[
     tokens_per_s = np.asarray(q.batch, float) * np.asarray(q.output_len, float) / m["request_latency_s"]
     rows = len(tokens_per_s)
     return {"usd_per_h": np.full(rows, per_h),
-            "usd_per_million_output_tokens": per_h / (tokens_per_s * SECONDS_PER_HOUR) * 1e6}
+            "usd_per_million_output_tokens": usd_per_million_tokens(per_h, tokens_per_s)}
 
 
 COST_COLUMNS: tuple[str, ...] = ("usd_per_h", "usd_per_million_output_tokens")  # placed after METRICS
-SECONDS_PER_HOUR = 3600.0
 
 
 def _hourly_usd(db, hardware: str, devices: int, nodes: int) -> float | None:
