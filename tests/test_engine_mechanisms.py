@@ -46,16 +46,20 @@ def test_absorbed_mla_decode_has_no_expansion():
     assert float(dec.ops["attn_scores"].flops) == 2 * 16 * 1088 * 1000 * 27
 
 
-def test_gemm_fraction_interpolates_in_log_rows_and_log_size():
-    small = (1.0, ((1.0, 0.1), (100.0, 1.0)))
-    large = (100.0, ((1.0, 0.1), (100.0, 0.5)))
-    # rows 10 is half-way between 1 and 100 in log: 0.1 + 0.5 x 0.9 = 0.55 on the small curve
-    assert gemm_fraction(10.0, 1.0, (small,)) == pytest.approx(0.55)
-    assert gemm_fraction(1e6, 1.0, (small,)) == pytest.approx(1.0)  # flat beyond the last point
-    assert gemm_fraction(np.inf, 1.0, (small,)) == pytest.approx(1.0)
-    # weight of 10 bytes: half-way in log size between the curves; at rows 100: (1.0 + 0.5) / 2
-    assert gemm_fraction(100.0, 10.0, (small, large)) == pytest.approx(0.75)
-    assert gemm_fraction(100.0, 1e9, (small, large)) == pytest.approx(0.5)
+def test_gemm_fraction_interpolates_in_log_rows_on_the_nearest_shape():
+    square = (1024.0, 1024.0, ((1.0, 0.1), (100.0, 1.0)))
+    wide = (1024.0, 8192.0, ((1.0, 0.1), (100.0, 0.5)))
+    # rows 10 is half-way between 1 and 100 in log: 0.1 + 0.5 x 0.9 = 0.55 on the square curve
+    assert gemm_fraction(10.0, 1024, 1024, (square,)) == pytest.approx(0.55)
+    assert gemm_fraction(1e6, 1024, 1024, (square,)) == pytest.approx(1.0)  # flat beyond the last point
+    assert gemm_fraction(np.inf, 1024, 1024, (square,)) == pytest.approx(1.0)
+    # 1024 x 7168 is nearer 1024 x 8192 (log distance log(8/7)) than 1024 x 1024 (log 7): the wide curve, unblended
+    assert gemm_fraction(100.0, 1024, 7168, (square, wide)) == pytest.approx(0.5)
+    # 1024 x 2048: log distance log 2 to the square curve, log 4 to the wide one
+    assert gemm_fraction(100.0, 1024, 2048, (square, wide)) == pytest.approx(1.0)
+    # arrays of shapes pick per element
+    got = gemm_fraction(100.0, np.array([1024, 1024]), np.array([2048, 7168]), (square, wide))
+    assert got.tolist() == pytest.approx([1.0, 0.5])
 
 
 def test_gemm_curve_slows_small_row_gemms_only():
@@ -65,7 +69,7 @@ def test_gemm_curve_slows_small_row_gemms_only():
     kw = dict(peak_flop_per_s=peaks, bandwidth_bytes_per_s=1e12, ring_bandwidth_bytes_per_s=np.inf,
               alltoall_bandwidth_bytes_per_s=np.inf, layers=s.layers, moe_layers=s.moe_layers)
     ideal = engines.load("roofline")
-    curve = dataclasses.replace(ideal, gemm_curves=((1.0, ((1.0, 0.25), (1024.0, 1.0))),))
+    curve = dataclasses.replace(ideal, gemm_curves=((4096.0, 4096.0, ((1.0, 0.25), (1024.0, 1.0))),))
     t0, t1 = step_time(step, profile=ideal, **kw), step_time(step, profile=curve, **kw)
     # lm_head: 4 rows -> log position log(4)/log(1024) = 0.2 -> fraction 0.25 + 0.2 x 0.75 = 0.4
     assert float(t1.op_compute_s["lm_head"]) == pytest.approx(float(t0.op_compute_s["lm_head"]) / 0.4)
@@ -98,7 +102,7 @@ def test_bad_gemm_curves_in_a_profile(tmp_path, monkeypatch):
     monkeypatch.setattr(engines, "FOLDER", tmp_path)
     (tmp_path / "x.yaml").write_text(
         "id: x\nversion: 1\ndescription: d\nfitted_to: nothing\nparameters: {}\n"
-        "gemm_curves: [{weight_bytes: 1, points: [[4, 0.5], [2, 0.9]]}]\n")
+        "gemm_curves: [{k: 8, n: 8, points: [[4, 0.5], [2, 0.9]]}]\n")
     with pytest.raises(CapsimError, match=r"x\.yaml: gemm_curves: expected"):
         engines.load("x")
 
@@ -151,3 +155,64 @@ def test_fresh_pages_of_expanded_mla_decode():
     assert float(fresh_page_s(dec.ops["attn_scores"], prof)) == 27 * 65_601_536
     _, absorbed = _v2_lite_decode(absorbed=True, batch=64)
     assert float(fresh_page_s(absorbed.ops["mla_expand"], prof)) == 0.0
+
+
+def _run_shape(name: str):
+    from pathlib import Path
+
+    from capsim.validation.cases import cases_from_run
+
+    return cases_from_run(Path(__file__).resolve().parents[1] / "validation" / "measured" / "cpu" / f"{name}.json")[0].shape
+
+
+def test_unfused_expert_tensors_fault_in_and_run_after_the_gemms():
+    from capsim.sim.roofline import activation_bytes, fresh_page_s
+
+    s = _run_shape("mixtral-like")  # hidden 1024, expert intermediate 3584, top-2 of 8, 2 MoE layers, fp32
+    pre = step_costs(s, tokens=4096, seqs=4, pairs=4 * 1024 * 1025 / 2, kv_read_tokens=0, decode=False,
+                     kv_bytes_per_element=4.0, activated=8)
+    op = pre.ops["routed_experts"]
+    # 4096 tokens x top-2 = 8192 assignments per layer: a hidden-wide tensor is 8192 x 1024 x 4 = 33,554,432 B
+    # (= glibc's 32 MiB threshold: mapped afresh), an intermediate-wide one 8192 x 3584 x 4 = 117,440,512 B
+    assert [float(x) for x in op.assignment_tensor_bytes] == [33_554_432, 117_440_512] and op.moe_layers == 2
+    fused = engines.load("roofline")
+    eager = dataclasses.replace(fused, expert_hidden_tensors=4, expert_intermediate_tensors=4, activation_overlap=0.0,
+                                first_touch_s_per_byte=1e-10)
+    # each of 4 + 4 tensors per layer written once and read once, 2 layers: 2 x 2 x 4 x (33,554,432 + 117,440,512)
+    per_step = 2 * 2 * 4 * (33_554_432 + 117_440_512)
+    assert float(activation_bytes(op, eager)) == per_step
+    assert float(activation_bytes(op, fused)) == float(op.act_bytes)  # fused: the counted io widths
+    # all 16 tensors are at or above the threshold: half the traffic is fresh pages
+    assert float(fresh_page_s(op, eager)) == pytest.approx(per_step / 2 * 1e-10)
+    # activation_overlap 0 adds the traffic after the GEMM instead of hiding it under the compute
+    kw = dict(peak_flop_per_s={"matmul": 1e11, "attention": 1e11, "vector": 1e11}, bandwidth_bytes_per_s=1e10,
+              ring_bandwidth_bytes_per_s=np.inf, alltoall_bandwidth_bytes_per_s=np.inf, layers=s.layers,
+              moe_layers=s.moe_layers)
+    hidden = dataclasses.replace(eager, activation_overlap=1.0)
+    t0, t1 = step_time(pre, profile=hidden, **kw), step_time(pre, profile=eager, **kw)
+    compute = float(t0.op_compute_s["routed_experts"])
+    assert compute > float(t0.op_memory_s["routed_experts"])  # compute bound: the traffic was hidden
+    assert float(t1.op_s["routed_experts"]) == pytest.approx(compute + per_step / 1e10 + per_step / 2 * 1e-10)
+
+
+def test_math_attention_materialises_scores_only_when_head_dims_differ():
+    from capsim.sim.roofline import activation_bytes, fresh_page_s
+
+    prof = dataclasses.replace(engines.load("roofline"), math_attention_unequal_head_dims=1.0,
+                               first_touch_s_per_byte=1e-10)
+    ds = _run_shape("deepseek-like")  # MLA: 6 heads, qk 192 (128 nope + 64 rope), v 128; 3 layers; fp32
+    pre = step_costs(ds, tokens=2048, seqs=2, pairs=2 * 1024 * 1025 / 2, kv_read_tokens=0, decode=False,
+                     kv_bytes_per_element=4.0, activated=64)
+    op = pre.ops["attn_scores"]
+    # 2 sequences of 1024: scores 6 heads x 2 x 1024 x 1024 x 4 B = 50,331,648 B (>= 32 MiB: fresh);
+    # scaled K copy 6 x 2048 x 192 x 4 = 9,437,184 B (heap)
+    assert op.head_dims_differ and (float(op.score_tensor_bytes), float(op.key_tensor_bytes)) == (50_331_648, 9_437_184)
+    extra = 2 * (2 * 50_331_648 + 9_437_184) * 3  # Q K^T and softmax, the K copy; written and read; 3 layers
+    assert float(activation_bytes(op, prof)) == pytest.approx(float(op.act_bytes) + extra)
+    assert float(fresh_page_s(op, prof)) == pytest.approx(2 * 50_331_648 * 3 * 1e-10)
+    # equal head dims (mixtral-like, 128/128: torch's flash kernel): nothing materialised
+    mx = _run_shape("mixtral-like")
+    op2 = step_costs(mx, tokens=2048, seqs=2, pairs=2 * 1024 * 1025 / 2, kv_read_tokens=0, decode=False,
+                     kv_bytes_per_element=4.0).ops["attn_scores"]
+    assert not op2.head_dims_differ and float(activation_bytes(op2, prof)) == float(op2.act_bytes)
+    assert float(fresh_page_s(op2, prof)) == 0.0

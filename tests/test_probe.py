@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import yaml
@@ -11,6 +12,8 @@ from capsim.cli.main import cli
 from capsim.hardware import db as hwdb
 from capsim.hardware.schema import Cpu
 from capsim.units import parse_quantity
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytest.importorskip("torch")
 
@@ -35,7 +38,7 @@ def probed(tmp_path_factory):
     out = tmp_path_factory.mktemp("probe")
     data = tmp_path_factory.mktemp("data") / "blob.bin"
     data.write_bytes(b"\x5a" * (3 * 2**20 + 123))
-    r = run("probe", "--quick", "--out", out, "--id", "local-cpu", "--file", data, "--json")
+    r = run("probe", "--quick", "--out", out, "--id", "local-cpu", "--file", data, "--json", "--gemm-shape", "64x96")
     assert r.exit_code == 0, r.output + r.stderr
     return out, json.loads(r.stdout), r.stderr
 
@@ -179,3 +182,37 @@ def test_cold_weights_cycle_copies_larger_than_the_budget():
     # N = K = 256 fp32 weights are 256 KiB: 1 MiB of copies is 4 weights, each call uses the next one
     assert curve["weights_cycled"] == 4 and curve["weights_cycled_bytes"] == probe.MiB
     assert [p["m"] for p in curve["points"]] == [1, 4]
+
+
+def test_weight_shape_curves_run_as_nn_linear_and_cold(probed):
+    from capsim.measure.gemm_curve import curves_from_probe
+
+    out, result, _ = probed
+    (curve,) = result["cpu"]["gemm_linear"]["fp32"]
+    assert (curve["k"], curve["n"]) == (64, 96) and "W stored N x K" in curve["op"]
+    # 64 x 96 fp32 = 24,576 B; cycled copies reach the quick memory size, 16 MiB: ceil(16 MiB / 24,576) = 683
+    assert curve["weights_cycled"] == 683 and curve["weights_cycled_bytes"] == 683 * 24576
+    assert [p["m"] for p in curve["points"]] == [1, 4, 16, 64, 256]
+    assert "--gemm-shape 64x96" in (out / "sources" / "local-cpu.yaml").read_text()
+    # an engine profile's curves: the shape curve (preferred over the N = K ones), as fractions of the highest
+    # rate any fp32 curve reached
+    (k, n, pts), = curves_from_probe(out / "probe" / "local-cpu.json", "fp32")
+    peak = max(p["flop_per_s"] for key in ("gemm", "gemm_small") for p in result["cpu"][key]["fp32"]["points"])
+    peak = max([peak] + [p["flop_per_s"] for p in curve["points"]])
+    assert (k, n) == (64.0, 96.0)
+    assert [f for _, f in pts] == pytest.approx([p["flop_per_s"] / peak for p in curve["points"]])
+    squares = curves_from_probe(out / "probe" / "local-cpu.json", "fp32", (256,))
+    assert [(c[0], c[1]) for c in squares] == [(256.0, 256.0)]
+
+
+def test_gemm_shapes_of_a_model_and_bad_shapes(tmp_path):
+    from capsim.cli.probe import _gemm_shapes
+
+    olmoe = str(ROOT / "validation" / "measured" / "shapes" / "olmoe-like.json")
+    # OLMoE-like: hidden 1024, 8 heads x 128 (q, k, v, o: 1024 x 1024), router 1024 x 64, experts gate_up
+    # 1024 x (2 x 512) and down 512 x 1024, LM head 1024 x 50304; then the extra 7x9
+    assert _gemm_shapes((olmoe,), ("7x9", "1024x1024")) == ((1024, 1024), (1024, 64), (512, 1024), (1024, 50304),
+                                                            (7, 9))
+    one_line_error(run("probe", "--quick", "--out", tmp_path, "--gemm-shape", "64by96"), "--gemm-shape", "KxN")
+    one_line_error(run("probe", "--quick", "--out", tmp_path, "--gemm-shapes-of", tmp_path / "none.json"),
+                   "--gemm-shapes-of")

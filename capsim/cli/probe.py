@@ -16,12 +16,17 @@ DEFAULT_OUT = Path("validation/hardware")
 
 
 def _command(out: Path, item_id: str, file: Path | None, quick: bool, threads: int | None,
-             gemm_nk: int | None, cold_weights: bool = False) -> str:
+             gemm_nk: int | None, cold_weights: bool = False, shapes_of: tuple[str, ...] = (),
+             shapes: tuple[str, ...] = ()) -> str:
     parts = ["capsim", "probe", "--id", item_id, "--out", str(out)]
     if threads is not None:
         parts += ["--threads", str(threads)]
     if gemm_nk is not None:
         parts += ["--gemm-nk", str(gemm_nk)]
+    for m in shapes_of:
+        parts += ["--gemm-shapes-of", m]
+    for sh in shapes:
+        parts += ["--gemm-shape", sh]
     if cold_weights:
         parts.append("--cold-weights")
     if file is not None:
@@ -47,10 +52,16 @@ def _command(out: Path, item_id: str, file: Path | None, quick: bool, threads: i
 @click.option("--cold-weights", is_flag=True,
               help="Cycle CPU GEMMs through 1 GiB of weight copies, so each call reads its weight from DRAM (as a "
                    "decode step over a model larger than the last-level cache does); default: one cache-hot weight.")
+@click.option("--gemm-shapes-of", "shapes_of", multiple=True, metavar="MODEL",
+              help="Also measure every weight shape of this model (catalogue id or config.json) as torch.nn.Linear "
+                   "runs it, cold; engine profiles with 'gemm_curves: probe' then use the nearest shape. Repeatable.")
+@click.option("--gemm-shape", "shapes", multiple=True, metavar="KxN",
+              help="Also measure this weight shape (K in, N out features), as --gemm-shapes-of does. Repeatable.")
 @click.option("--quick", is_flag=True, help="Small sizes and few repeats (seconds; for tests, not for numbers).")
 @click.option("--json", "as_json", is_flag=True, help="Print all measurements as JSON on stdout.")
 def probe_cmd(out: Path, item_id: str, file: Path | None, threads: int | None, gemm_nk: int | None,
-              cold_weights: bool, quick: bool, as_json: bool) -> None:
+              cold_weights: bool, shapes_of: tuple[str, ...], shapes: tuple[str, ...], quick: bool,
+              as_json: bool) -> None:
     """Measure memory read/copy bandwidth, GEMM FLOP/s per dtype as M grows, GPU copies and a file's
     read rate; write OUT/cpus/ID.yaml (kind measured), OUT/sources/ID.yaml and OUT/probe/ID.json.
 
@@ -63,6 +74,7 @@ def probe_cmd(out: Path, item_id: str, file: Path | None, threads: int | None, g
     if out.exists() and not out.is_dir():
         raise CapsimError(f"--out {out}: not a folder")
 
+    gemm_shapes = _gemm_shapes(shapes_of, shapes)
     from capsim.hardware import db as hwdb
     from capsim.measure import probe, probe_entry
 
@@ -79,8 +91,11 @@ def probe_cmd(out: Path, item_id: str, file: Path | None, threads: int | None, g
         settings = dataclasses.replace(settings, gemm_nk=gemm_nk)
     if cold_weights:
         settings = dataclasses.replace(settings, gemm_cold_bytes=settings.memory_bytes)
+    if gemm_shapes:
+        settings = dataclasses.replace(settings, gemm_shapes=gemm_shapes)
     result = probe.run_probe(settings, file=file, log=log)
-    written = probe_entry.write_entry(result, out, item_id, _command(out, item_id, file, quick, threads, gemm_nk, cold_weights))
+    command = _command(out, item_id, file, quick, threads, gemm_nk, cold_weights, shapes_of, shapes)
+    written = probe_entry.write_entry(result, out, item_id, command)
     _, problems = hwdb.check(hwdb.BUILTIN_DB, out)
     if problems:
         raise CapsimError(f"the written entry does not load: {problems[0]}")
@@ -89,3 +104,24 @@ def probe_cmd(out: Path, item_id: str, file: Path | None, threads: int | None, g
     log(f"wrote {', '.join(str(p) for p in written.values())} in {time.perf_counter() - t0:.1f} s")
     if as_json:
         click.echo(json.dumps(result, indent=1, default=probe_entry.json_default))
+
+
+def _gemm_shapes(models: tuple[str, ...], shapes: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
+    """The distinct (K, N) of --gemm-shapes-of models and --gemm-shape KxN values, in the order given."""
+    from capsim.model.catalogue import load_model
+    from capsim.model.gemms import distinct_shapes
+
+    seen: dict[tuple[int, int], None] = {}
+    for name in models:
+        try:
+            spec, _ = load_model(name)
+        except CapsimError as err:
+            raise CapsimError(f"--gemm-shapes-of {name}: {err}") from None
+        for kn in distinct_shapes(spec):
+            seen.setdefault(kn, None)
+    for text in shapes:
+        k, sep, n = text.lower().partition("x")
+        if not sep or not k.strip().isdigit() or not n.strip().isdigit() or int(k) < 1 or int(n) < 1:
+            raise CapsimError(f"--gemm-shape {text!r}: expected KxN, two positive integers (e.g. 1024x7168)")
+        seen.setdefault((int(k), int(n)), None)
+    return tuple(seen)

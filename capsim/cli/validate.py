@@ -41,8 +41,8 @@ def _fixed(cpu: dict, db_root: Path, config_path: Path) -> tuple[dict[str, float
                 raise CapsimError(f"{config_path}: cpu.fixed.gemm_curves: expected 'probe' or 'probe:N[,N...]' "
                                   f"(the N = K of the curves to use), got {value!r}")
             values[name] = curves_from_probe(probe_file, cpu["dtype"], sizes)
-            how[name] = (f"the {cpu['dtype']} torch GEMM curves (M x K @ K x N, N = K, weights of "
-                         f"{', '.join(f'{c[0] / 2**20:g} MiB' for c in values[name])}) measured in {probe_file.name}")
+            how[name] = (f"the {cpu['dtype']} torch GEMM curves of {len(values[name])} weight shapes (K x N: "
+                         f"{', '.join(f'{c[0]:.0f}x{c[1]:.0f}' for c in values[name])}) measured in {probe_file.name}")
         elif name not in engines.PARAMETERS:
             raise CapsimError(f"{config_path}: cpu.fixed.{name}: unknown parameter "
                               f"(expected {', '.join(engines.PARAMETERS)})")
@@ -154,7 +154,8 @@ def validate_cmd(config_path: Path, fit: bool, max_median_error: float | None, p
         report.plot(table, plot_path, f"capsim {prof.id} vs measured ({cpu['hardware']})")
     if report_path:
         head = (f"# Validation: {prof.id} on {cpu['hardware']}\n\nProfile: {prof.fitted_to}.\n"
-                f"Command: `capsim validate --report {report_path}" + (f" --plot {plot_path}" if plot_path else "") + "`")
+                f"Command: `capsim validate --report {report_path}" + (f" --plot {plot_path}" if plot_path else "") + "`"
+                + _profile_lines(prof))
         write_text(report_path, report.markdown(table, agg, head))
     if as_json:
         click.echo(json.dumps({"profile": dataclasses.asdict(prof), "aggregates": agg, "cases": table}, indent=1))
@@ -169,6 +170,21 @@ def validate_cmd(config_path: Path, fit: bool, max_median_error: float | None, p
         if worst:
             click.echo(f"capsim: held-out median error above {max_median_error}%: {', '.join(worst)}", err=True)
             raise SystemExit(1)
+
+
+def _profile_lines(prof) -> str:
+    """The fitted parameters and those set by mechanism (with how), for the report's header."""
+    from capsim.validation.fit import FIT_PARAMETERS
+
+    try:
+        how = (yaml.safe_load((engines.FOLDER / f"{prof.id}.yaml").read_text()) or {}).get("not_fitted") or {}
+    except (OSError, yaml.YAMLError):
+        how = {}
+    fitted = ", ".join(f"{n} {getattr(prof, n):.4g}" for n in FIT_PARAMETERS)
+    lines = ["", "", f"Fitted (on the fitting subset only): {fitted}.", "", "Set by mechanism or measurement, not fitted:"]
+    lines += [f"- {name} = {getattr(prof, name, '') if name != 'gemm_curves' else len(prof.gemm_curves)}: {text}"
+              for name, text in how.items()]
+    return "\n".join(lines)
 
 
 def _aggregates(head: list[str], agg: dict, count: str) -> str:

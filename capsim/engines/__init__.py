@@ -34,6 +34,10 @@ PARAMETERS = {
     "offload_overlap": (0.0, 1.0),
     "first_touch_s_per_byte": (0.0, 1e-6),
     "fresh_alloc_threshold_bytes": (0.0, 1e12),
+    "activation_overlap": (0.0, 1.0),
+    "expert_hidden_tensors": (0.0, 20.0),
+    "expert_intermediate_tensors": (0.0, 20.0),
+    "math_attention_unequal_head_dims": (0.0, 1.0),
 }
 
 
@@ -77,10 +81,25 @@ class EngineProfile:
     # threshold, DEFAULT_MMAP_THRESHOLD_MAX = 4 x 1024 x 1024 x sizeof(long) = 32 MiB on 64-bit (mallopt(3)).
     first_touch_s_per_byte: float = 0.0
     fresh_alloc_threshold_bytes: float = GLIBC_MMAP_THRESHOLD_MAX_BYTES
-    # Measured GEMM efficiency curves, one per weight-matrix size: ((weight bytes, ((rows, fraction of the
-    # peak), ...)), ...) by ascending size; the engine's kernels on the hardware it was fitted for
-    # (``capsim probe`` measures them). Used instead of gemm_half_rows when present.
-    gemm_curves: tuple[tuple[float, tuple[tuple[float, float], ...]], ...] = ()
+    # Fraction of an operator's activation traffic (inputs, outputs, intermediates) hidden under its GEMM or
+    # weight reads: 1 for fused kernels (epilogues, fused MoE: the roofline's max of compute and memory);
+    # 0 for an eager engine, where each element-wise step (gather, activation, gating product, routing-weight
+    # scaling, un-permute) is its own kernel that runs after the GEMM.
+    activation_overlap: float = 1.0
+    # Tensors an unfused expert block allocates per token-expert assignment, per MoE layer, in units of the
+    # hidden width and of the expert intermediate width (0 for fused engines); with first_touch_s_per_byte,
+    # those above the allocator's mmap threshold fault in fresh each step.
+    expert_hidden_tensors: float = 0.0
+    expert_intermediate_tensors: float = 0.0
+    # 1: when the query/key head dim differs from the value's (MLA prefill, expanded MLA decode) the engine's
+    # attention materialises its scores: torch's CPU SDPA then takes its math path (flash attention needs equal
+    # head dims: aten/src/ATen/native/transformers/sdp_utils_cpp.cpp, check_head_dim_size_cpp), which writes a
+    # copy of K scaled by sqrt(scale), the Q K^T scores and their softmax, each read once after. 0: fused.
+    math_attention_unequal_head_dims: float = 0.0
+    # Measured GEMM efficiency curves, one per weight shape: ((K, N, ((rows, fraction of the peak), ...)), ...);
+    # the engine's kernels on the hardware it was fitted for (``capsim probe --gemm-shapes-of`` measures them).
+    # A matmul uses the curve of the nearest shape. Used instead of gemm_half_rows when present.
+    gemm_curves: tuple[tuple[float, float, tuple[tuple[float, float], ...]], ...] = ()
     fitted_cases: tuple[str, ...] = ()  # ids of the validation cases the parameters were fitted to
 
 
@@ -113,7 +132,7 @@ def load(name: str) -> EngineProfile:
     )
 
 
-def _curves(raw, path: Path) -> tuple[tuple[float, tuple[tuple[float, float], ...]], ...]:
+def _curves(raw, path: Path) -> tuple[tuple[float, float, tuple[tuple[float, float], ...]], ...]:
     if raw is None:
         return ()
     out = []
@@ -123,9 +142,12 @@ def _curves(raw, path: Path) -> tuple[tuple[float, tuple[tuple[float, float], ..
             rows = [r for r, _ in pts]
             if len(pts) < 2 or rows != sorted(set(rows)) or rows[0] < 1 or not all(0 < f <= 1 for _, f in pts):
                 raise ValueError
-            out.append((float(c["weight_bytes"]), pts))
+            k, n = float(c["k"]), float(c["n"])
+            if k < 1 or n < 1:
+                raise ValueError
+            out.append((k, n, pts))
     except (TypeError, ValueError, KeyError):
-        raise CapsimError(f"{path}: gemm_curves: expected a list of {{weight_bytes, points: [[rows, fraction], "
+        raise CapsimError(f"{path}: gemm_curves: expected a list of {{k, n, points: [[rows, fraction], "
                           f"...]}} with >= 2 points, rows ascending from >= 1, fractions in (0, 1]") from None
     return tuple(sorted(out))
 
@@ -141,8 +163,8 @@ def write(profile: EngineProfile, extra: dict | None = None, folder: Path = FOLD
             "fitted_to": profile.fitted_to, "parameters": params, "fitted_cases": list(profile.fitted_cases),
             **(extra or {})}
     if profile.gemm_curves:
-        data["gemm_curves"] = [{"weight_bytes": int(wb), "points": [[int(r), float(f"{f:.4g}")] for r, f in pts]}
-                               for wb, pts in profile.gemm_curves]
+        data["gemm_curves"] = [{"k": int(k), "n": int(n), "points": [[int(r), float(f"{f:.4g}")] for r, f in pts]}
+                               for k, n, pts in profile.gemm_curves]
     path = folder / f"{profile.id}.yaml"
     tmp = path.with_suffix(".yaml.tmp")
     tmp.write_text(f"# Written by '{command}'; edit the fitting subset in validation/config.yaml.\n"

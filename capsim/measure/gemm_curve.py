@@ -43,26 +43,27 @@ def half_rows(curve: dict[str, Any], read_bytes_per_s: float) -> dict[str, Any]:
 
 
 def curves_from_probe(path: Path, dtype: str, sizes: tuple[int, ...] | None = None
-                      ) -> tuple[tuple[float, tuple[tuple[float, float], ...]], ...]:
-    """The CPU GEMM curves of ``dtype`` in a probe result file, one per weight size measured (only those
-    with N = K in ``sizes`` when given): ((weight bytes, ((rows, fraction of that curve's peak), ...)), ...)
-    by ascending weight bytes."""
+                      ) -> tuple[tuple[float, float, tuple[tuple[float, float], ...]], ...]:
+    """The CPU GEMM curves of ``dtype`` in a probe result file as an engine profile holds them:
+    ((K, N, ((rows, fraction of the peak), ...)), ...) sorted by shape. ``sizes`` None: the weight-shape
+    curves (``cpu.gemm_linear``, ``capsim probe --gemm-shapes-of``) when the probe has them, else the N = K
+    curves; a tuple: only the N = K curves with N in it. Fractions are of the highest rate any curve of
+    ``dtype`` reached (the hardware entry's peak)."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise CapsimError(f"{path}: unreadable probe result ({err})") from None
-    found = []
-    for key in ("gemm", "gemm_small"):
-        curve = data.get("cpu", {}).get(key, {}).get(dtype)
-        if curve and curve.get("points") and (sizes is None or curve["n"] in sizes):
-            peak = max(p["flop_per_s"] for p in curve["points"])
-            pts = tuple((float(p["m"]), p["flop_per_s"] / peak)
-                        for p in sorted(curve["points"], key=lambda p: p["m"]))
-            found.append((float(curve["weight_bytes"]), pts))
-    if not found:
+    cpu = data.get("cpu", {})
+    square = [c for key in ("gemm", "gemm_small") if (c := cpu.get(key, {}).get(dtype)) and c.get("points")]
+    linear = [c for c in (cpu.get("gemm_linear") or {}).get(dtype) or [] if c.get("points")]
+    chosen = linear if sizes is None and linear else [c for c in square if sizes is None or c["n"] in sizes]
+    if not chosen:
         raise CapsimError(f"{path}: no cpu.gemm.{dtype} curve" + (f" with N = K in {list(sizes)}" if sizes else "")
                           + " in the probe result")
-    return tuple(sorted(found))
+    peak = max(p["flop_per_s"] for c in square + linear for p in c["points"])
+    return tuple(sorted((float(c["k"]), float(c["n"]),
+                         tuple((float(p["m"]), p["flop_per_s"] / peak) for p in sorted(c["points"], key=lambda p: p["m"])))
+                        for c in chosen))
 
 
 def half_rows_from_probe(path: Path, dtype: str) -> dict[str, Any]:

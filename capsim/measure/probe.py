@@ -4,6 +4,8 @@ What is measured (torch is imported inside the functions that use it)
     memory    read bandwidth: ``torch.sum`` over a float32 tensor (bytes read / time); copy bandwidth:
               ``dst.copy_(src)`` counting the bytes read plus the bytes written (a write-allocate cache
               moves a third more, not counted). On the CPU with ``torch.get_num_threads()`` threads.
+    linear    ``--gemm-shapes-of MODEL`` / ``--gemm-shape KxN``: the same as M grows, for given weight shapes run
+              as ``torch.nn.Linear`` runs them (``x @ W.T``), cold (:func:`capsim.measure.probe_gemm.linear_curve`).
     gemm      ``torch.mm`` of an M x K by a K x N matrix (``torch._int_mm`` for int8) per dtype, N = K fixed,
               M = 1, 2, 4, ... : 2 M N K FLOP (or integer OP) / time. The peak is the maximum over M; the
               whole curve is kept, and the M = 1 efficiency (rate at M = 1 / peak) is what decode sees.
@@ -36,7 +38,7 @@ from typing import Any
 
 from capsim.errors import CapsimError
 from capsim.measure.machine import _cpu_snapshot, cpu_busy_fraction, machine_facts, other_cpu_share
-from capsim.measure.probe_gemm import CPU_DTYPES, GPU_DTYPES, _mark_slow_paths, gemm_curve
+from capsim.measure.probe_gemm import CPU_DTYPES, GPU_DTYPES, _mark_slow_paths, gemm_curve, linear_curve
 from capsim.measure.timing import Log, cuda_timer, first_line, median_time, silent, timer_for
 from capsim.units import format_quantity
 
@@ -61,6 +63,9 @@ class Settings:
     repeats: int
     point_budget_s: float  # stop repeating a point after this long (at least 3 timed calls)
     read_chunk_bytes: int  # file read size
+    # Weight shapes (K in, N out) to measure as torch.nn.Linear runs them, cold (probe_gemm.linear_curve)
+    gemm_shapes: tuple[tuple[int, int], ...] = ()
+    gemm_shape_dtypes: tuple[str, ...] = ("fp32",)
 
 
 FULL = Settings(
@@ -280,6 +285,8 @@ def run_probe(s: Settings, file: str | Path | None = None, log: Log = silent) ->
         _mark_slow_paths(gemm)
         small = replace(s, gemm_nk=s.gemm_nk_small)
         gemm_small = {dt: gemm_curve(dt, small, "cpu", log) for dt in CPU_DTYPES}
+        gemm_linear = {dt: [linear_curve(dt, k, n, s, log) for k, n in s.gemm_shapes]
+                       for dt in s.gemm_shape_dtypes} if s.gemm_shapes else {}
         gpu = gpu_probe(s, log)
     facts["other_processes_cpu_share_during"] = during = other_cpu_share(snap, _cpu_snapshot())
     if during is not None and during > BUSY_WARNING:
@@ -294,7 +301,7 @@ def run_probe(s: Settings, file: str | Path | None = None, log: Log = silent) ->
         "facts": facts,
         "settings": asdict(s),
         "seconds": time.perf_counter() - t0,
-        "cpu": {"memory": memory, "gemm": gemm, "gemm_small": gemm_small},
+        "cpu": {"memory": memory, "gemm": gemm, "gemm_small": gemm_small, "gemm_linear": gemm_linear},
         "gpu": gpu,
         "file_read": file_read,
     }

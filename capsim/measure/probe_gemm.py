@@ -4,6 +4,14 @@
 per call. By default the same weight is used at every call, so a cache that holds it may serve it;
 ``Settings.gemm_cold_bytes`` cycles through copies of the weight so that each call reads it from DRAM,
 as a decode step over a model larger than the last-level cache does.
+
+:func:`linear_curve` measures a given weight shape the way ``torch.nn.Linear`` runs it: the weight stored
+N x K (out x in features) and multiplied transposed, ``x @ W.T``, always cold (weights cycled). On a CPU the
+BLAS picks its kernel by shape and layout: a 1024 x 7168 weight at M = 2 runs at the memory read rate in this
+layout and at 0.7 x that as a row-major K x N operand, and N = K = 4096 collapses to a quarter of the peak at
+M = 64 where a 1024 x 7168 weight reaches 0.6 of it (measured with ``capsim probe`` on the project's Xeon,
+2026-11-22). A model's GEMMs are therefore predicted from curves measured at its own weight shapes
+(``capsim probe --gemm-shapes-of MODEL``), nearest shape first (:mod:`capsim.sim.roofline`).
 """
 
 from __future__ import annotations
@@ -21,6 +29,9 @@ GPU_DTYPES = ("fp32", "tf32", "bf16", "fp16", "int8")
 # A dtype that runs at under this fraction of the fp32 peak is on a slow (emulated) path: it is kept in the
 # curves but left out of the entry's peaks, so a prediction does not assume an engine would use it.
 SLOW_PATH_FRACTION = 0.5
+# A generous CPU rate (a many-core AVX-512 server) used only to skip shape-curve points whose one call would
+# exceed the point budget even at this rate; on a slower machine the points that run may take longer.
+PEAK_GUESS_FLOP_PER_S = 1e12
 
 
 def _matrix(dtype: str, rows: int, cols: int, device: str, seed: int):
@@ -128,6 +139,45 @@ def gemm_curve(dtype: str, s: Settings, device: str = "cpu", log: Log = silent) 
     elem = 1 if dtype == "int8" else (4 if dtype in ("fp32", "tf32") else 2)
     out["weight_bytes"] = nk * nk * elem
     out["weight_bytes_per_s_at_smallest_m"] = nk * nk * elem / first["median_s"]
+    return out
+
+
+def linear_curve(dtype: str, k: int, n: int, s: Settings, log: Log = silent) -> dict[str, Any]:
+    """FLOP/s of ``x @ W.T`` (``W`` stored ``n x k``, as ``torch.nn.Linear`` holds it) as the rows M of ``x`` grow,
+    cycling through copies of ``W`` totalling at least ``s.memory_bytes`` so that each call reads its weight from
+    DRAM, as one step of a model larger than the last-level cache does. Points past ``s.point_budget_s`` of one
+    call are skipped (the curve is flat there)."""
+    import torch
+
+    out: dict[str, Any] = {"dtype": dtype, "device": "cpu", "k": k, "n": n, "points": [], "skipped_points": [],
+                           "op": f"torch.mm({dtype} M x K, W.T) with W stored N x K (torch.nn.Linear's layout)"}
+    if dtype == "int8":
+        out["skipped"] = "int8 weights are not run through torch.nn.Linear"
+        return out
+    w = _matrix(dtype, n, k, "cpu", 2)
+    nbytes = w.numel() * w.element_size()
+    weights = [w] + [w.clone() for _ in range(max(0, -(-s.memory_bytes // nbytes) - 1))]
+    out["weights_cycled"] = len(weights)
+    out["weights_cycled_bytes"] = len(weights) * nbytes
+    log(f"gemm {dtype} x @ W.T, W {n} x {k} ({len(weights)} copies, cold): M = {', '.join(map(str, s.gemm_ms))}")
+    turn = [0]
+    for m in s.gemm_ms:
+        if 2.0 * m * n * k / PEAK_GUESS_FLOP_PER_S > s.point_budget_s:
+            out["skipped_points"].append({"m": m, "reason": f"one call would take over {s.point_budget_s:g} s"})
+            continue
+        a = _matrix(dtype, m, k, "cpu", 1)
+        calls = [(lambda a=a, wt=wt: torch.mm(a, wt)) for wt in (x.t() for x in weights)]
+
+        def call(calls=calls):
+            turn[0] += 1
+            return calls[turn[0] % len(calls)]()
+
+        t = median_time(call, timer_for("cpu"), s)
+        out["points"].append({"m": m, "flop_per_s": 2.0 * m * n * k / t["median_s"], **t})
+    del w, weights
+    out["weight_bytes"] = nbytes
+    if out["points"]:
+        out["peak_flop_per_s"] = max(p["flop_per_s"] for p in out["points"])
     return out
 
 

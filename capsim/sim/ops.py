@@ -17,9 +17,9 @@ Conventions (each a choice stated once):
 - the LM head runs on the last position of each sequence only (vLLM, and HF
   generate with logits_to_keep=1);
 - norms: :data:`NORM_FLOPS_PER_ELEMENT` FLOPs per element, never compute bound;
-- each matmul records its ``rows`` (M, the tokens one weight multiplies) and the bytes of one
-  of its weight matrices (FFNs: a third of a gated FFN's weights): a GEMM's efficiency
-  depends on both (:mod:`capsim.sim.roofline`);
+- each matmul records its ``rows`` (M, the tokens one weight multiplies) and its weight matrices'
+  shapes as one device holds them (:mod:`capsim.model.gemms`; tensor parallelism splits a matrix's
+  columns or rows): a GEMM's efficiency depends on both (:mod:`capsim.sim.roofline`);
 - MLA decode is absorbed (attention over the cached latent) unless the engine
   expands it: transformers' DeepseekV2/V3 attention (``expand_kv``) runs kv_b_proj
   over EVERY cached latent each step and attends per head (op ``mla_expand``).
@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from capsim.model.gemms import Gemm
 from capsim.sim.experts import expected_activated
 from capsim.sim.shape import Shape
 
@@ -46,7 +47,6 @@ KERNELS_PER_LAYER = {
 }
 OPS = ("embedding", "attn_proj", "mla_expand", "attn_scores", "norms", "router", "routed_experts",
        "shared_experts", "dense_ffn", "lm_head")
-FFN_MATRICES = 3  # gate, up, down of a gated FFN: the typical weight matrix is a third of its weights
 ALLREDUCES_PER_LAYER = 2  # Megatron-style TP: after attention and after the FFN/MoE block
 
 
@@ -60,11 +60,25 @@ class OpCost:
     compute: str  # which peak: "matmul", "attention" or "vector"
     activated_per_layer: np.ndarray | float = 0.0  # routed experts only: activated experts summed over MoE layers
     rows: np.ndarray | float = np.inf  # matmuls: rows (tokens) each weight multiplies; inf for non-GEMM work
-    matrix_bytes: np.ndarray | float = 0.0  # matmuls: bytes of one weight matrix as one device holds it
+    # matmuls: (K, N, share of the op's FLOPs) of each weight matrix as one device holds it
+    gemms: tuple[tuple[np.ndarray | float, np.ndarray | float, float], ...] = ()
     # Tensors the step allocates, ((bytes of one tensor, how many), ...): those above the allocator's mmap
     # threshold are fresh pages each step (:mod:`capsim.sim.roofline`). Decode with a cache grown by
     # concatenation (and expanded MLA) only; other activations are not listed.
     allocs: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
+    # Routed experts only: bytes of one tensor one hidden-width (and one intermediate-width) element wide per
+    # token-expert assignment, over one MoE layer's assignments on the device, and the MoE layers: what an
+    # unfused engine's per-assignment tensors weigh (engine profile: expert_hidden/intermediate_tensors).
+    assignment_tensor_bytes: tuple[np.ndarray | float, np.ndarray | float] = (0.0, 0.0)
+    moe_layers: float = 0.0
+    # Attention only: bytes of one (query, key) score tensor and of one key tensor (heads x qk per cached and new
+    # token) per layer over the device's sequences, whether the query/key head dim differs from the value's,
+    # and the layers: what an attention that materialises its scores allocates (engine profile:
+    # math_attention_unequal_head_dims).
+    score_tensor_bytes: np.ndarray | float = 0.0
+    key_tensor_bytes: np.ndarray | float = 0.0
+    head_dims_differ: bool = False
+    layers: float = 0.0
 
     @property
     def bytes(self) -> np.ndarray:
@@ -82,6 +96,14 @@ class Step:
 
 def _f(x) -> np.ndarray:
     return np.asarray(x, dtype=float)
+
+
+def _on_device(gemms: tuple[Gemm, ...], split) -> tuple[tuple[np.ndarray | float, np.ndarray | float, float], ...]:
+    """(K, N, FLOP share) of each matrix when tensor parallelism splits it ``split`` ways (rows of a
+    row-parallel matrix, columns of the others)."""
+    total = float(sum(g.k * g.n for g in gemms))
+    return tuple((g.k / split if g.row_parallel else float(g.k), float(g.n) if g.row_parallel else g.n / split,
+                  g.k * g.n / total) for g in gemms)
 
 
 def step_costs(
@@ -122,14 +144,14 @@ def step_costs(
     zero = np.zeros(np.broadcast(t_g, tp, ep).shape)
     ops: dict[str, OpCost] = {}
 
-    def put(name, flops, wbytes, act, kernels, compute="matmul", kv=0.0, rows=np.inf, matrix=0.0):
+    def put(name, flops, wbytes, act, kernels, compute="matmul", kv=0.0, rows=np.inf, split=None):
+        gemms = _on_device(s.gemms_of(name), tp if split is None else split) if compute == "matmul" else ()
         ops[name] = OpCost(zero + flops, zero + wbytes, zero + kv, zero + act, zero + kernels, compute,
-                           rows=zero + rows, matrix_bytes=zero + matrix)
+                           rows=zero + rows, gemms=gemms)
 
     put("embedding", 0.0, t_g * h * s.other_weight_bytes / tp, t_g * h * ab, 1.0, "vector")
     put("attn_proj", 2 * t_g * s.attn_params * L / tp, L * s.attn_params * s.attn_weight_bytes / tp,
-        t_g * s.attn_io_width * ab * L / tp, KERNELS_PER_LAYER["attn_proj"] * L, rows=t_g,
-        matrix=h * h * s.attn_weight_bytes / tp)
+        t_g * s.attn_io_width * ab * L / tp, KERNELS_PER_LAYER["attn_proj"] * L, rows=t_g)
     expand = bool(s.mla and decode and not mla_absorbed)
     qk, v = (s.qk_dim_decode, s.v_dim_decode) if decode and not expand else (s.qk_dim_prefill, s.v_dim_prefill)
     kv_frac = 1.0 if s.mla else np.ceil(s.num_kv_heads / tp) / s.num_kv_heads  # MLA latent: replicated over TP
@@ -141,12 +163,17 @@ def step_costs(
     nope = s.mla_up_width / s.heads - s.v_dim_prefill if s.mla else 0.0  # qk_nope_head_dim
     put("mla_expand", 2 * kv_g * s.mla_latent * s.mla_up_width * L / tp if expand else 0.0, 0.0,
         kv_g * (s.mla_latent + s.mla_up_width) * ab * L / tp if expand else 0.0,
-        KERNELS_PER_LAYER["mla_expand"] * L if expand else 0.0, rows=kv_g / b_g,
-        matrix=s.mla_latent * s.mla_up_width * s.attn_weight_bytes / tp)
+        KERNELS_PER_LAYER["mla_expand"] * L if expand else 0.0, rows=kv_g / b_g)
     expanded_kv_act = kv_g * s.heads * (nope + 2 * qk + v) * ab * L / tp if expand else 0.0
     put("attn_scores", 2 * pairs_g * s.heads * (qk + v) * L / tp, 0.0,
         t_g * s.heads * (qk + v) * ab * L / tp + expanded_kv_act,
         KERNELS_PER_LAYER["attn_scores"] * L, "attention", kv=(kv_g + t_g) * kv_elems)  # read cache + write new
+    heads_dev = s.heads / tp
+    ops["attn_scores"] = replace(
+        ops["attn_scores"], layers=float(L), head_dims_differ=bool(qk != v),
+        # every query of a sequence against every key of it (a materialised score matrix is not causal-halved)
+        score_tensor_bytes=heads_dev * t_g * (kv_g + t_g) / b_g * ab + zero,
+        key_tensor_bytes=heads_dev * (kv_g + t_g) * qk * ab + zero)
     if decode:
         # A cache grown by torch.cat allocates each layer's cache tensors anew every step: K and V (MHA/GQA:
         # half the cached elements each) or the latent and its rope part (MLA); expanded MLA also allocates
@@ -165,8 +192,7 @@ def step_costs(
         KERNELS_PER_LAYER["norms"] * L + 1, "vector")
     lm, e, k = s.moe_layers, s.num_experts, s.top_k
     put("router", 2 * t_g * h * e * lm, s.router_params * s.other_weight_bytes * lm, t_g * (h + e) * ab * lm,
-        KERNELS_PER_LAYER["router"] * lm if e else 0.0, rows=t_g,
-        matrix=h * e * s.other_weight_bytes)
+        KERNELS_PER_LAYER["router"] * lm if e else 0.0, rows=t_g, split=1.0)
     expert_bytes = s.expert_params * s.expert_weight_bytes * lm
     expert_flops_token = 2 * s.expert_params * lm
     if np.any((ep > 1) & (ep != n)):
@@ -185,18 +211,22 @@ def step_costs(
         expert_rows = np.where(on_device > 0, load * t_g * k / np.maximum(on_device, 1e-300), np.inf)
     put("routed_experts", load * t_g * k * expert_flops_token / tp, routed_w,
         load * t_g * k * s.expert_io_width * ab * lm / tp, KERNELS_PER_LAYER["routed_experts"] * lm if e else 0.0,
-        rows=expert_rows, matrix=s.expert_params * s.expert_weight_bytes / FFN_MATRICES / np.where(is_ep, 1.0, tp))
-    ops["routed_experts"] = replace(ops["routed_experts"], activated_per_layer=on_device * lm)
+        rows=expert_rows, split=np.where(is_ep, 1.0, tp))
+    assignments = load * t_g * k  # token-expert pairs the device runs per MoE layer
+    ops["routed_experts"] = replace(ops["routed_experts"], activated_per_layer=on_device * lm,
+                                    assignment_tensor_bytes=(assignments * h * ab + zero,
+                                                             assignments * s.expert_intermediate * ab
+                                                             / np.where(is_ep, 1.0, tp) + zero),
+                                    moe_layers=float(lm))
     put("shared_experts", 2 * t_g * s.shared_params * lm / tp, s.shared_params * s.ffn_weight_bytes * lm / tp,
         t_g * s.shared_io_width * ab * lm / tp, KERNELS_PER_LAYER["shared_experts"] * lm if s.shared_params else 0.0,
-        rows=t_g, matrix=s.shared_params * s.ffn_weight_bytes / FFN_MATRICES / tp)
+        rows=t_g)
     ld = s.dense_layers
     put("dense_ffn", 2 * t_g * s.dense_params * ld / tp, s.dense_params * s.ffn_weight_bytes * ld / tp,
-        t_g * s.dense_io_width * ab * ld / tp, KERNELS_PER_LAYER["dense_ffn"] * ld, rows=t_g,
-        matrix=s.dense_params * s.ffn_weight_bytes / FFN_MATRICES / tp)
+        t_g * s.dense_io_width * ab * ld / tp, KERNELS_PER_LAYER["dense_ffn"] * ld, rows=t_g)
     lm_bytes = s.other_weight_bytes if s.tie_embeddings else s.lm_head_weight_bytes
     put("lm_head", 2 * b_g * h * s.vocab / tp, h * s.vocab * lm_bytes / tp, b_g * (h + s.vocab) * ab / tp, 1.0,
-        rows=b_g, matrix=h * s.vocab * lm_bytes / tp)
+        rows=b_g)
 
     msg = t_g * h * ab  # one all-reduce message: the group's hidden states
     transfers = {

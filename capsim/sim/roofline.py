@@ -1,13 +1,17 @@
 """Time of a step on one device: per operator the slower of compute and memory, plus overheads.
 
-t_op = max(FLOPs / (peak x compute_efficiency x gemm_fraction), bytes / (bandwidth x memory_efficiency))
+t_op = max(FLOPs / (peak x compute_efficiency x gemm_fraction), (bytes - serial) / (bandwidth x memory_efficiency))
+       + serial / (bandwidth x memory_efficiency)
        (attention: bandwidth x attention_efficiency)
        + kernels x kernel_overhead_s + fresh bytes x first_touch_s_per_byte
+serial = (1 - activation_overlap) x activation bytes: traffic of element-wise kernels an eager engine runs
+after each GEMM instead of fusing them into it
 gemm_fraction = rows / (rows + gemm_half_rows) for matmuls (1 for other work): a GEMM whose weight
 multiplies few rows (decode, or an expert that got few tokens) runs far below the peak; Hockney's
 n_1/2 (R. Hockney, Parallel Computing 1991) is the rows at which it reaches half of it. An engine
-profile with measured curves (``gemm_curves``, from ``capsim probe``, at two weight sizes: small-M
-efficiency falls when the weight no longer fits the caches) interpolates them instead.
+profile with measured curves (``gemm_curves``, from ``capsim probe --gemm-shapes-of``, one per weight
+shape) takes each matrix's fraction from the curve of the nearest shape instead (the op's time is
+the sum over its matrices of their FLOPs over their rate).
 t_collective = bytes / (link bandwidth x link_efficiency) + calls x collective_latency_s
 t_step = sum(t_op) + (1 - transfer_overlap) x sum(t_collective) + step_overhead_s
 
@@ -41,31 +45,58 @@ class Timing:
         return np.argmax(np.stack([self.by_category_s[c] for c in CATEGORIES]), axis=0)
 
 
-def gemm_fraction(rows, weight_bytes, curves) -> np.ndarray:
-    """Fraction of the peak a GEMM of ``rows`` over a weight of ``weight_bytes`` reaches on measured curves
-    ((weight bytes, ((rows, fraction), ...)), ...): linear in log rows within a curve and in log weight
-    bytes between curves, flat beyond the ends (inf rows: a curve's last point)."""
-    per_size = []
-    for _, pts in curves:
-        r = np.log(np.clip(np.asarray(rows, dtype=float), pts[0][0], pts[-1][0]))
-        per_size.append(np.interp(r, np.log([p[0] for p in pts]), [p[1] for p in pts]))
+def gemm_fraction(rows, k, n, curves) -> np.ndarray:
+    """Fraction of the peak a GEMM of ``rows`` over a K x N weight reaches on measured curves
+    ((K, N, ((rows, fraction), ...)), ...): the curve of the nearest shape (distance in log K and log N: a
+    CPU BLAS picks its kernel by shape, so curves are not blended), linear in log rows within it, flat
+    beyond its ends (inf rows: its last point)."""
+    rows = np.asarray(rows, dtype=float)
+    per_curve, dist = [], []
+    for ck, cn, pts in curves:
+        r = np.log(np.clip(rows, pts[0][0], pts[-1][0]))
+        per_curve.append(np.interp(r, np.log([p[0] for p in pts]), [p[1] for p in pts]))
+        dist.append(np.log(np.asarray(k, float) / ck) ** 2 + np.log(np.asarray(n, float) / cn) ** 2)
     if len(curves) == 1:
-        return per_size[0]
-    sizes = np.log([c[0] for c in curves])
-    w = np.log(np.clip(np.asarray(weight_bytes, dtype=float), np.exp(sizes[0]), np.exp(sizes[-1])))
-    out = per_size[0]
-    for i in range(1, len(curves)):  # piecewise linear in log size
-        t = np.clip((w - sizes[i - 1]) / (sizes[i] - sizes[i - 1]), 0.0, 1.0)
-        seg = per_size[i - 1] + t * (per_size[i] - per_size[i - 1])
-        out = np.where(w >= sizes[i - 1], seg, out)
-    return out
+        return per_curve[0]
+    pick = np.argmin(np.broadcast_arrays(*dist), axis=0)
+    return np.choose(pick, np.broadcast_arrays(*per_curve)) if np.ndim(pick) else np.broadcast_arrays(*per_curve)[int(pick)]
+
+
+def expert_tensors(op, profile: EngineProfile) -> tuple[tuple[np.ndarray | float, float], ...]:
+    """(bytes of one tensor, tensors per step) an unfused engine's expert block allocates (none when fused)."""
+    hidden, inter = op.assignment_tensor_bytes
+    if not (profile.expert_hidden_tensors or profile.expert_intermediate_tensors) or not op.moe_layers:
+        return ()
+    return ((hidden, profile.expert_hidden_tensors * op.moe_layers),
+            (inter, profile.expert_intermediate_tensors * op.moe_layers))
+
+
+MATH_ATTENTION_SCORE_TENSORS = 2  # torch's math SDPA: Q K^T (the causal mask is added in place), softmax
+
+
+def attention_tensors(op, profile: EngineProfile) -> tuple[tuple[np.ndarray | float, float], ...]:
+    """(bytes of one tensor, tensors per step) a materialising attention allocates (none when fused)."""
+    if not (profile.math_attention_unequal_head_dims >= 0.5 and op.head_dims_differ and op.layers):
+        return ()
+    return ((op.score_tensor_bytes, MATH_ATTENTION_SCORE_TENSORS * op.layers), (op.key_tensor_bytes, op.layers))
+
+
+def activation_bytes(op, profile: EngineProfile) -> np.ndarray | float:
+    """The op's activation traffic: its counted inputs, outputs and intermediates (an unfused expert block:
+    instead, each tensor it allocates written once and read once), plus a materialising attention's tensors
+    (each written once and read once)."""
+    experts = expert_tensors(op, profile)
+    base = op.act_bytes if not experts else sum(2.0 * size * count for size, count in experts)
+    return base + sum(2.0 * size * count for size, count in attention_tensors(op, profile))
 
 
 def fresh_page_s(op, profile: EngineProfile) -> np.ndarray | float:
     """First-touch time of the op's tensors above the allocator's mmap threshold (fresh pages each step)."""
-    if not profile.first_touch_s_per_byte or not op.allocs:
+    allocs = tuple(op.allocs) + expert_tensors(op, profile) + attention_tensors(op, profile)
+    if not profile.first_touch_s_per_byte or not allocs:
         return 0.0
-    fresh = sum(np.where(size > profile.fresh_alloc_threshold_bytes, size * count, 0.0) for size, count in op.allocs)
+    # glibc malloc maps a request afresh when it is >= the threshold (malloc.c: nb >= mp_.mmap_threshold)
+    fresh = sum(np.where(size >= profile.fresh_alloc_threshold_bytes, size * count, 0.0) for size, count in allocs)
     return fresh * profile.first_touch_s_per_byte
 
 
@@ -85,9 +116,9 @@ def step_time(
     compute_bound = memory_bound = overhead = 0.0
     for name, op in step.ops.items():
         peak = np.asarray(peak_flop_per_s[op.compute], dtype=float) * profile.compute_efficiency
-        if op.compute == "matmul" and profile.gemm_curves:
-            frac = gemm_fraction(op.rows, op.matrix_bytes, profile.gemm_curves)
-            tc = np.where(op.flops > 0, op.flops / (peak * frac), 0.0)
+        if op.compute == "matmul" and profile.gemm_curves and op.gemms:
+            slow = sum(share / gemm_fraction(op.rows, k, n, profile.gemm_curves) for k, n, share in op.gemms)
+            tc = np.where(op.flops > 0, op.flops * slow / peak, 0.0)
         elif op.compute == "matmul" and profile.gemm_half_rows > 0:
             with np.errstate(divide="ignore", invalid="ignore"):
                 slow = 1.0 + profile.gemm_half_rows / np.asarray(op.rows, dtype=float)  # 1 / gemm_fraction
@@ -95,11 +126,14 @@ def step_time(
         else:
             tc = op.flops / peak
         op_bw = bw if op.compute != "attention" else bw / profile.memory_efficiency * profile.attention_efficiency
-        tm = (op.bytes + (profile.kv_traffic_factor - 1.0) * op.kv_bytes) / op_bw
+        act = activation_bytes(op, profile)
+        tm = (op.weight_bytes + op.kv_bytes * profile.kv_traffic_factor + act) / op_bw
+        t_act = act / op_bw
+        serial = (1.0 - profile.activation_overlap) * t_act  # element-wise kernels after the GEMM (eager)
         kernels = op.kernels + profile.kernels_per_activated_expert * op.activated_per_layer
         ov = kernels * profile.kernel_overhead_s + fresh_page_s(op, profile)
         comp_s[name], mem_s[name] = tc, tm
-        op_s[name] = np.maximum(tc, tm) + ov
+        op_s[name] = np.maximum(tc, tm - serial) + serial + ov
         compute_bound = compute_bound + np.where(tc > tm, tc, 0.0)
         memory_bound = memory_bound + np.where(tc > tm, 0.0, tm)
         overhead = overhead + ov

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from capsim.model.gemms import Gemm, model_gemms
 from capsim.model.spec import ModelSpec
 from capsim.precision import Precision
 
@@ -39,6 +40,7 @@ class Shape:
     num_experts: int
     top_k: int
     expert_params: int
+    expert_intermediate: int  # one routed expert's intermediate width
     expert_io_width: int  # per token per expert: in + intermediates + out
     shared_params: int
     shared_io_width: int
@@ -56,6 +58,11 @@ class Shape:
     tie_embeddings: bool
     windows: tuple[tuple[int, int], ...]  # (attention window or 0 for full, number of layers)
     act_bytes: float = 2.0  # bytes per activation element
+    # Per operator, the weight matrices one layer multiplies (:mod:`capsim.model.gemms`)
+    gemms: tuple[tuple[str, tuple[Gemm, ...]], ...] = ()
+
+    def gemms_of(self, op: str) -> tuple[Gemm, ...]:
+        return dict(self.gemms).get(op, ())
 
     @property
     def shared_experts_present(self) -> bool:
@@ -102,6 +109,7 @@ def shape_of(spec: ModelSpec, prec: Precision) -> Shape:
         num_experts=spec.num_experts,
         top_k=spec.top_k,
         expert_params=spec.expert_params if spec.num_experts else 0,
+        expert_intermediate=spec.expert_intermediate if spec.num_experts else 0,
         expert_io_width=_ffn_io(spec, spec.expert_intermediate) if spec.num_experts else 0,
         shared_params=spec.shared_params,
         shared_io_width=_ffn_io(spec, spec.shared_intermediate) if spec.shared_intermediate else 0,
@@ -118,6 +126,7 @@ def shape_of(spec: ModelSpec, prec: Precision) -> Shape:
         tie_embeddings=spec.tie_embeddings,
         windows=_window_groups(spec),
         act_bytes=prec.activation_bytes,
+        gemms=tuple(model_gemms(spec).items()),
     )
 
 
