@@ -34,7 +34,7 @@ def test_validate_reports_every_case():
 
 
 def test_cpu_validation_gate():
-    # CI gate on the committed CPU runs: held-out median error per phase at most 15% (measured 10.1% prefill,
-    # 11.2% decode when the profile was fitted; the target for decode, 10%, is not met yet).
-    r = CliRunner().invoke(cli, ["validate", "--max-median-error", "15"])
+    # CI gate on the committed CPU runs: held-out median error per phase at most 10% (the decode target;
+    # its prefill target is 15%). Measured (validation/REPORT.md): prefill 9.7%, decode 5.6%.
+    r = CliRunner().invoke(cli, ["validate", "--max-median-error", "10"])
     assert r.exit_code == 0, r.output
