@@ -2,8 +2,10 @@
 
 ``--offload gpu-fetch|cpu`` keeps ``--expert-cache N`` experts of every MoE layer resident on each
 device (default: as many as fit beside the rest of the model, the KV cache and activations) and
-the rest in host DRAM (``--expert-tier dram``) or on an NVMe drive (``ssd``). The hit rate of a
-step is the fraction of its activated experts that are resident:
+the rest in host DRAM (``--expert-tier dram``) or on an NVMe drive (``ssd``: a miss is read from the drive,
+then sent on to the device (``gpu-fetch``) or computed by the CPU from the pages read (``cpu``); the read is
+priced by request size, :mod:`capsim.sim.ssd`). The hit rate of a step is the fraction of its activated
+experts that are resident:
 
 - without a trace, routing is uniform and every expert equally likely, so any policy (LRU, LFU
   or a static set) hits N / E of the time in the long run;
@@ -107,14 +109,15 @@ def plan(q, r: dict[str, Any]) -> Placement:
     if tier_cap is not None and host_bytes > tier_cap:
         raise CapsimError(f"--expert-tier {q.expert_tier}: {host_bytes / 1e9:.1f} GB of experts off the device, "
                           f"but {t.hardware_id} has {tier_cap / 1e9:.1f} GB of {q.expert_tier}")
-    if q.expert_tier == "ssd":
-        if t.host.ssd_to_device_bytes_per_s is None:
-            raise CapsimError(f"--expert-tier ssd: {t.hardware_id} has no drive in the database")
-        if q.offload == "cpu":
-            raise CapsimError("--expert-tier ssd: CPU expert compute reads from DRAM; use --expert-tier dram")
-        link, link_path = t.host.ssd_to_device_bytes_per_s, "SSD -> DRAM -> device (sequential reads of whole experts)"
-    else:
+    if q.expert_tier == "ssd" and t.host.ssd_to_device_bytes_per_s is None:
+        raise CapsimError(f"--expert-tier ssd: {t.hardware_id} has no drive in the database; name a system with "
+                          "one (e.g. workstation-rtx-4090, dgx-h100) or use --expert-tier dram")
+    if q.expert_tier == "ssd" and q.offload == "gpu-fetch":
+        link, link_path = t.host.ssd_to_device_bytes_per_s, f"{t.host.ssd_id} -> DRAM -> device"
+    else:  # experts fetched from DRAM, or computed by the CPU (hidden states cross this link)
         link, link_path = t.host.to_device_bytes_per_s, t.host.to_device_path
+        if q.expert_tier == "ssd":
+            link_path = f"{t.host.ssd_id} -> DRAM (the CPU computes the experts it reads); hidden states: {link_path}"
     h_dec, source = resident / e, "uniform routing: resident / experts"
     if q.trace is not None and 0 < resident < e:
         h_dec, source = _trace_hit_rate(q, r, resident)

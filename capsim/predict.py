@@ -23,6 +23,7 @@ from capsim.sim.ops import ALLREDUCES_PER_LAYER
 from capsim.sim.request import simulate_request
 from capsim.sim.roofline import CATEGORIES
 from capsim.sim.shape import shape_of
+from capsim.sim.ssd import SsdRead
 
 DEFAULT_INPUT_LEN = 512  # the peers' comparison point (shared/reference/peers.md: 512 in, 128 out)
 DEFAULT_OUTPUT_LEN = 128
@@ -262,7 +263,7 @@ def predict(q: Query, db: HardwareDB, profile: engines.EngineProfile | None = No
         "activated_experts_per_layer": dec["activated_experts_per_layer"],
         "activated_experts_per_layer_prefill": pre["activated_experts_per_layer"],
         "num_experts": r["spec"].num_experts, "top_k": r["spec"].top_k,
-        "memory_bytes": _memory_report(mem, target),
+        "memory_bytes": _memory_report(mem, target, place),
         "fits": fits,
         "capacity": capacity.limits(r, q, place.expert_fraction if place else 1.0),
         "bottleneck": {"prefill": pre["bottleneck"], "decode": dec["bottleneck"]},
@@ -360,7 +361,7 @@ def _offloaded(res, place, r: dict[str, Any], q: Query):
         host_peak = host.cpu_peak_flop_per_s[dt] * share
     kw = dict(mode=place.mode, link_bytes_per_s=place.link_bytes_per_s,
               host_bandwidth_bytes_per_s=host.dram_bandwidth_bytes_per_s * share, host_peak_flop_per_s=host_peak,
-              tp=r["tp"], profile=r["profile"])
+              tp=r["tp"], profile=r["profile"], ssd=_ssd_read(place, host, s, r["profile"]))
     pre = offload_step(res.prefill, res.prefill_timing, s, hit_rate=place.hit_rate_prefill, **kw)
     dec = offload_step(res.decode, res.decode_timing, s, hit_rate=place.hit_rate_decode, **kw)
     o = np.asarray(q.output_len, float)
@@ -377,12 +378,29 @@ def _offloaded(res, place, r: dict[str, Any], q: Query):
     return res, info
 
 
-def _memory_report(mem, target: Target) -> dict[str, Any]:
+def _ssd_read(place, host, s, profile) -> SsdRead | None:
+    """How misses come off the drive (``--expert-tier ssd``): its sequential rate to DRAM, its 4 KiB random
+    rate (the datasheet's; the sequential rate where none is published: no per-request cost) and the
+    engine's request size (one expert weight matrix unless the profile says otherwise)."""
+    if place.tier != "ssd":
+        return None
+    seq = host.ssd_to_dram_bytes_per_s
+    request = profile.ssd_read_request_bytes or s.hidden * s.expert_intermediate * s.expert_weight_bytes
+    return SsdRead(sequential_bytes_per_s=seq, random_4k_bytes_per_s=host.ssd_random_4k_bytes_per_s or seq,
+                   request_bytes=request)
+
+
+def _memory_report(mem, target: Target, place=None) -> dict[str, Any]:
+    """Bytes per device, and the offloaded routed experts (the placement's host_expert_bytes) in DRAM or on the drive."""
     device = {k: _f(getattr(mem, k)) for k in ("weights", "kv_cache", "activations", "reserve", "total", "capacity")}
     if math.isinf(device["capacity"]):
         device["capacity"] = None
-    host = {"used": 0.0, "capacity": target.host_dram_bytes}
-    return {"per_device": True, "device": device, "host_dram": host, "ssd": {"used": 0.0}}
+    off = {"dram": 0.0, "ssd": 0.0}
+    if place is not None:
+        off[place.tier] = float(place.host_expert_bytes)
+    host = {"used": off["dram"], "capacity": target.host_dram_bytes}
+    ssd_cap = target.host.ssd_capacity_bytes if target.host else None
+    return {"per_device": True, "device": device, "host_dram": host, "ssd": {"used": off["ssd"], "capacity": ssd_cap}}
 
 
 def _gb(x: float) -> str:

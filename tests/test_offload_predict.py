@@ -71,6 +71,33 @@ def test_mixtral_ep8_on_8_h100_beats_tp1_offload():
     assert ep8["tpot_s"] < off["tpot_s"]
 
 
+@pytest.mark.parametrize("engine, request_bytes", [
+    # roofline: one expert weight matrix per read (Mixtral: hidden 4096 x intermediate 14336 weights)
+    ("roofline", None),
+    # llama.cpp maps its file: one 128 KiB read-around window per read (validation/config.yaml)
+    ("llama.cpp", 131072),
+])
+def test_ssd_tier_reads_misses_at_the_drive_rate_for_the_request_size(engine, request_bytes):
+    # workstation-rtx-4090: Samsung 990 PRO, 7.45 GB/s sequential, 1.4 M 4 KiB IOPS (5.7344 GB/s at 4 KiB), on a
+    # PCIe 4.0 x4 link (7.88 GB/s, above the drive's rate). Every expert off the GPU (--expert-cache 0), CPU
+    # compute: the drive time comes before the CPU's, so the ssd tier adds exactly miss bytes / rate(request).
+    from capsim.sim.ssd import read_rate
+
+    q = dict(model="mixtral", hardware="workstation-rtx-4090", precision="int4", engine=engine, offload="cpu",
+             expert_cache=0)
+    dram = predict(Query(**q), DB)["offload"]["decode"]
+    ssd = predict(Query(**q, expert_tier="ssd"), DB)
+    if request_bytes is None:
+        s = shape_of(load_model("mixtral")[0], precision.PRECISIONS["int4"])
+        request_bytes = 4096 * 14336 * s.expert_weight_bytes
+    rate = read_rate(request_bytes, 7.45e9, 1.4e6 * 4096)
+    miss = ssd["offload"]["decode"]["miss_bytes"]
+    assert miss == dram["miss_bytes"]
+    assert ssd["offload"]["decode"]["offload_s"] - dram["offload_s"] == pytest.approx(miss / rate)
+    assert ssd["memory_bytes"]["ssd"]["used"] == ssd["offload"]["host_expert_bytes"] > 0
+    assert ssd["memory_bytes"]["host_dram"]["used"] == 0.0
+
+
 @pytest.mark.parametrize("args, message", [
     (["-m", "mixtral", "-H", "dgx-h100", "--devices", "3", "--tp", "1", "--ep", "3"],
      "--ep 3: 8 routed experts do not split evenly over 3 ranks"),

@@ -38,6 +38,7 @@ PARAMETERS = {
     "expert_hidden_tensors": (0.0, 20.0),
     "expert_intermediate_tensors": (0.0, 20.0),
     "math_attention_unequal_head_dims": (0.0, 1.0),
+    "ssd_read_request_bytes": (0.0, 1e12),
 }
 
 
@@ -96,6 +97,11 @@ class EngineProfile:
     # head dims: aten/src/ATen/native/transformers/sdp_utils_cpp.cpp, check_head_dim_size_cpp), which writes a
     # copy of K scaled by sqrt(scale), the Q K^T scores and their softmax, each read once after. 0: fused.
     math_attention_unequal_head_dims: float = 0.0
+    # Offloaded experts on a drive (``--expert-tier ssd``): bytes per read request (capsim.sim.ssd prices a
+    # read by its size). 0: one expert weight matrix per request (an engine that reads whole experts); an
+    # engine that maps its weight file (llama.cpp's default mmap) reads a miss by page faults, one read-around
+    # window per request: 128 KiB by default (include/linux/mm.h, VM_READAHEAD_PAGES).
+    ssd_read_request_bytes: float = 0.0
     # Measured GEMM efficiency curves, one per weight shape: ((K, N, ((rows, fraction of the peak), ...)), ...);
     # the engine's kernels on the hardware it was fitted for (``capsim probe --gemm-shapes-of`` measures them).
     # A matmul uses the curve of the nearest shape. Used instead of gemm_half_rows when present.
@@ -158,7 +164,9 @@ def write(profile: EngineProfile, extra: dict | None = None, folder: Path = FOLD
     import os
 
     params = {k: float(f"{getattr(profile, k):.4g}") for k in PARAMETERS}
-    params["fresh_alloc_threshold_bytes"] = float(profile.fresh_alloc_threshold_bytes)  # a byte count, kept exact
+    for k in PARAMETERS:
+        if k.endswith("_bytes"):  # byte counts are kept exact
+            params[k] = float(getattr(profile, k))
     data = {"id": profile.id, "version": profile.version, "description": profile.description,
             "fitted_to": profile.fitted_to, "parameters": params, "fitted_cases": list(profile.fitted_cases),
             **(extra or {})}

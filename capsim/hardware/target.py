@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 
 from capsim.errors import CapsimError
 from capsim.hardware.db import HardwareDB, resolve_id
-from capsim.hardware.schema import Accelerator, Cpu, Link, System
+from capsim.hardware.schema import Accelerator, Cpu, Link, Storage, System
 from capsim.hardware.topology import (
     alltoall_collective,
     build_cluster,
@@ -26,6 +26,8 @@ from capsim.hardware.topology import (
     ring_collective,
     transfer_collective,
 )
+
+IOPS_REQUEST_BYTES = 4096  # Storage.random_read_4k_iops counts 4 KiB reads
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,9 @@ class HostTier:
     to_device_path: str
     ssd_to_device_bytes_per_s: float | None = None
     ssd_capacity_bytes: float | None = None
+    ssd_id: str | None = None  # the first drive's item
+    ssd_to_dram_bytes_per_s: float | None = None  # the drive's sequential read rate, bounded by its link to DRAM
+    ssd_random_4k_bytes_per_s: float | None = None  # datasheet 4 KiB random-read IOPS x 4 KiB (None: not published)
 
 
 @dataclass(frozen=True)
@@ -208,16 +213,23 @@ def _host_tier(g, db: HardwareDB, device: str) -> HostTier | None:
     dram_bw = sum(g.nodes[d]["bandwidth_bytes_per_s"] for d in drams)
     caps = [g.nodes[d]["capacity_bytes"] for d in drams]
     to_dev = path(g, drams[0], device)
-    ssd_bw = ssd_cap = None
+    ssd_bw = ssd_cap = ssd_id = ssd_dram = ssd_4k = None
     if drives:
         ssd_bw = path(g, drives[0], device, via=(drams[0],)).bandwidth_bytes_per_s
+        ssd_dram = path(g, drives[0], drams[0]).bandwidth_bytes_per_s
         caps_ssd = [g.nodes[d]["capacity_bytes"] for d in drives]
         ssd_cap = sum(caps_ssd) if all(c is not None for c in caps_ssd) else None
+        drive = db.items[g.nodes[drives[0]]["item"]]
+        assert isinstance(drive, Storage)
+        ssd_id = drive.id
+        if drive.random_read_4k_iops is not None:
+            ssd_4k = drive.random_read_4k_iops.value * IOPS_REQUEST_BYTES
     return HostTier(cpu_id=cpu.id, sockets=len(cpus), cpu_peak_flop_per_s=peaks, dram_bandwidth_bytes_per_s=dram_bw,
                     dram_capacity_bytes=sum(caps) if all(c is not None for c in caps) else None,
                     to_device_bytes_per_s=to_dev.bandwidth_bytes_per_s,
                     to_device_path=" -> ".join(to_dev.nodes) + f" (bound: {to_dev.bottleneck})",
-                    ssd_to_device_bytes_per_s=ssd_bw, ssd_capacity_bytes=ssd_cap)
+                    ssd_to_device_bytes_per_s=ssd_bw, ssd_capacity_bytes=ssd_cap, ssd_id=ssd_id,
+                    ssd_to_dram_bytes_per_s=ssd_dram, ssd_random_4k_bytes_per_s=ssd_4k)
 
 
 def resolve_target(db: HardwareDB, hardware: str, n_devices: int | None = None, nodes: int = 1) -> Target:

@@ -230,7 +230,7 @@ def markdown(result: dict[str, Any], command: str, profile: EngineProfile, hardw
           "- One virtual disk, two shapes, 14 cases, fp32, one torch thread. The disk's rate drifts between passes "
           "(`rate_passes` in the run files) and between runs of the campaign, so a cold case's error moves by "
           "tens of percent from run to run; the bytes read do not. No datasheet NVMe drive was measured.",
-          "- `capsim predict --offload cpu --expert-tier ssd` is refused by the placement (CPU expert compute from "
-          "DRAM only); the pricing exists (`offload_step(..., ssd=SsdRead(...))`, `capsim.sim.ssd`), the wiring in "
-          "the placement and predict is not done."]
+          "- `capsim predict --offload cpu|gpu-fetch --expert-tier ssd` prices misses with the same request-size "
+          "rule from the drive's datasheet rates (sequential, 4 KiB IOPS); datasheet IOPS are at a deep queue, "
+          "faster than the queue-depth-1 reads of demand paging measured here."]
     return "\n".join(L) + "\n"
