@@ -265,7 +265,8 @@ def validate_cpu(config: str | Path | None = None) -> pd.DataFrame:
 def validate_published(config: str | Path | None = None) -> pd.DataFrame:
     """Predicted vs published figure of every supported row of the published results table, as
     ``capsim validate --published`` (no refit). One row per published row: ``row``, ``engine``, ``model``, ``hardware``, ``metric``, ``unit``,
-    ``subset`` (fit / held-out), ``predicted`` and ``published`` (in ``unit``), ``error_pct``, and
+    ``subset`` (fit / held-out), ``kind`` (offload / multi-device / single-device), ``predicted`` and
+    ``published`` (in ``unit``), ``error_pct``, and
     ``dimension`` (rate or time) with ``predicted_si`` / ``published_si`` (tokens/s or s).
     ``attrs["unsupported"]``: the rows capsim cannot express yet, each with its reason.
     """

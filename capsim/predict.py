@@ -27,7 +27,8 @@ from capsim.sim.ssd import SsdRead
 
 DEFAULT_INPUT_LEN = 512  # the peers' comparison point (shared/reference/peers.md: 512 in, 128 out)
 DEFAULT_OUTPUT_LEN = 128
-SIXTEEN_BIT_PREFERENCE = ("bf16", "fp16", "fp32")  # attention runs in a 16-bit dtype (FlashAttention)
+SIXTEEN_BIT_PREFERENCE = ("bf16", "fp16", "fp32")
+MAX_BATCH = "max"  # Query.batch: the largest batch that fits (largest_batch)  # attention runs in a 16-bit dtype (FlashAttention)
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class Query:
     precision: str | None = None  # default: the checkpoint's own
     kv_precision: str | None = None  # default: bf16
     compute_dtype: str | None = None  # default: the best the device offers for the precision
-    batch: int = 1
+    batch: int | str = 1  # or MAX_BATCH
     input_len: int = DEFAULT_INPUT_LEN
     output_len: int = DEFAULT_OUTPUT_LEN
     tp: int | None = None
@@ -215,7 +216,27 @@ def _cost(q: Query, db: HardwareDB, whole: Target, seconds: float, tokens: float
             "basis": basis, "detail": detail}
 
 
+def largest_batch(q: Query, db: HardwareDB, profile: engines.EngineProfile | None = None) -> int:
+    """``--batch max``: the most sequences of input + output tokens the devices hold (capsim.capacity), the
+    batch an engine at maximum load (an unbounded request queue) keeps in flight."""
+    if q.offload:
+        raise CapsimError("--batch max: not with --offload (the expert cache and the batch share device memory); "
+                          "give --batch and --expert-cache")
+    q1 = replace(q, batch=1)
+    most = capacity.limits(resolve(q1, db, profile), q1)["max_batch"]
+    if most is None:
+        raise CapsimError(f"--batch max: {q.hardware} states no memory size, so no batch limit can be found")
+    if most == 0:
+        raise CapsimError(f"--batch max: not even one sequence of {q.input_len} + {q.output_len} tokens fits on "
+                          f"{q.hardware}; try more --devices, a lower --precision or shorter lengths")
+    return most
+
+
 def predict(q: Query, db: HardwareDB, profile: engines.EngineProfile | None = None) -> dict[str, Any]:
+    batch_note = []
+    if q.batch == MAX_BATCH:
+        q = replace(q, batch=largest_batch(q, db, profile))
+        batch_note = [f"--batch max: {q.batch} sequences, the most that fit at {q.input_len} + {q.output_len} tokens"]
     r = resolve(q, db, profile)
     s, target, profile = r["shape"], r["target"], r["profile"]
     tp, ep, n = r["tp"], r["ep"], target.n_devices
@@ -247,7 +268,7 @@ def predict(q: Query, db: HardwareDB, profile: engines.EngineProfile | None = No
     request_s = _f(res.request_s)
     ttft, tpot = _f(res.ttft_s), _f(res.tpot_s)
     cost_info = _cost(q, db, r["whole_target"], request_s, q.batch * q.output_len)
-    scenario = dict(r["scenario"], notes=list(target.notes) + trace_notes)
+    scenario = dict(r["scenario"], notes=list(target.notes) + trace_notes + batch_note)
     if not fits:
         scenario["notes"].append("does not fit in device memory (memory check skipped on request)")
     return {
@@ -259,6 +280,8 @@ def predict(q: Query, db: HardwareDB, profile: engines.EngineProfile | None = No
         "decode_tokens_per_s_per_user": 1.0 / tpot,
         "prefill_tokens_per_s_per_node": q.batch * q.input_len / ttft / r["whole_target"].nodes,
         "decode_tokens_per_s_per_node": q.batch / tpot / r["whole_target"].nodes,
+        # the batch served start to finish: its output tokens over the request latency (prefill, then decode)
+        "output_tokens_per_s_total": q.batch * q.output_len / request_s,
         "s_mbu": dec["s_mbu"], "s_mfu": dec["s_mfu"], "mbu": dec["mbu"], "mfu": dec["mfu"],
         "activated_experts_per_layer": dec["activated_experts_per_layer"],
         "activated_experts_per_layer_prefill": pre["activated_experts_per_layer"],

@@ -180,3 +180,27 @@ def test_pipeline_stages_split_weights_and_add_hops():
 def test_bad_pipeline_layouts(args, message):
     r = CliRunner().invoke(cli, ["predict", "-m", "mixtral", "-H", "dgx-h100", *args])
     assert r.exit_code == 2 and message in r.output
+
+
+def test_batch_max_is_the_largest_batch_that_fits():
+    # --batch max: the capacity search's max_batch at the query's lengths; one more sequence does not fit.
+    q = dict(model="qwen3-30b-a3b", hardware="dgx-b200", devices=1, precision="nvfp4", input_len=1000, output_len=1000)
+    rep = predict(Query(**q, batch="max"), DB)
+    b = rep["scenario"]["batch"]
+    assert b == predict(Query(**q, batch=1), DB)["capacity"]["max_batch"] > 1
+    assert rep["fits"]
+    assert not predict(Query(**q, batch=b + 1, check_memory=False), DB)["fits"]
+    # total output throughput: the batch's output tokens over the request time
+    assert rep["output_tokens_per_s_total"] == pytest.approx(b * 1000 / rep["request_latency_s"], rel=1e-12)
+    assert any(n.startswith("--batch max:") for n in rep["scenario"]["notes"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch", "max", "--offload", "gpu-fetch"], "--batch max: not with --offload"),
+    (["--batch", "0"], "--batch 0: expected an integer >= 1"),
+    (["--batch", "most"], "expected a positive integer or 'max'"),
+])
+def test_bad_batch_is_a_one_line_error(args, message):
+    r = CliRunner().invoke(cli, ["predict", "-m", "mixtral", "-H", "workstation-rtx-4090", *args])
+    assert r.exit_code == 2, r.output
+    assert message in r.output and "Traceback" not in r.output

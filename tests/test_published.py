@@ -44,12 +44,15 @@ def test_validate_published_gate_and_report():
     r = CliRunner().invoke(cli, ["validate", "--published", "--json", "--max-median-error", "25"])
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
-    assert data["aggregates"]["all"]["rows"] == len(data["rows"]) == 15
-    assert len(data["unsupported"]) == 10
-    # ... and <= 30% over the offload and multi-GPU rows (issue 6)
-    off = [t for t in data["rows"] if t["engine"] in ("ktransformers", "moe-infinity") or t["row"] in ("PM081", "PM082")]
-    assert len(off) == 8
+    assert data["aggregates"]["all"]["rows"] == len(data["rows"]) == 18
+    assert len(data["unsupported"]) == 7
+    # ... and <= 30% over the offload and multi-GPU rows (issue 6): KTransformers, MoE-Infinity, llama.cpp hybrid
+    # (PM081/082) and TensorRT-LLM on 8 H100 (PM044/045)
+    off = [t for t in data["rows"] if t["kind"] in ("offload", "multi-device")]
+    assert {t["row"] for t in off} == {"PM001", "PM002", "PM003", "PM004", "PM067", "PM068", "PM081", "PM082",
+                                       "PM044", "PM045"}
     assert float(np.median([abs(t["error_pct"]) for t in off])) <= 30
+    assert data["aggregates"]["offload + multi-device"]["rows"] == 10
     # A gate no prediction can meet fails with exit 1.
     r = CliRunner().invoke(cli, ["validate", "--published", "--max-median-error", "0"])
     assert r.exit_code == 1

@@ -8,8 +8,25 @@ import click
 
 from capsim.cli.table import render
 from capsim.hardware import db as hwdb
-from capsim.predict import DEFAULT_INPUT_LEN, DEFAULT_OUTPUT_LEN, Query, predict
+from capsim.predict import DEFAULT_INPUT_LEN, DEFAULT_OUTPUT_LEN, MAX_BATCH, Query, predict
 from capsim.units import format_quantity
+
+
+class _Batch(click.ParamType):
+    """An integer (the prediction checks it is >= 1), or 'max'."""
+
+    name = "INTEGER|max"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value == MAX_BATCH:
+            return value
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r}: expected a positive integer or 'max'", param, ctx)
+
+
+BATCH = _Batch()
 
 
 def _t(seconds: float) -> str:
@@ -100,7 +117,8 @@ def human(rep: dict) -> str:
     lines += [
         "",
         f"TTFT {_t(rep['ttft_s'])}   TPOT {_t(rep['tpot_s'])}   request {_t(rep['request_latency_s'])}   "
-        f"{_rate(rep['decode_tokens_per_s_per_user'])} tokens/s per user",
+        f"{_rate(rep['decode_tokens_per_s_per_user'])} tokens/s per user   "
+        f"{_rate(rep['output_tokens_per_s_total'])} output tokens/s over the request",
         f"memory per device {format_quantity(mem['total'], 'B')} of {cap} "
         f"(weights {format_quantity(mem['weights'], 'B')}, KV {format_quantity(mem['kv_cache'], 'B')})"
         + ("" if rep["fits"] else "  DOES NOT FIT"),
@@ -141,7 +159,9 @@ def human(rep: dict) -> str:
 @click.option("--precision", default=None, help="Weight format (bf16, fp16, fp8, int8, int4, gguf-q8_0, gguf-q4_0, gguf-q4_k_m, gguf-q3_k_s, nvfp4, mxfp4) [default: the checkpoint's].")
 @click.option("--kv-precision", default=None, help="KV-cache format (bf16, fp16, fp8, int8) [default: bf16].")
 @click.option("--compute-dtype", default=None, help="Force the matmul dtype [default: the best the device offers for the weight format].")
-@click.option("--batch", type=int, default=1, show_default=True, help="Concurrent sequences.")
+@click.option("--batch", type=BATCH, default="1", show_default=True,
+              help="Concurrent sequences, or 'max': the most that fit in device memory at the input + output "
+                   "lengths (an engine at maximum load).")
 @click.option("--input-len", type=int, default=DEFAULT_INPUT_LEN, show_default=True, help="Prompt tokens per sequence.")
 @click.option("--output-len", type=int, default=DEFAULT_OUTPUT_LEN, show_default=True, help="Generated tokens per sequence.")
 @click.option("--tp", type=int, default=None,

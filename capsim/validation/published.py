@@ -37,7 +37,7 @@ METRICS = {
     "ttft": ("ttft_s", "time"),
     "tpot_mean": ("tpot_s", "time"),
     "time_per_output_token": ("tpot_s", "time"),
-    "output_tokens_per_s_total": (None, "rate"),
+    "output_tokens_per_s_total": ("output_tokens_per_s_total", "rate"),
     "prefill_input_tokens_per_s_per_node": ("prefill_tokens_per_s_per_node", "rate"),
     "decode_output_tokens_per_s_per_node": ("decode_tokens_per_s_per_node", "rate"),
 }
@@ -139,6 +139,13 @@ def predict_row(row: PublishedRow, db: HardwareDB, profile: EngineProfile | None
     return float(result[METRICS[row.metric][0]])
 
 
+def row_kind(scenario: dict[str, Any]) -> str:
+    """"offload" (experts off the device), "multi-device" (more than one device or node) or "single-device"."""
+    if scenario.get("offload"):
+        return "offload"
+    return "multi-device" if (scenario.get("devices") or 1) > 1 or (scenario.get("nodes") or 1) > 1 else "single-device"
+
+
 def rows_table(rows: list[PublishedRow], predicted: dict[str, float], fitted: set[str]) -> list[dict[str, Any]]:
     out = []
     for r in rows:
@@ -148,7 +155,7 @@ def rows_table(rows: list[PublishedRow], predicted: dict[str, float], fitted: se
         dim, factor = UNITS[r.unit]
         out.append({"row": r.id, "engine": r.scenario["engine"], "model": r.scenario["model"],
                     "hardware": r.scenario["hardware"], "metric": r.metric, "unit": r.unit,
-                    "subset": "fit" if r.id in fitted else "held-out",
+                    "subset": "fit" if r.id in fitted else "held-out", "kind": row_kind(r.scenario),
                     "predicted": p / factor, "published": r.value,
                     "error_pct": 100.0 * (p - r.value_si) / r.value_si})
     return out

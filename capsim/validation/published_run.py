@@ -93,10 +93,16 @@ def validate_published(db: HardwareDB, cfg: dict[str, Any], root: Path, config_p
     predicted = {r.id: predict_row(r, db) for r in supported}
     table = rows_table(rows, predicted, fitted)
     agg = {}
-    for subset in ("all", "held-out", "fit"):
-        err = [abs(t["error_pct"]) for t in table if subset == "all" or t["subset"] == subset]
+    groups = {"all": lambda t: True, "held-out": lambda t: t["subset"] == "held-out",
+              "fit": lambda t: t["subset"] == "fit",
+              # the offload and multi-GPU rows (memory tiers and parallelism)
+              "offload + multi-device": lambda t: t["kind"] in ("offload", "multi-device"),
+              "offload + multi-device, held-out": lambda t: t["kind"] in ("offload", "multi-device")
+              and t["subset"] == "held-out"}
+    for name, keep in groups.items():
+        err = [abs(t["error_pct"]) for t in table if keep(t)]
         if err:
-            agg[subset] = {"rows": len(err), "median_abs_pct": float(np.median(err)), "max_abs_pct": float(np.max(err))}
+            agg[name] = {"rows": len(err), "median_abs_pct": float(np.median(err)), "max_abs_pct": float(np.max(err))}
     unsupported = [{"row": r.id, "engine": r.engine_text, "metric": r.metric, "reason": " ".join(r.unsupported.split())}
                    for r in rows if r.scenario is None]
     return {"rows": table, "aggregates": agg, "unsupported": unsupported, "log": log,
@@ -110,11 +116,12 @@ def markdown(result: dict[str, Any], command: str) -> str:
              "| subset | rows | median abs error | max abs error |", "|---|---|---|---|"]
     for k, v in result["aggregates"].items():
         lines.append(f"| {k} | {v['rows']} | {v['median_abs_pct']:.1f}% | {v['max_abs_pct']:.1f}% |")
-    lines += ["", "| row | engine | model | hardware | metric | subset | predicted | published | error |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| row | engine | model | hardware | metric | subset | kind | predicted | published | error |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for t in result["rows"]:
         lines.append(f"| {t['row']} | {t['engine']} | {t['model']} | {t['hardware']} | {t['metric']} | {t['subset']} "
-                     f"| {t['predicted']:.4g} {t['unit']} | {t['published']:.4g} {t['unit']} | {t['error_pct']:+.1f}% |")
+                     f"| {t['kind']} | {t['predicted']:.4g} {t['unit']} | {t['published']:.4g} {t['unit']} | "
+                     f"{t['error_pct']:+.1f}% |")
     lines += ["", "Assumptions where the source is silent:", ""]
     for rid, items in result["assumptions"].items():
         for a in items:
