@@ -318,7 +318,7 @@ def _latency_per_call(r: dict[str, Any]) -> tuple[float, float]:
 def with_link_latency(res, r: dict[str, Any], q: Query):
     """Each step plus the link latencies of its collective calls, exposed as the engine exposes collectives
     (1 - transfer_overlap); the engine profile's collective_latency_s (software) is already in the step.
-    No link in the built-in database states a latency yet, so this adds 0 there."""
+    The built-in links carry NCCL's per-step hardware latencies (hardware_db/sources: nccl-tuning)."""
     s, prof = r["shape"], r["profile"]
     ar_call, a2a_call = _latency_per_call(r)
     exposed = 1.0 - prof.transfer_overlap

@@ -187,7 +187,9 @@ def test_no_candidate_lists_the_closest_and_the_binding_constraint():
     d = json.loads(run("provision", "-m", "deepseek-v3", "--users", "64", "--tpot", "1ms", "-H", "dgx-h200",
                        "--max-nodes", "1", "--offload", "none", "--json").output)
     assert not d["found"] and d["closest"]
-    assert d["closest"][0]["binding_constraint"] == "tpot"  # the 8-GPU layouts fit; none steps in 1 ms
+    # no layout steps in 1 ms (those that hold 64 users are bound by TPOT), and the rest cannot hold 64 users
+    binding = [r["binding_constraint"] for r in d["closest"]]
+    assert "tpot" in binding and set(binding) <= {"tpot", "users"}
     assert all(r["binding_ratio"] > 1 for r in d["closest"])
     ratios_ = [r["binding_ratio"] for r in d["closest"]]
     assert ratios_ == sorted(ratios_)  # closest first
