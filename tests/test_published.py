@@ -100,3 +100,9 @@ def test_run_file_of_another_version_is_an_error(tmp_path):
     r = CliRunner().invoke(cli, ["validate", "--config", str(path)])
     assert r.exit_code == 2
     assert "not a capsim-run version 1 file" in r.output and "Traceback" not in r.output
+
+
+def test_validate_published_uses_the_global_hardware_db(tmp_path):
+    # capsim --hardware-db merges a user folder over the built-in database for the published rows too
+    r = CliRunner().invoke(cli, ["--hardware-db", str(tmp_path / "missing"), "validate", "--published"])
+    assert r.exit_code == 2 and "no such folder" in r.output

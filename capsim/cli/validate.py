@@ -104,8 +104,9 @@ def _probe_sizes(value) -> tuple[int, ...] | None:
                    "from a file, cold and warm page cache) instead of the CPU runs; --max-median-error then applies "
                    "to the cold modes.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def validate_cmd(config_path: Path, fit: bool, max_median_error: float | None, plot_path: Path | None,
-                 report_path: Path | None, published: bool, disk: bool, as_json: bool) -> None:
+@click.pass_context
+def validate_cmd(ctx: click.Context, config_path: Path, fit: bool, max_median_error: float | None,
+                 plot_path: Path | None, report_path: Path | None, published: bool, disk: bool, as_json: bool) -> None:
     """Predict every measured case and report the error (held-out cases separately from the fitting subset).
 
     Exit codes: 0 ok; 1 a median error above --max-median-error; 2 bad input (config, run file, CSV row).
@@ -117,7 +118,9 @@ def validate_cmd(config_path: Path, fit: bool, max_median_error: float | None, p
     cfg = _config(config_path)
     root = config_path.resolve().parent.parent
     if published:
-        _published(cfg, root, config_path, fit, max_median_error, report_path, as_json)
+        # the published rows name catalogue hardware: the built-in database, or capsim --hardware-db's
+        db_path = ctx.obj.get("hardware_db") if ctx.obj else None
+        _published(hwdb.load(db_path), cfg, root, config_path, fit, max_median_error, report_path, as_json)
         return
     if disk:
         if fit:
@@ -193,11 +196,11 @@ def _aggregates(head: list[str], agg: dict, count: str) -> str:
                   [[k, str(v[count]), f"{v['median_abs_pct']:.1f}%", f"{v['max_abs_pct']:.1f}%"] for k, v in agg.items()])
 
 
-def _published(cfg: dict, root: Path, config_path: Path, fit: bool, max_median_error: float | None,
+def _published(db, cfg: dict, root: Path, config_path: Path, fit: bool, max_median_error: float | None,
                report_path: Path | None, as_json: bool) -> None:
     from capsim.validation.published_run import markdown, validate_published
 
-    result = validate_published(hwdb.load(), cfg, root, config_path, fit)
+    result = validate_published(db, cfg, root, config_path, fit)
     for line in result["log"]:
         click.echo(line, err=True)
     if report_path:
@@ -205,8 +208,8 @@ def _published(cfg: dict, root: Path, config_path: Path, fit: bool, max_median_e
     if as_json:
         click.echo(json.dumps(result, indent=1))
     else:
-        click.echo(render(["row", "engine", "hardware", "metric", "subset", "predicted", "published", "error"],
-                          [[t["row"], t["engine"], t["hardware"], t["metric"], t["subset"],
+        click.echo(render(["row", "engine", "hardware", "metric", "subset", "kind", "predicted", "published", "error"],
+                          [[t["row"], t["engine"], t["hardware"], t["metric"], t["subset"], t["kind"],
                             f"{t['predicted']:.4g} {t['unit']}", f"{t['published']:.4g} {t['unit']}",
                             f"{t['error_pct']:+.1f}%"] for t in result["rows"]]))
         click.echo("")
