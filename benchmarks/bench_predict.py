@@ -35,7 +35,7 @@ import numpy as np
 
 from capsim.cli.table import render
 from capsim.hardware import db as hwdb
-from capsim.predict import Query, predict, resolve
+from capsim.predict import Query, link_latency_s, predict, resolve
 from capsim.sim.memory import memory_use
 from capsim.sim.metrics import utilisation
 from capsim.sim.request import simulate_request
@@ -121,7 +121,8 @@ def scenarios(model: str, use_ep: bool, count: int, db) -> tuple[dict, dict, lis
               bandwidth_bytes_per_s=col(lambda r: t(r).memory_bandwidth_bytes_per_s),
               ring_bandwidth_bytes_per_s=col(lambda r: t(r).ring_bandwidth_bytes_per_s),
               alltoall_bandwidth_bytes_per_s=col(lambda r: t(r).alltoall_bandwidth_bytes_per_s),
-              capacity_bytes=col(lambda r: t(r).memory_capacity_bytes))
+              capacity_bytes=col(lambda r: t(r).memory_capacity_bytes),
+              link_latency_s=col(lambda r: sum(link_latency_s(r).values())))
     spot = [replace(queries[pick[i]], batch=int(kw["batch"][i]), input_len=int(kw["input_len"][i]),
                     output_len=int(kw["output_len"][i])) for i in range(min(SPOT_CHECKS, count))]
     return kw, dict(hw, shape=combos[0]["shape"], profile=combos[0]["profile"]), spot
@@ -138,7 +139,9 @@ def run_all(kw: dict, hw: dict) -> list[np.ndarray]:
     util_kw = dict(bandwidth_bytes_per_s=hw["bandwidth_bytes_per_s"], peak_flop_per_s=hw["peak_flop_per_s"])
     u_pre = utilisation(res.prefill, res.prefill_timing, **util_kw)
     u_dec = utilisation(res.decode, res.decode_timing, **util_kw)
-    return [res.ttft_s, res.tpot_s, res.request_s, mem.total, u_pre["s_mbu"], u_pre["s_mfu"],
+    ttft, tpot = res.ttft_s + hw["link_latency_s"], res.tpot_s + hw["link_latency_s"]  # as predict.with_link_latency
+    request = ttft + np.maximum(kw["output_len"] - 1, 0) * tpot
+    return [ttft, tpot, request, mem.total, u_pre["s_mbu"], u_pre["s_mfu"],
             u_dec["s_mbu"], u_dec["s_mfu"], u_dec["mbu"], u_dec["mfu"]]
 
 

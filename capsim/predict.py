@@ -315,15 +315,21 @@ def _latency_per_call(r: dict[str, Any]) -> tuple[float, float]:
             t.alltoall_latency_s if ep > 1 and r["shape"].num_experts else 0.0)
 
 
-def with_link_latency(res, r: dict[str, Any], q: Query):
-    """Each step plus the link latencies of its collective calls, exposed as the engine exposes collectives
-    (1 - transfer_overlap); the engine profile's collective_latency_s (software) is already in the step.
-    The built-in links carry NCCL's per-step hardware latencies (hardware_db/sources: nccl-tuning)."""
+def link_latency_s(r: dict[str, Any]) -> dict[str, float]:
+    """Seconds a step (prefill or decode) waits on link latencies, per collective: its calls x the latency per
+    call, exposed as the engine exposes collectives (1 - transfer_overlap)."""
     s, prof = r["shape"], r["profile"]
     ar_call, a2a_call = _latency_per_call(r)
     exposed = 1.0 - prof.transfer_overlap
-    extra = {"tp_allreduce": ALLREDUCES_PER_LAYER * s.layers * ar_call * exposed,
-             "ep_alltoall": 2 * s.moe_layers * a2a_call * exposed}
+    return {"tp_allreduce": ALLREDUCES_PER_LAYER * s.layers * ar_call * exposed,
+            "ep_alltoall": 2 * s.moe_layers * a2a_call * exposed}
+
+
+def with_link_latency(res, r: dict[str, Any], q: Query):
+    """Each step plus the link latencies of its collective calls (link_latency_s); the engine profile's
+    collective_latency_s (software) is already in the step. The built-in links carry NCCL's per-step hardware
+    latencies (hardware_db/sources: nccl-tuning)."""
+    extra = link_latency_s(r)
     total = sum(extra.values())
     if total == 0:
         return res
