@@ -216,3 +216,30 @@ def test_math_attention_materialises_scores_only_when_head_dims_differ():
                      kv_bytes_per_element=4.0).ops["attn_scores"]
     assert not op2.head_dims_differ and float(activation_bytes(op2, prof)) == float(op2.act_bytes)
     assert float(fresh_page_s(op2, prof)) == 0.0
+
+
+def test_math_attention_computes_the_whole_score_matrix_and_times_its_elementwise_work():
+    from capsim.sim.roofline import activation_bytes, score_elementwise_s
+
+    ds = _run_shape("deepseek-like")  # MLA prefill: 6 heads, qk 192, v 128; 3 layers
+    pre = step_costs(ds, tokens=2048, seqs=2, pairs=2 * 1024 * 1025 / 2, kv_read_tokens=0, decode=False,
+                     kv_bytes_per_element=4.0, activated=64)
+    op = pre.ops["attn_scores"]
+    # score elements per layer: 6 heads x 2 sequences x 1024 x 1024 = 12,582,912
+    assert float(op.score_elements) == 12_582_912
+    # the whole matrix: 2 x 12,582,912 x (192 + 128) x 3 layers = 24,159,191,040 FLOPs, against the causal
+    # 2 x 2 x 1024 x 1025 / 2 x 6 x 320 x 3 = 12,091,392,000 a fused kernel does
+    assert float(op.materialised_flops) == 24_159_191_040
+    assert float(op.flops) == 2 * (2 * 1024 * 1025 / 2) * 6 * 320 * 3
+    prof = dataclasses.replace(engines.load("roofline"), math_attention_unequal_head_dims=1.0,
+                               math_attention_s_per_score=5e-9, activation_overlap=0.0)
+    # element-wise work: 12,582,912 x 3 layers x 5 ns = 0.18874368 s; it stands for the score tensors' traffic
+    assert float(score_elementwise_s(op, prof)) == pytest.approx(12_582_912 * 3 * 5e-9)
+    assert float(activation_bytes(op, prof)) == float(op.act_bytes)
+    kw = dict(peak_flop_per_s={"matmul": 1e11, "attention": 1e11, "vector": 1e11}, bandwidth_bytes_per_s=1e10,
+              ring_bandwidth_bytes_per_s=np.inf, alltoall_bandwidth_bytes_per_s=np.inf, layers=ds.layers,
+              moe_layers=ds.moe_layers)
+    t = step_time(pre, profile=prof, **kw)
+    assert float(t.op_compute_s["attn_scores"]) == pytest.approx(24_159_191_040 / 1e11)
+    tm = float(op.act_bytes) / 1e10  # all of it activation traffic, serial in an eager engine
+    assert float(t.op_s["attn_scores"]) == pytest.approx(max(24_159_191_040 / 1e11, 0.0) + tm + 0.18874368)

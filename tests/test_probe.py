@@ -81,6 +81,10 @@ def test_measurements_consistent(probed):
     ft = mem["first_touch"]
     extra = ft["fresh_write"]["median_s"] - ft["mapped_write"]["median_s"]
     assert ft["bytes"] == mem["bytes"] and math.isclose(ft["s_per_byte"], max(extra, 0.0) / ft["bytes"])
+    # math SDPA: (call - its two matmuls) over heads x L x L score elements (quick probe: 2 heads x 128 tokens)
+    am = result["cpu"]["attention_math"]
+    assert (am["heads"], am["length"], am["score_elements"]) == (2, 128, 2 * 128 * 128)
+    assert math.isclose(am["s_per_score"], max(am["sdpa"]["median_s"] - am["matmuls"]["median_s"], 0.0) / 32768)
     facts = result["facts"]
     assert facts["torch"] and facts["numpy"] and facts["python"] and facts["date"].endswith("Z")
     assert facts["memory_total_kib"] > 0

@@ -35,7 +35,7 @@ def test_validate_reports_every_case():
 
 def test_cpu_validation_gate():
     # CI gate on the committed CPU runs, the targets: held-out median error at most 15% for prefill and
-    # 10% for decode. Measured (validation/REPORT.md): prefill 12.4%, decode 6.0%.
+    # 10% for decode. Measured (validation/REPORT.md): prefill 4.1%, decode 3.6%.
     r = CliRunner().invoke(cli, ["validate", "--max-median-error", "15"])
     assert r.exit_code == 0, r.output
     import json

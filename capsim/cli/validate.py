@@ -52,27 +52,37 @@ def _fixed(cpu: dict, db_root: Path, config_path: Path) -> tuple[dict[str, float
             how[name] = (f"Hockney n_1/2 fitted to the {cpu['dtype']} torch.mm curve in {probe_file.name} "
                          f"(compute-bound points M = {', '.join(map(str, got['points']))})")
         elif name == "first_touch_s_per_byte" and value == "probe":
-            values[name] = _probe_first_touch(probe_file)
+            values[name] = _probe_value(probe_file, ("memory", "first_touch"))
             how[name] = (f"{values[name] * 1e9:.3f} ns/B: fresh-page minus mapped-page write time per byte, "
                          f"measured in {probe_file.name} (cpu.memory.first_touch)")
+        elif name == "math_attention_s_per_score" and value == "probe":
+            values[name] = _probe_value(probe_file, ("attention_math",))
+            how[name] = (f"{values[name] * 1e9:.2f} ns per score element: torch's math SDPA beyond its two "
+                         f"matmuls, measured in {probe_file.name} (cpu.attention_math)")
         elif isinstance(value, (int, float)):
             values[name] = float(value)
             how[name] = f"set in {config_path.name} (mechanism, not fitted)"
         else:
             raise CapsimError(f"{config_path}: cpu.fixed.{name}: expected a number (or 'probe' for "
-                              f"gemm_half_rows and first_touch_s_per_byte), got {value!r}")
+                              f"gemm_half_rows, first_touch_s_per_byte and math_attention_s_per_score), "
+                              f"got {value!r}")
     return values, how
 
 
-def _probe_first_touch(path: Path) -> float:
+def _probe_value(path: Path, keys: tuple[str, ...]) -> float:
+    """The probe's per-unit time at cpu.<keys>: s_per_byte or s_per_score."""
     import json
 
+    where = "cpu." + ".".join(keys)
     try:
-        return float(json.loads(path.read_text())["cpu"]["memory"]["first_touch"]["s_per_byte"])
+        node = json.loads(path.read_text())["cpu"]
+        for k in keys:
+            node = node[k]
+        return float(node["s_per_byte"] if "s_per_byte" in node else node["s_per_score"])
     except (OSError, ValueError) as err:
         raise CapsimError(f"{path}: unreadable probe result ({err})") from None
     except (KeyError, TypeError):
-        raise CapsimError(f"{path}: no cpu.memory.first_touch.s_per_byte (run capsim probe again)") from None
+        raise CapsimError(f"{path}: no {where} (run capsim probe again)") from None
 
 
 def _probe_sizes(value) -> tuple[int, ...] | None:

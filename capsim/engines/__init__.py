@@ -39,6 +39,7 @@ PARAMETERS = {
     "expert_intermediate_tensors": (0.0, 20.0),
     "math_attention_unequal_head_dims": (0.0, 1.0),
     "ssd_read_request_bytes": (0.0, 1e12),
+    "math_attention_s_per_score": (0.0, 1e-6),
 }
 
 
@@ -97,6 +98,10 @@ class EngineProfile:
     # head dims: aten/src/ATen/native/transformers/sdp_utils_cpp.cpp, check_head_dim_size_cpp), which writes a
     # copy of K scaled by sqrt(scale), the Q K^T scores and their softmax, each read once after. 0: fused.
     math_attention_unequal_head_dims: float = 0.0
+    # Such a math-path attention's element-wise work (scale, causal mask, softmax, safe-softmax checks) in
+    # seconds per score element (``capsim probe`` times torch's math SDPA beyond its two matmuls); 0: counted as
+    # the score tensors' memory traffic instead.
+    math_attention_s_per_score: float = 0.0
     # Offloaded experts on a drive (``--expert-tier ssd``): bytes per read request (capsim.sim.ssd prices a
     # read by its size). 0: one expert weight matrix per request (an engine that reads whole experts); an
     # engine that maps its weight file (llama.cpp's default mmap) reads a miss by page faults, one read-around

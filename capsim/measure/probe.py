@@ -66,6 +66,8 @@ class Settings:
     # Weight shapes (K in, N out) to measure as torch.nn.Linear runs them, cold (probe_gemm.linear_curve)
     gemm_shapes: tuple[tuple[int, int], ...] = ()
     gemm_shape_dtypes: tuple[str, ...] = ("fp32",)
+    # torch's math SDPA (taken when query/key and value head dims differ): (heads, length) of the probe call
+    attention_math_shape: tuple[int, int] = (6, 1024)
 
 
 FULL = Settings(
@@ -76,8 +78,9 @@ FULL = Settings(
 QUICK = Settings(
     memory_bytes=16 * MiB, gemm_nk=256, gemm_nk_small=64, gemm_cold_bytes=0, gemm_ms=(1, 4, 16, 64, 256),
     gpu_gemm_nk=1024, gpu_gemm_ms=(1, 16, 256, 1024), transfer_bytes=16 * MiB,
-    warmup=1, repeats=3, point_budget_s=0.2, read_chunk_bytes=MiB,
+    warmup=1, repeats=3, point_budget_s=0.2, read_chunk_bytes=MiB, attention_math_shape=(2, 128),
 )
+MATH_ATTENTION_QK_DIM, MATH_ATTENTION_V_DIM = 192, 128  # MLA's query/key and value head dims (DeepSeek-V2/V3 config)
 
 BUSY_WARNING = 0.1  # share of the CPUs busy before the probe above which the numbers are flagged
 
@@ -134,6 +137,38 @@ def first_touch(s: Settings, log: Log = silent) -> dict[str, Any]:
         "fresh_write": fresh,
         "method": "median time of torch.empty(n).fill_(1.0) (fresh pages) minus median time of x.fill_(1.0) on a "
         "tensor whose pages are mapped, over the bytes written (float32, n x 4 bytes)",
+    }
+
+
+def attention_math(s: Settings, log: Log = silent) -> dict[str, Any]:
+    """Time per score element of torch's math SDPA beyond its two matmuls. With unequal query/key and value
+    head dims torch's CPU SDPA takes the math path (aten/src/ATen/native/transformers/attention.cpp,
+    _scaled_dot_product_attention_math): it scales K, computes the full L x L scores, builds the causal mask
+    (tril, where) and adds it, then _safe_softmax (softmax, isneginf, all, where), then multiplies by V. On one
+    CPU thread those element-wise kernels run far below the memory bandwidth. Measured: the median call
+    ``F.scaled_dot_product_attention(q, k, v, is_causal=True)`` minus the median of its two matmuls done
+    alone (Q K^T and P V over the full L x L), over the B x heads x L x L score elements (fp32)."""
+    import torch
+    import torch.nn.functional as F
+
+    heads, length = s.attention_math_shape
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(1, heads, length, MATH_ATTENTION_QK_DIM, generator=g) for _ in range(2))
+    v = torch.randn(1, heads, length, MATH_ATTENTION_V_DIM, generator=g)
+    p = torch.softmax(torch.randn(1, heads, length, length, generator=g), dim=-1)
+    timer = timer_for("cpu")
+    log(f"attention: torch math SDPA, {heads} heads x {length} tokens, head dims {MATH_ATTENTION_QK_DIM}/"
+        f"{MATH_ATTENTION_V_DIM}")
+    sdpa = median_time(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), timer, s)
+    matmuls = median_time(lambda: (q @ k.transpose(-2, -1), p @ v), timer, s)
+    scores = heads * length * length
+    return {
+        "heads": heads, "length": length, "qk_head_dim": MATH_ATTENTION_QK_DIM, "v_head_dim": MATH_ATTENTION_V_DIM,
+        "score_elements": scores,
+        "s_per_score": max(sdpa["median_s"] - matmuls["median_s"], 0.0) / scores,
+        "sdpa": sdpa, "matmuls": matmuls,
+        "method": "median F.scaled_dot_product_attention(q, k, v, is_causal=True) (fp32, unequal head dims: the "
+        "math path) minus median of q @ k^T and softmax(scores) @ v over the full L x L, over the score elements",
     }
 
 
@@ -281,6 +316,7 @@ def run_probe(s: Settings, file: str | Path | None = None, log: Log = silent) ->
     with torch.inference_mode():
         memory = memory_bandwidth(s, "cpu", log)
         memory["first_touch"] = first_touch(s, log)
+        attention = attention_math(s, log)
         gemm = {dt: gemm_curve(dt, s, "cpu", log) for dt in CPU_DTYPES}
         _mark_slow_paths(gemm)
         small = replace(s, gemm_nk=s.gemm_nk_small)
@@ -301,7 +337,8 @@ def run_probe(s: Settings, file: str | Path | None = None, log: Log = silent) ->
         "facts": facts,
         "settings": asdict(s),
         "seconds": time.perf_counter() - t0,
-        "cpu": {"memory": memory, "gemm": gemm, "gemm_small": gemm_small, "gemm_linear": gemm_linear},
+        "cpu": {"memory": memory, "gemm": gemm, "gemm_small": gemm_small, "gemm_linear": gemm_linear,
+                "attention_math": attention},
         "gpu": gpu,
         "file_read": file_read,
     }

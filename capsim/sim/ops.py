@@ -77,6 +77,10 @@ class OpCost:
     # math_attention_unequal_head_dims).
     score_tensor_bytes: np.ndarray | float = 0.0
     key_tensor_bytes: np.ndarray | float = 0.0
+    # ... and the elements of that score matrix per layer, and the FLOPs of computing it whole (every query
+    # against every key of its sequence: a materialising attention does not skip the causally masked half)
+    score_elements: np.ndarray | float = 0.0
+    materialised_flops: np.ndarray | float = 0.0
     head_dims_differ: bool = False
     layers: float = 0.0
 
@@ -169,10 +173,11 @@ def step_costs(
         t_g * s.heads * (qk + v) * ab * L / tp + expanded_kv_act,
         KERNELS_PER_LAYER["attn_scores"] * L, "attention", kv=(kv_g + t_g) * kv_elems)  # read cache + write new
     heads_dev = s.heads / tp
+    scores = heads_dev * t_g * (kv_g + t_g) / b_g  # every query of a sequence against every key of it
     ops["attn_scores"] = replace(
         ops["attn_scores"], layers=float(L), head_dims_differ=bool(qk != v),
-        # every query of a sequence against every key of it (a materialised score matrix is not causal-halved)
-        score_tensor_bytes=heads_dev * t_g * (kv_g + t_g) / b_g * ab + zero,
+        score_tensor_bytes=scores * ab + zero, score_elements=scores + zero,
+        materialised_flops=2 * scores * (qk + v) * L + zero,
         key_tensor_bytes=heads_dev * (kv_g + t_g) * qk * ab + zero)
     if decode:
         # A cache grown by torch.cat allocates each layer's cache tensors anew every step: K and V (MHA/GQA:

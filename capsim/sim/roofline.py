@@ -4,6 +4,8 @@ t_op = max(FLOPs / (peak x compute_efficiency x gemm_fraction), (bytes - serial)
        + serial / (bandwidth x memory_efficiency)
        (attention: bandwidth x attention_efficiency)
        + kernels x kernel_overhead_s + fresh bytes x first_touch_s_per_byte
+(a math-path attention that materialises its scores: FLOPs over the whole score matrix, and serial adds
+score elements x math_attention_s_per_score)
 serial = (1 - activation_overlap) x activation bytes: traffic of element-wise kernels an eager engine runs
 after each GEMM instead of fusing them into it
 gemm_fraction = rows / (rows + gemm_half_rows) for matmuls (1 for other work): a GEMM whose weight
@@ -74,19 +76,36 @@ def expert_tensors(op, profile: EngineProfile) -> tuple[tuple[np.ndarray | float
 MATH_ATTENTION_SCORE_TENSORS = 2  # torch's math SDPA: Q K^T (the causal mask is added in place), softmax
 
 
+def materialises_scores(op, profile: EngineProfile) -> bool:
+    """Whether this attention op runs as a math path that materialises its scores (engine profile:
+    math_attention_unequal_head_dims, for ops whose query/key and value head dims differ)."""
+    return bool(profile.math_attention_unequal_head_dims >= 0.5 and op.head_dims_differ and op.layers)
+
+
 def attention_tensors(op, profile: EngineProfile) -> tuple[tuple[np.ndarray | float, float], ...]:
     """(bytes of one tensor, tensors per step) a materialising attention allocates (none when fused)."""
-    if not (profile.math_attention_unequal_head_dims >= 0.5 and op.head_dims_differ and op.layers):
+    if not materialises_scores(op, profile):
         return ()
     return ((op.score_tensor_bytes, MATH_ATTENTION_SCORE_TENSORS * op.layers), (op.key_tensor_bytes, op.layers))
+
+
+def score_elementwise_s(op, profile: EngineProfile) -> np.ndarray | float:
+    """A materialising attention's element-wise work on its scores (scale, causal mask, softmax and torch's
+    safe-softmax checks), timed per score element by ``capsim probe`` (math_attention_s_per_score)."""
+    if not (materialises_scores(op, profile) and profile.math_attention_s_per_score):
+        return 0.0
+    return op.score_elements * op.layers * profile.math_attention_s_per_score
 
 
 def activation_bytes(op, profile: EngineProfile) -> np.ndarray | float:
     """The op's activation traffic: its counted inputs, outputs and intermediates (an unfused expert block:
     instead, each tensor it allocates written once and read once), plus a materialising attention's tensors
-    (each written once and read once)."""
+    (each written once and read once; when their element-wise work is timed per score element instead,
+    score_elementwise_s, that time stands for their traffic)."""
     experts = expert_tensors(op, profile)
     base = op.act_bytes if not experts else sum(2.0 * size * count for size, count in experts)
+    if profile.math_attention_s_per_score:
+        return base
     return base + sum(2.0 * size * count for size, count in attention_tensors(op, profile))
 
 
@@ -123,13 +142,16 @@ def step_time(
             with np.errstate(divide="ignore", invalid="ignore"):
                 slow = 1.0 + profile.gemm_half_rows / np.asarray(op.rows, dtype=float)  # 1 / gemm_fraction
             tc = np.where(op.flops > 0, op.flops * slow / peak, 0.0)
+        elif materialises_scores(op, profile):
+            tc = op.materialised_flops / peak  # the whole score matrix, masked half included
         else:
             tc = op.flops / peak
         op_bw = bw if op.compute != "attention" else bw / profile.memory_efficiency * profile.attention_efficiency
         act = activation_bytes(op, profile)
         tm = (op.weight_bytes + op.kv_bytes * profile.kv_traffic_factor + act) / op_bw
         t_act = act / op_bw
-        serial = (1.0 - profile.activation_overlap) * t_act  # element-wise kernels after the GEMM (eager)
+        # element-wise kernels after the GEMM (eager), and a math attention's work on its scores
+        serial = (1.0 - profile.activation_overlap) * t_act + score_elementwise_s(op, profile)
         kernels = op.kernels + profile.kernels_per_activated_expert * op.activated_per_layer
         ov = kernels * profile.kernel_overhead_s + fresh_page_s(op, profile)
         comp_s[name], mem_s[name] = tc, tm
