@@ -27,8 +27,8 @@ from capsim.sim.ssd import SsdRead
 
 DEFAULT_INPUT_LEN = 512  # the peers' comparison point (shared/reference/peers.md: 512 in, 128 out)
 DEFAULT_OUTPUT_LEN = 128
-SIXTEEN_BIT_PREFERENCE = ("bf16", "fp16", "fp32")
-MAX_BATCH = "max"  # Query.batch: the largest batch that fits (largest_batch)  # attention runs in a 16-bit dtype (FlashAttention)
+SIXTEEN_BIT_PREFERENCE = ("bf16", "fp16", "fp32")  # attention runs in a 16-bit dtype (FlashAttention)
+MAX_BATCH = "max"  # Query.batch: the largest batch that fits (largest_batch)
 
 
 @dataclass(frozen=True)

@@ -150,12 +150,12 @@ def step_time(
         act = activation_bytes(op, profile)
         tm = (op.weight_bytes + op.kv_bytes * profile.kv_traffic_factor + act) / op_bw
         t_act = act / op_bw
-        # element-wise kernels after the GEMM (eager), and a math attention's work on its scores
-        serial = (1.0 - profile.activation_overlap) * t_act + score_elementwise_s(op, profile)
+        serial = (1.0 - profile.activation_overlap) * t_act  # element-wise kernels after the GEMM (eager)
         kernels = op.kernels + profile.kernels_per_activated_expert * op.activated_per_layer
         ov = kernels * profile.kernel_overhead_s + fresh_page_s(op, profile)
         comp_s[name], mem_s[name] = tc, tm
-        op_s[name] = np.maximum(tc, tm - serial) + serial + ov
+        # plus a math attention's element-wise work on its scores, after its matmuls
+        op_s[name] = np.maximum(tc, tm - serial) + serial + score_elementwise_s(op, profile) + ov
         compute_bound = compute_bound + np.where(tc > tm, tc, 0.0)
         memory_bound = memory_bound + np.where(tc > tm, 0.0, tm)
         overhead = overhead + ov
