@@ -34,8 +34,9 @@ from pathlib import Path
 import numpy as np
 
 from capsim.cli.table import render
+from capsim.collectives import link_latency_s
 from capsim.hardware import db as hwdb
-from capsim.predict import Query, link_latency_s, predict, resolve
+from capsim.predict import Query, predict, resolve
 from capsim.sim.memory import memory_use
 from capsim.sim.metrics import utilisation
 from capsim.sim.request import simulate_request
@@ -139,7 +140,7 @@ def run_all(kw: dict, hw: dict) -> list[np.ndarray]:
     util_kw = dict(bandwidth_bytes_per_s=hw["bandwidth_bytes_per_s"], peak_flop_per_s=hw["peak_flop_per_s"])
     u_pre = utilisation(res.prefill, res.prefill_timing, **util_kw)
     u_dec = utilisation(res.decode, res.decode_timing, **util_kw)
-    ttft, tpot = res.ttft_s + hw["link_latency_s"], res.tpot_s + hw["link_latency_s"]  # as predict.with_link_latency
+    ttft, tpot = res.ttft_s + hw["link_latency_s"], res.tpot_s + hw["link_latency_s"]  # as collectives.with_link_latency
     request = ttft + np.maximum(kw["output_len"] - 1, 0) * tpot
     return [ttft, tpot, request, mem.total, u_pre["s_mbu"], u_pre["s_mfu"],
             u_dec["s_mbu"], u_dec["s_mfu"], u_dec["mbu"], u_dec["mfu"]]

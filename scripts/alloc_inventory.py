@@ -18,6 +18,8 @@ from pathlib import Path
 
 import click
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository (run files name shape files from it)
+
 MMAP_THRESHOLD_BYTES = 32 * 2**20  # glibc DEFAULT_MMAP_THRESHOLD_MAX on 64-bit (mallopt(3))
 FP32_BYTES = 4
 
@@ -29,13 +31,13 @@ FP32_BYTES = 4
 def main(run_file: Path, batch: int, length: int) -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile
-    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from capsim.traces.collect import load_model
 
     torch.set_num_threads(1)
-    cfg = dict(json.loads(run_file.read_text())["model"]["config"])
-    config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    # the model `capsim measure` ran: the run's shape file, random weights, seed 0
+    model, _, _ = load_model(ROOT / json.loads(run_file.read_text())["model"]["source"], random_init=True)
+    config = model.config
     ids = torch.randint(0, config.vocab_size, (batch, length), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         model(ids, use_cache=True, logits_to_keep=1)

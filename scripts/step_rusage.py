@@ -19,6 +19,8 @@ from pathlib import Path
 
 import click
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository (run files name shape files from it)
+
 PAGE_BYTES = 4096  # x86-64 base page (minor faults count base pages)
 
 
@@ -29,13 +31,13 @@ PAGE_BYTES = 4096  # x86-64 base page (minor faults count base pages)
 @click.option("--steps", type=click.IntRange(min=1), default=2, show_default=True, help="Steps to run (the first is warm-up).")
 def main(run_file: Path, batch: int, length: int, steps: int) -> None:
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from capsim.traces.collect import load_model
 
     torch.set_num_threads(1)
-    cfg = dict(json.loads(run_file.read_text())["model"]["config"])
-    config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    # the model `capsim measure` ran: the run's shape file, random weights, seed 0
+    model, _, _ = load_model(ROOT / json.loads(run_file.read_text())["model"]["source"], random_init=True)
+    config = model.config
     ids = torch.randint(0, config.vocab_size, (batch, length), generator=torch.Generator().manual_seed(0))
     print("step  wall_s  user_s  sys_s  minor_fault_GB  maxrss_GB")
     with torch.inference_mode():

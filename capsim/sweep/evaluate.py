@@ -25,8 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from capsim import capacity, pipeline
-from capsim import predict as _predict
+from capsim import capacity, collectives, pipeline
 from capsim.cap.cost import usd_per_million_tokens
 from capsim.cap.hourly import default_pricer
 from capsim.errors import CapsimError
@@ -137,9 +136,9 @@ def metrics(cfg: Configuration, batch: np.ndarray, input_len: np.ndarray, output
         ring_bandwidth_bytes_per_s=target.ring_bandwidth_bytes_per_s,
         alltoall_bandwidth_bytes_per_s=target.alltoall_bandwidth_bytes_per_s, profile=r["profile"],
         tp=r["tp"], ep=r["ep"], n=target.n_devices)
-    res = _predict.with_link_latency(res, r, q)
+    res = collectives.with_link_latency(res, r, q)
     if q.pp > 1:
-        res = _predict.pipelined(res, r, q, mb)
+        res = collectives.pipelined(res, r, q, mb)
     mem = capacity.per_device(r, q, q.batch, q.input_len)
     u = utilisation(res.decode, res.decode_timing, bandwidth_bytes_per_s=target.memory_bandwidth_bytes_per_s,
                     peak_flop_per_s=r["peaks"])
