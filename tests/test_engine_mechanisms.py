@@ -157,6 +157,12 @@ def test_fresh_pages_of_expanded_mla_decode():
     assert float(fresh_page_s(absorbed.ops["mla_expand"], prof)) == 0.0
 
 
+def _shape_file(name: str):
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[1] / "validation" / "measured" / "shapes" / f"{name}.json"
+
+
 def _run_shape(name: str):
     from pathlib import Path
 
@@ -207,7 +213,10 @@ def test_math_attention_materialises_scores_only_when_head_dims_differ():
     # 2 sequences of 1024: scores 6 heads x 2 x 1024 x 1024 x 4 B = 50,331,648 B (>= 32 MiB: fresh);
     # scaled K copy 6 x 2048 x 192 x 4 = 9,437,184 B (heap)
     assert op.head_dims_differ and (float(op.score_tensor_bytes), float(op.key_tensor_bytes)) == (50_331_648, 9_437_184)
-    extra = 2 * (2 * 50_331_648 + 9_437_184) * 3  # Q K^T and softmax, the K copy; written and read; 3 layers
+    # Q K^T and softmax; isneginf, 1 bool byte per score (12,582,912 B); the scaled K and Q copies (9,437,184 B
+    # each: 2,048 query or key tokens x 6 x 192 x 4); P V and its copy (6 x 2048 x 128 x 4 = 6,291,456 B each);
+    # each written and read; 3 layers
+    extra = 2 * (2 * 50_331_648 + 12_582_912 + 2 * 9_437_184 + 2 * 6_291_456) * 3
     assert float(activation_bytes(op, prof)) == pytest.approx(float(op.act_bytes) + extra)
     assert float(fresh_page_s(op, prof)) == pytest.approx(2 * 50_331_648 * 3 * 1e-10)
     # equal head dims (mixtral-like, 128/128: torch's flash kernel): nothing materialised
@@ -243,3 +252,72 @@ def test_math_attention_computes_the_whole_score_matrix_and_times_its_elementwis
     assert float(t.op_compute_s["attn_scores"]) == pytest.approx(24_159_191_040 / 1e11)
     tm = float(op.act_bytes) / 1e10  # all of it activation traffic, serial in an eager engine
     assert float(t.op_s["attn_scores"]) == pytest.approx(max(24_159_191_040 / 1e11, 0.0) + tm + 0.18874368)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The eager forward's per-token tensors and the refault of memory the machine took back
+
+
+def test_eager_inventory_equals_the_profilers_fresh_allocations():
+    """The fresh bytes capsim counts for an eager prefill of 16 x 1,024 tokens (layer code, cache, experts, math
+    attention; tensors >= 32 MiB) equal the torch profiler's self allocations >= 32 MiB in the same prefill:
+    7.31 / 10.87 / 12.12 GB (`python scripts/alloc_inventory.py validation/measured/cpu/<shape>.json --batch 16
+    --length 1024`, validation/FAULTS.md; 2026-11-22, torch 2.13.0, transformers 5.23.0)."""
+    from capsim.sim.roofline import fresh_bytes
+
+    prof = engines.load("hf-eager")
+    for name, measured_gb in (("mixtral-like", 7.31), ("olmoe-like", 10.87), ("deepseek-like", 12.12)):
+        s = _run_shape(name)
+        pre = step_costs(s, tokens=16 * 1024, seqs=16, pairs=16 * 1024 * 1025 / 2, kv_read_tokens=0, decode=False,
+                         kv_bytes_per_element=4.0, activated=s.num_experts)
+        total = sum(float(fresh_bytes(op, prof)) for op in pre.ops.values())
+        assert round(total / 1e9, 2) == measured_gb, name
+        # without the layer code's tensors only the expert, cache and attention tensors remain
+        bare = dataclasses.replace(prof, eager_layer_tensors=0.0)
+        assert sum(float(fresh_bytes(op, bare)) for op in pre.ops.values()) < total
+
+
+def test_eager_inventory_counts_by_hand():
+    from capsim.model.eager import eager_tensors
+
+    spec = load_model(str(_shape_file("olmoe-like")))[0]  # OLMoE-like: 2 layers, hidden 1024, 16 x 64 heads, q/k norms
+    inv = eager_tensors(spec)
+    # norms: (2 per layer x 2 layers + the final one) x 3 tensors, plus 2 residual adds x 2 layers = 19, hidden wide
+    assert inv["norms"] == ((1024, 19, False),)
+    # attention per layer: o_proj (hidden); q, k, v (1024 each); rotary 4 x q and 4 x k; SDPA output; q/k
+    # norms 3 x q and 3 x k: 2 layers x (1 + 3 + 8 + 1 + 6) = 38 tensors of 1,024 elements per token; and
+    # rotate_half's -x2 of q and of k, half wide: 2 x 2 = 4
+    full = sum(t.count for t in inv["attn_proj"] if t.width == 1024)
+    half = sum(t.count for t in inv["attn_proj"] if t.width == 512)
+    assert (full, half, len(inv["attn_proj"])) == (38, 4, 11)
+    # MoE: the sum over the top-k, per MoE layer; router logits and softmax, 64 experts wide
+    assert inv["routed_experts"] == ((1024, 2, False),) and inv["router"] == ((64, 4, False),)
+    assert inv["embedding"] == ((1024, 1, False),) and "shared_experts" not in inv and "dense_ffn" not in inv
+
+
+def test_refault_beyond_the_retained_memory_counts_blocks_held_together():
+    from capsim.sim.roofline import fresh_page_s, refault_bytes
+
+    s = _run_shape("mixtral-like")  # hidden 1024, expert intermediate 3584, top-2, 2 MoE layers, fp32
+    prof = dataclasses.replace(engines.load("hf-eager"), first_touch_s_per_byte=1e-10, refault_s_per_byte=2e-9,
+                               retained_free_bytes=1e9)
+    pre = step_costs(s, tokens=65536, seqs=64, pairs=64 * 1024 * 1025 / 2, kv_read_tokens=0, decode=False,
+                     kv_bytes_per_element=4.0, activated=8)
+    op = pre.ops["routed_experts"]
+    # per assignment tensor: 65,536 tokens x 2 = 131,072 assignments; hidden 131,072 x 1024 x 4 = 536,870,912 B,
+    # intermediate 131,072 x 3584 x 4 = 1,879,048,192 B. Held together: max(1 hidden + 4 intermediate,
+    # 4 hidden) = 8,053,063,680 B; beyond 1e9 retained: 7,053,063,680 B x 2 MoE layers. The layer code's
+    # top-k sum (65,536 x 1024 x 4 = 268 MB, x 2 layers) stays under the retained memory.
+    assert float(refault_bytes(op, prof)) == 2 * 7_053_063_680
+    # first touch of every fresh byte: 4 hidden + gate_up (2 intermediate) + 2 intermediate, plus the top-k sum
+    fresh = 2 * (4 * 536_870_912 + 4 * 1_879_048_192 + 268_435_456)
+    assert float(fresh_page_s(op, prof)) == pytest.approx(fresh * 1e-10 + 2 * 7_053_063_680 * 2e-9)
+    # a tensor alone: each beyond the retained bytes (the layer code's q-wide tensors are 268 MB: none beyond 1e9)
+    assert float(refault_bytes(pre.ops["attn_proj"], prof)) == 0.0
+    small = dataclasses.replace(prof, retained_free_bytes=2e8)
+    # attn_proj per layer: q, o, SDPA output and the rotary embedding's 4 q-wide tensors (268,435,456 B each,
+    # 68,435,456 B beyond 2e8); the rotary -x2 (half: 134 MB), k and v and their rotary (256 wide: 67 MB) stay
+    # under: 2 layers x 7 x 68,435,456 B
+    assert float(refault_bytes(pre.ops["attn_proj"], small)) == 2 * 7 * 68_435_456
+    # no reclaim measured: no refault
+    assert float(refault_bytes(op, dataclasses.replace(prof, refault_s_per_byte=0.0))) == 0.0

@@ -81,6 +81,11 @@ def test_measurements_consistent(probed):
     ft = mem["first_touch"]
     extra = ft["fresh_write"]["median_s"] - ft["mapped_write"]["median_s"]
     assert ft["bytes"] == mem["bytes"] and math.isclose(ft["s_per_byte"], max(extra, 0.0) / ft["bytes"])
+    # reclaim: whole pieces refilled before the first refaulted one, at most all of them (quick: 8 x 8 MiB)
+    rc = mem["reclaim"]
+    assert (rc["bytes"], rc["piece_bytes"]) == (64 * 2**20, 8 * 2**20)
+    assert rc["retained_bytes"] % rc["piece_bytes"] == 0 and 0 <= rc["retained_bytes"] <= rc["bytes"]
+    assert rc["s_per_byte"] >= 0 and (rc["s_per_byte"] > 0) == (rc["refaulted_pieces"] > 0)
     # math SDPA: (call - its two matmuls) over heads x L x L score elements (quick probe: 2 heads x 128 tokens)
     am = result["cpu"]["attention_math"]
     assert (am["heads"], am["length"], am["score_elements"]) == (2, 128, 2 * 128 * 128)
@@ -220,3 +225,22 @@ def test_gemm_shapes_of_a_model_and_bad_shapes(tmp_path):
     one_line_error(run("probe", "--quick", "--out", tmp_path, "--gemm-shape", "64by96"), "--gemm-shape", "KxN")
     one_line_error(run("probe", "--quick", "--out", tmp_path, "--gemm-shapes-of", tmp_path / "none.json"),
                    "--gemm-shapes-of")
+
+
+def test_add_reclaim_keeps_the_rest_of_the_probe(probed, tmp_path):
+    import shutil
+
+    out, _, _ = probed
+    copy = tmp_path / "hw"
+    shutil.copytree(out, copy)
+    before = json.loads((copy / "probe" / "local-cpu.json").read_text())
+    del before["cpu"]["memory"]["reclaim"]
+    (copy / "probe" / "local-cpu.json").write_text(json.dumps(before))
+    r = run("probe", "--quick", "--out", copy, "--id", "local-cpu", "--add-reclaim")
+    assert r.exit_code == 0, r.output + r.stderr
+    after = json.loads((copy / "probe" / "local-cpu.json").read_text())
+    reclaim = after["cpu"]["memory"].pop("reclaim")
+    assert after == before  # nothing else changed
+    assert "--add-reclaim" in reclaim["command"] and reclaim["date"].endswith("Z") and reclaim["bytes"] == 64 * 2**20
+    one_line_error(run("probe", "--quick", "--out", tmp_path / "none", "--add-reclaim"), "--add-reclaim",
+                   "no probe result")

@@ -57,11 +57,15 @@ def _command(out: Path, item_id: str, file: Path | None, quick: bool, threads: i
                    "runs it, cold; engine profiles with 'gemm_curves: probe' then use the nearest shape. Repeatable.")
 @click.option("--gemm-shape", "shapes", multiple=True, metavar="KxN",
               help="Also measure this weight shape (K in, N out features), as --gemm-shapes-of does. Repeatable.")
+@click.option("--add-reclaim", is_flag=True,
+              help="Measure only whether the machine takes freed memory back (cpu.memory.reclaim) and add it to "
+                   "the existing OUT/probe/ID.json, keeping the rest of that probe (for an entry probed before "
+                   "capsim measured reclaim).")
 @click.option("--quick", is_flag=True, help="Small sizes and few repeats (seconds; for tests, not for numbers).")
 @click.option("--json", "as_json", is_flag=True, help="Print all measurements as JSON on stdout.")
 def probe_cmd(out: Path, item_id: str, file: Path | None, threads: int | None, gemm_nk: int | None,
-              cold_weights: bool, shapes_of: tuple[str, ...], shapes: tuple[str, ...], quick: bool,
-              as_json: bool) -> None:
+              cold_weights: bool, shapes_of: tuple[str, ...], shapes: tuple[str, ...], add_reclaim: bool,
+              quick: bool, as_json: bool) -> None:
     """Measure memory read/copy bandwidth, GEMM FLOP/s per dtype as M grows, GPU copies and a file's
     read rate; write OUT/cpus/ID.yaml (kind measured), OUT/sources/ID.yaml and OUT/probe/ID.json.
 
@@ -87,6 +91,10 @@ def probe_cmd(out: Path, item_id: str, file: Path | None, threads: int | None, g
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
     settings = probe.QUICK if quick else probe.FULL
+    if add_reclaim:
+        _add_reclaim(out / "probe" / f"{item_id}.json", settings, threads, quick, log)
+        log(f"done in {time.perf_counter() - t0:.1f} s")
+        return
     if gemm_nk is not None:
         settings = dataclasses.replace(settings, gemm_nk=gemm_nk)
     if cold_weights:
@@ -104,6 +112,34 @@ def probe_cmd(out: Path, item_id: str, file: Path | None, threads: int | None, g
     log(f"wrote {', '.join(str(p) for p in written.values())} in {time.perf_counter() - t0:.1f} s")
     if as_json:
         click.echo(json.dumps(result, indent=1, default=probe_entry.json_default))
+
+
+def _add_reclaim(path: Path, settings, threads: int | None, quick: bool, log) -> None:
+    """Measure cpu.memory.reclaim alone and write it into an existing probe result, with its own date and
+    command (the rest of the result, and the hardware entry, stay as they were)."""
+    from capsim import atomic
+    from capsim.measure import probe
+    from capsim.measure.machine import utc_now
+
+    try:
+        result = json.loads(path.read_text())
+        memory = result["cpu"]["memory"]
+    except OSError:
+        raise CapsimError(f"--add-reclaim: {path}: no probe result to add to (run capsim probe first)") from None
+    except (ValueError, KeyError, TypeError):
+        raise CapsimError(f"--add-reclaim: {path}: not a capsim probe result (no cpu.memory)") from None
+    import torch
+
+    with torch.inference_mode():
+        reclaim = probe.memory_reclaim(settings, log)
+    command = ["capsim", "probe", "--id", path.stem, "--out", str(path.parent.parent), "--add-reclaim"]
+    command += ["--threads", str(threads)] if threads is not None else []
+    command += ["--quick"] if quick else []
+    reclaim.update(date=utc_now(), command=" ".join(command), torch_threads=torch.get_num_threads())
+    memory["reclaim"] = reclaim
+    atomic.write_text(path, json.dumps(result, indent=1) + "\n")
+    log(f"retained {reclaim['retained_bytes'] / 1e9:.2f} GB of freed memory after {reclaim['gap_s']:g} s; "
+        f"refault {reclaim['s_per_byte'] * 1e9:.2f} ns/B more; wrote {path}")
 
 
 def _gemm_shapes(models: tuple[str, ...], shapes: tuple[str, ...]) -> tuple[tuple[int, int], ...]:

@@ -59,18 +59,28 @@ def _fixed(cpu: dict, db_root: Path, config_path: Path) -> tuple[dict[str, float
             values[name] = _probe_value(probe_file, ("attention_math",))
             how[name] = (f"{values[name] * 1e9:.2f} ns per score element: torch's math SDPA beyond its two "
                          f"matmuls, measured in {probe_file.name} (cpu.attention_math)")
+        elif name == "refault_s_per_byte" and value == "probe":
+            values[name] = _probe_value(probe_file, ("memory", "reclaim"))
+            how[name] = (f"{values[name] * 1e9:.2f} ns/B: refilling freed memory the machine took back, beyond a "
+                         f"fresh page's cost, measured in {probe_file.name} (cpu.memory.reclaim)")
+        elif name == "retained_free_bytes" and value == "probe":
+            values[name] = _probe_value(probe_file, ("memory", "reclaim"), "retained_bytes")
+            how[name] = (f"{values[name] / 1e9:.2f} GB: freed memory still backed after "
+                         f"{_probe_value(probe_file, ('memory', 'reclaim'), 'gap_s'):.0f} s of GEMM work, "
+                         f"measured in {probe_file.name} (cpu.memory.reclaim)")
         elif isinstance(value, (int, float)):
             values[name] = float(value)
             how[name] = f"set in {config_path.name} (mechanism, not fitted)"
         else:
             raise CapsimError(f"{config_path}: cpu.fixed.{name}: expected a number (or 'probe' for "
-                              f"gemm_half_rows, first_touch_s_per_byte and math_attention_s_per_score), "
+                              f"gemm_half_rows, first_touch_s_per_byte, math_attention_s_per_score, "
+                              f"refault_s_per_byte and retained_free_bytes), "
                               f"got {value!r}")
     return values, how
 
 
-def _probe_value(path: Path, keys: tuple[str, ...]) -> float:
-    """The probe's per-unit time at cpu.<keys>: s_per_byte or s_per_score."""
+def _probe_value(path: Path, keys: tuple[str, ...], field: str | None = None) -> float:
+    """The probe's value at cpu.<keys>: ``field``, or the per-unit time s_per_byte or s_per_score."""
     import json
 
     where = "cpu." + ".".join(keys)
@@ -78,6 +88,8 @@ def _probe_value(path: Path, keys: tuple[str, ...]) -> float:
         node = json.loads(path.read_text())["cpu"]
         for k in keys:
             node = node[k]
+        if field is not None:
+            return float(node[field])
         return float(node["s_per_byte"] if "s_per_byte" in node else node["s_per_score"])
     except (OSError, ValueError) as err:
         raise CapsimError(f"{path}: unreadable probe result ({err})") from None

@@ -40,6 +40,9 @@ PARAMETERS = {
     "math_attention_unequal_head_dims": (0.0, 1.0),
     "ssd_read_request_bytes": (0.0, 1e12),
     "math_attention_s_per_score": (0.0, 1e-6),
+    "eager_layer_tensors": (0.0, 1.0),
+    "refault_s_per_byte": (0.0, 1e-6),
+    "retained_free_bytes": (0.0, 1e15),
 }
 
 
@@ -83,6 +86,15 @@ class EngineProfile:
     # threshold, DEFAULT_MMAP_THRESHOLD_MAX = 4 x 1024 x 1024 x sizeof(long) = 32 MiB on 64-bit (mallopt(3)).
     first_touch_s_per_byte: float = 0.0
     fresh_alloc_threshold_bytes: float = GLIBC_MMAP_THRESHOLD_MAX_BYTES
+    # 1: the engine writes every intermediate of a layer to a tensor of its own (transformers eager: norms,
+    # projections, rotary embedding, residual adds; :mod:`capsim.model.eager`), and those above the threshold
+    # fault in fresh too. 0: only the cache, expert and attention tensors named by the other parameters.
+    eager_layer_tensors: float = 0.0
+    # A machine whose hypervisor takes freed guest memory back (virtio-balloon free page reporting) keeps only
+    # about retained_free_bytes of it backed after seconds of compute; the part of a fresh tensor beyond that
+    # faults in at refault_s_per_byte more (``capsim probe`` measures both: cpu.memory.reclaim). 0: no reclaim.
+    refault_s_per_byte: float = 0.0
+    retained_free_bytes: float = 0.0
     # Fraction of an operator's activation traffic (inputs, outputs, intermediates) hidden under its GEMM or
     # weight reads: 1 for fused kernels (epilogues, fused MoE: the roofline's max of compute and memory);
     # 0 for an eager engine, where each element-wise step (gather, activation, gating product, routing-weight

@@ -68,6 +68,12 @@ class Settings:
     gemm_shape_dtypes: tuple[str, ...] = ("fp32",)
     # torch's math SDPA (taken when query/key and value head dims differ): (heads, length) of the probe call
     attention_math_shape: tuple[int, int] = (6, 1024)
+    # Freed-memory reclaim (memory_reclaim): bytes freed and refilled in pieces of reclaim_piece_bytes after
+    # reclaim_gap_s of GEMM work, reclaim_rounds times
+    reclaim_bytes: int = 3 * GiB
+    reclaim_piece_bytes: int = 64 * MiB
+    reclaim_gap_s: float = 8.0
+    reclaim_rounds: int = 3
 
 
 FULL = Settings(
@@ -79,7 +85,13 @@ QUICK = Settings(
     memory_bytes=16 * MiB, gemm_nk=256, gemm_nk_small=64, gemm_cold_bytes=0, gemm_ms=(1, 4, 16, 64, 256),
     gpu_gemm_nk=1024, gpu_gemm_ms=(1, 16, 256, 1024), transfer_bytes=16 * MiB,
     warmup=1, repeats=3, point_budget_s=0.2, read_chunk_bytes=MiB, attention_math_shape=(2, 128),
+    reclaim_bytes=64 * MiB, reclaim_piece_bytes=8 * MiB, reclaim_gap_s=0.05, reclaim_rounds=1,
 )
+# A refilled piece counts as refaulted (its pages backed again by the hypervisor) when its fill takes more than
+# this many times the median fill of pieces refilled with no gap: a guest-backed fresh page costs ~0.3 ns/B to
+# fault in and write on the validation machine, a hypervisor refault ~3 ns/B (validation/FAULTS.md).
+REFAULT_FACTOR = 2.0
+RECLAIM_BUSY_SIDE = 1024  # the gap's work: 512 x 1024 @ 1024 x 1024 fp32 matmuls (cache-resident)
 MATH_ATTENTION_QK_DIM, MATH_ATTENTION_V_DIM = 192, 128  # MLA's query/key and value head dims (DeepSeek-V2/V3 config)
 
 BUSY_WARNING = 0.1  # share of the CPUs busy before the probe above which the numbers are flagged
@@ -137,6 +149,63 @@ def first_touch(s: Settings, log: Log = silent) -> dict[str, Any]:
         "fresh_write": fresh,
         "method": "median time of torch.empty(n).fill_(1.0) (fresh pages) minus median time of x.fill_(1.0) on a "
         "tensor whose pages are mapped, over the bytes written (float32, n x 4 bytes)",
+    }
+
+
+def _refill_per_byte(s: Settings, gap_s: float) -> list[float]:
+    """Back and free ``reclaim_bytes``, run GEMMs for ``gap_s``, then allocate the same bytes again in pieces
+    (all held, each filled): seconds per byte of each piece's allocation and fill, in order."""
+    import torch
+
+    x = torch.empty(s.reclaim_bytes // 4)
+    x.fill_(1.0)  # every page backed
+    del x
+    a, w = torch.randn(RECLAIM_BUSY_SIDE // 2, RECLAIM_BUSY_SIDE), torch.randn(RECLAIM_BUSY_SIDE, RECLAIM_BUSY_SIDE)
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < gap_s:
+        torch.mm(a, w)
+    held, per_byte = [], []
+    for _ in range(s.reclaim_bytes // s.reclaim_piece_bytes):
+        t = time.perf_counter()
+        piece = torch.empty(s.reclaim_piece_bytes // 4)
+        piece.fill_(1.0)
+        per_byte.append((time.perf_counter() - t) / s.reclaim_piece_bytes)
+        held.append(piece)
+    return per_byte
+
+
+def memory_reclaim(s: Settings, log: Log = silent) -> dict[str, Any]:
+    """Does the machine take freed memory back, and at what cost? A VM whose balloon driver reports free
+    pages to the hypervisor (virtio-balloon free page reporting) loses the backing of memory left free for
+    seconds; faulting it in again costs the hypervisor's page allocation on top of the guest's. Measured:
+    ``reclaim_bytes`` backed and freed, ``reclaim_gap_s`` of GEMM work, then the same bytes refilled in pieces;
+    pieces slower than REFAULT_FACTOR x the median of a refill with no gap are refaulted. retained_bytes: the
+    bytes refilled before the first refaulted piece (the freed memory still backed; all of it when none
+    refaulted); s_per_byte: median refaulted minus median no-gap refill time per byte (0 when none)."""
+    log(f"memory: refill {format_quantity(s.reclaim_bytes, 'B', binary=True)} freed after "
+        f"{s.reclaim_gap_s:g} s of GEMM work ({s.reclaim_rounds} rounds, with a no-gap baseline)")
+    base = sorted(_refill_per_byte(s, 0.0))
+    base_median = base[len(base) // 2]
+    retained, slow = [], []
+    for _ in range(s.reclaim_rounds):
+        per_byte = _refill_per_byte(s, s.reclaim_gap_s)
+        refaulted = [t > REFAULT_FACTOR * base_median for t in per_byte]
+        first = refaulted.index(True) if any(refaulted) else len(per_byte)
+        retained.append(first * s.reclaim_piece_bytes)
+        slow += [t for t, r in zip(per_byte, refaulted) if r]
+    slow.sort()
+    retained.sort()
+    return {
+        "bytes": s.reclaim_bytes, "piece_bytes": s.reclaim_piece_bytes, "gap_s": s.reclaim_gap_s,
+        "rounds": s.reclaim_rounds,
+        "retained_bytes": retained[len(retained) // 2],
+        "s_per_byte": max(slow[len(slow) // 2] - base_median, 0.0) if slow else 0.0,
+        "no_gap_refill_s_per_byte": base_median,
+        "refaulted_pieces": len(slow),
+        "method": "back and free the bytes, run GEMMs for gap_s, refill them in pieces (each torch.empty + fill_, "
+        f"all held); a piece slower than {REFAULT_FACTOR:g} x the median no-gap refill per byte is refaulted; "
+        "retained_bytes: bytes refilled before the first refaulted piece (median over rounds); s_per_byte: "
+        "median refaulted minus median no-gap refill time per byte",
     }
 
 
@@ -316,6 +385,7 @@ def run_probe(s: Settings, file: str | Path | None = None, log: Log = silent) ->
     with torch.inference_mode():
         memory = memory_bandwidth(s, "cpu", log)
         memory["first_touch"] = first_touch(s, log)
+        memory["reclaim"] = memory_reclaim(s, log)
         attention = attention_math(s, log)
         gemm = {dt: gemm_curve(dt, s, "cpu", log) for dt in CPU_DTYPES}
         _mark_slow_paths(gemm)

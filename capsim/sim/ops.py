@@ -63,9 +63,12 @@ class OpCost:
     # matmuls: (K, N, share of the op's FLOPs) of each weight matrix as one device holds it
     gemms: tuple[tuple[np.ndarray | float, np.ndarray | float, float], ...] = ()
     # Tensors the step allocates, ((bytes of one tensor, how many), ...): those above the allocator's mmap
-    # threshold are fresh pages each step (:mod:`capsim.sim.roofline`). Decode with a cache grown by
-    # concatenation (and expanded MLA) only; other activations are not listed.
+    # threshold are fresh pages each step (:mod:`capsim.sim.roofline`). A cache grown by concatenation (and
+    # expanded MLA) only; other activations are in eager_allocs.
     allocs: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
+    # ... the per-token tensors an eager forward writes (:mod:`capsim.model.eager`), in the same form: priced
+    # only for an engine that writes each intermediate to a tensor of its own (engine profile: eager_layer_tensors)
+    eager_allocs: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
     # Routed experts only: bytes of one tensor one hidden-width (and one intermediate-width) element wide per
     # token-expert assignment, over one MoE layer's assignments on the device, and the MoE layers: what an
     # unfused engine's per-assignment tensors weigh (engine profile: expert_hidden/intermediate_tensors).
@@ -77,6 +80,10 @@ class OpCost:
     # math_attention_unequal_head_dims).
     score_tensor_bytes: np.ndarray | float = 0.0
     key_tensor_bytes: np.ndarray | float = 0.0
+    # ... and per layer the bytes of one query-wide (heads x qk per new token) and one output-wide (heads x v per
+    # new token) tensor
+    query_tensor_bytes: np.ndarray | float = 0.0
+    output_tensor_bytes: np.ndarray | float = 0.0
     # ... and the elements of that score matrix per layer, and the FLOPs of computing it whole (every query
     # against every key of its sequence: a materialising attention does not skip the causally masked half)
     score_elements: np.ndarray | float = 0.0
@@ -178,16 +185,18 @@ def step_costs(
         ops["attn_scores"], layers=float(L), head_dims_differ=bool(qk != v),
         score_tensor_bytes=scores * ab + zero, score_elements=scores + zero,
         materialised_flops=2 * scores * (qk + v) * L + zero,
-        key_tensor_bytes=heads_dev * (kv_g + t_g) * qk * ab + zero)
+        key_tensor_bytes=heads_dev * (kv_g + t_g) * qk * ab + zero,
+        query_tensor_bytes=heads_dev * t_g * qk * ab + zero, output_tensor_bytes=heads_dev * t_g * v * ab + zero)
+    # A cache grown by torch.cat allocates each layer's cache tensors anew every step (in prefill, the
+    # concatenation onto an empty cache copies the new tokens): K and V (MHA/GQA: half the cached elements
+    # each) or the latent and its rope part (MLA); expanded MLA decode also allocates kv_b_proj's output
+    # (up_width per cached token) and the new key tensor (heads x qk per cached token).
+    cached = (kv_g + t_g) * _f(kv_bytes_per_element) * kv_frac
+    per_tok = s.kv_elements_per_token_layer
+    cache = (((cached * s.mla_latent, L + zero), (cached * (per_tok - s.mla_latent), L + zero)) if s.mla
+             else ((cached * per_tok / 2, 2 * L + zero),))
+    ops["attn_scores"] = replace(ops["attn_scores"], allocs=cache)
     if decode:
-        # A cache grown by torch.cat allocates each layer's cache tensors anew every step: K and V (MHA/GQA:
-        # half the cached elements each) or the latent and its rope part (MLA); expanded MLA also allocates
-        # kv_b_proj's output (up_width per cached token) and the new key tensor (heads x qk per cached token).
-        cached = (kv_g + t_g) * _f(kv_bytes_per_element) * kv_frac
-        per_tok = s.kv_elements_per_token_layer
-        cache = (((cached * s.mla_latent, L + zero), (cached * (per_tok - s.mla_latent), L + zero)) if s.mla
-                 else ((cached * per_tok / 2, 2 * L + zero),))
-        ops["attn_scores"] = replace(ops["attn_scores"], allocs=cache)
         if expand:
             ops["mla_expand"] = replace(ops["mla_expand"], allocs=(
                 (kv_g / tp * s.mla_up_width * ab, L + zero), (kv_g / tp * s.heads * qk * ab, L + zero)))
@@ -232,6 +241,11 @@ def step_costs(
     lm_bytes = s.other_weight_bytes if s.tie_embeddings else s.lm_head_weight_bytes
     put("lm_head", 2 * b_g * h * s.vocab / tp, h * s.vocab * lm_bytes / tp, b_g * (h + s.vocab) * ab / tp, 1.0,
         rows=b_g)
+
+    for name, op in ops.items():  # the eager forward's per-token tensors, per device
+        eager = tuple((t_g * w.width * ab / (tp if w.split else 1.0), w.count + zero) for w in s.eager_of(name))
+        if eager:
+            ops[name] = replace(op, eager_allocs=eager)
 
     msg = t_g * h * ab  # one all-reduce message: the group's hidden states
     transfers = {

@@ -4,6 +4,7 @@ t_op = max(FLOPs / (peak x compute_efficiency x gemm_fraction), (bytes - serial)
        + serial / (bandwidth x memory_efficiency)
        (attention: bandwidth x attention_efficiency)
        + kernels x kernel_overhead_s + fresh bytes x first_touch_s_per_byte
+       + sum over fresh tensors of max(0, size - retained_free_bytes) x refault_s_per_byte
 (a math-path attention that materialises its scores: FLOPs over the whole score matrix, and serial adds
 score elements x math_attention_s_per_score)
 serial = (1 - activation_overlap) x activation bytes: traffic of element-wise kernels an eager engine runs
@@ -64,16 +65,31 @@ def gemm_fraction(rows, k, n, curves) -> np.ndarray:
     return np.choose(pick, np.broadcast_arrays(*per_curve)) if np.ndim(pick) else np.broadcast_arrays(*per_curve)[int(pick)]
 
 
+# A gated expert's gate and up outputs are one allocation: transformers' experts hold gate_up_proj as one
+# (experts, 2 x intermediate, hidden) matrix and the grouped GEMM writes one output (torch profiler:
+# aten::empty_strided of 2 x intermediate x top-k elements per token; scripts/alloc_inventory.py)
+GATE_UP_OUTPUTS = 2
+
+
 def expert_tensors(op, profile: EngineProfile) -> tuple[tuple[np.ndarray | float, float], ...]:
-    """(bytes of one tensor, tensors per step) an unfused engine's expert block allocates (none when fused)."""
+    """(bytes of one tensor, tensors per step) an unfused engine's expert block allocates (none when fused);
+    the first two intermediate-wide tensors are the one gate_up output."""
     hidden, inter = op.assignment_tensor_bytes
-    if not (profile.expert_hidden_tensors or profile.expert_intermediate_tensors) or not op.moe_layers:
+    n_inter = profile.expert_intermediate_tensors
+    if not (profile.expert_hidden_tensors or n_inter) or not op.moe_layers:
         return ()
-    return ((hidden, profile.expert_hidden_tensors * op.moe_layers),
-            (inter, profile.expert_intermediate_tensors * op.moe_layers))
+    gate_up = ((GATE_UP_OUTPUTS * inter, op.moe_layers),) if n_inter >= GATE_UP_OUTPUTS else ()
+    rest = n_inter - GATE_UP_OUTPUTS if gate_up else n_inter
+    return ((hidden, profile.expert_hidden_tensors * op.moe_layers), *gate_up, (inter, rest * op.moe_layers))
 
 
-MATH_ATTENTION_SCORE_TENSORS = 2  # torch's math SDPA: Q K^T (the causal mask is added in place), softmax
+# torch's math SDPA (aten _scaled_dot_product_attention_math, measured with the torch profiler:
+# scripts/alloc_inventory.py, validation/FAULTS.md), per layer: Q K^T (the causal mask is added in place) and its
+# softmax; _safe_softmax's isneginf (one bool byte per score); Q and K each scaled by sqrt(scale); P V and one
+# more copy of the value width (its output made contiguous)
+MATH_ATTENTION_SCORE_TENSORS = 2
+BOOL_BYTES = 1  # torch.bool
+MATH_ATTENTION_OUTPUT_TENSORS = 2
 
 
 def materialises_scores(op, profile: EngineProfile) -> bool:
@@ -86,7 +102,10 @@ def attention_tensors(op, profile: EngineProfile) -> tuple[tuple[np.ndarray | fl
     """(bytes of one tensor, tensors per step) a materialising attention allocates (none when fused)."""
     if not materialises_scores(op, profile):
         return ()
-    return ((op.score_tensor_bytes, MATH_ATTENTION_SCORE_TENSORS * op.layers), (op.key_tensor_bytes, op.layers))
+    return ((op.score_tensor_bytes, MATH_ATTENTION_SCORE_TENSORS * op.layers),
+            (op.score_elements * BOOL_BYTES, op.layers),
+            (op.key_tensor_bytes, op.layers), (op.query_tensor_bytes, op.layers),
+            (op.output_tensor_bytes, MATH_ATTENTION_OUTPUT_TENSORS * op.layers))
 
 
 def score_elementwise_s(op, profile: EngineProfile) -> np.ndarray | float:
@@ -109,14 +128,56 @@ def activation_bytes(op, profile: EngineProfile) -> np.ndarray | float:
     return base + sum(2.0 * size * count for size, count in attention_tensors(op, profile))
 
 
+def _single_allocs(op, profile: EngineProfile) -> tuple[tuple[np.ndarray | float, float], ...]:
+    """The cache's tensors and (an eager engine) the layer code's: each freed before the next is allocated."""
+    return tuple(op.allocs) + (tuple(op.eager_allocs) if profile.eager_layer_tensors >= 0.5 else ())
+
+
+def fresh_allocs(op, profile: EngineProfile) -> tuple[tuple[np.ndarray | float, float], ...]:
+    """(bytes of one tensor, tensors per step) of every tensor the op allocates under this engine."""
+    return _single_allocs(op, profile) + expert_tensors(op, profile) + attention_tensors(op, profile)
+
+
+def fresh_bytes(op, profile: EngineProfile) -> np.ndarray | float:
+    """Bytes per step of the op's tensors at or above the allocator's mmap threshold: glibc malloc maps such a
+    request afresh (malloc.c: nb >= mp_.mmap_threshold) and unmaps it on free, so its pages fault in every step."""
+    return sum((np.where(size >= profile.fresh_alloc_threshold_bytes, size * count, 0.0)
+                for size, count in fresh_allocs(op, profile)), 0.0)
+
+
 def fresh_page_s(op, profile: EngineProfile) -> np.ndarray | float:
-    """First-touch time of the op's tensors above the allocator's mmap threshold (fresh pages each step)."""
-    allocs = tuple(op.allocs) + expert_tensors(op, profile) + attention_tensors(op, profile)
-    if not profile.first_touch_s_per_byte or not allocs:
+    """First-touch time of the op's fresh pages: each fresh byte at first_touch_s_per_byte, and on a machine
+    that takes freed memory back, the bytes beyond the retained free memory (refault_bytes) at
+    refault_s_per_byte more."""
+    if not profile.first_touch_s_per_byte:
         return 0.0
-    # glibc malloc maps a request afresh when it is >= the threshold (malloc.c: nb >= mp_.mmap_threshold)
-    fresh = sum(np.where(size >= profile.fresh_alloc_threshold_bytes, size * count, 0.0) for size, count in allocs)
-    return fresh * profile.first_touch_s_per_byte
+    return (fresh_bytes(op, profile) * profile.first_touch_s_per_byte
+            + refault_bytes(op, profile) * profile.refault_s_per_byte)
+
+
+def refault_bytes(op, profile: EngineProfile) -> np.ndarray | float:
+    """Fresh bytes that fault in beyond the freed memory the machine keeps backed (retained_free_bytes; the
+    probe: after seconds of compute, refilling freed memory costs a hypervisor fault beyond that much). A block
+    whose tensors are alive together needs them backed at once: the expert block and a math attention, once
+    per layer (below); every other tensor counts alone."""
+    if not profile.refault_s_per_byte:
+        return 0.0
+    threshold, retained = profile.fresh_alloc_threshold_bytes, profile.retained_free_bytes
+
+    def beyond(size):
+        return np.maximum(np.where(size >= threshold, size, 0.0) - retained, 0.0)
+
+    total = sum((count * beyond(size) for size, count in _single_allocs(op, profile)), 0.0)
+    if expert_tensors(op, profile):
+        # grouped_mm_experts_forward keeps the gathered inputs (hidden wide) to the end: alive with the
+        # intermediate-wide tensors at the gating product, and with the other hidden-wide ones at the un-permute
+        hidden, inter = op.assignment_tensor_bytes
+        held = np.maximum(hidden + profile.expert_intermediate_tensors * inter, profile.expert_hidden_tensors * hidden)
+        total = total + op.moe_layers * beyond(held)
+    if materialises_scores(op, profile):  # the scores, their softmax and isneginf, alive together
+        held = MATH_ATTENTION_SCORE_TENSORS * op.score_tensor_bytes + op.score_elements * BOOL_BYTES
+        total = total + op.layers * beyond(held)
+    return total
 
 
 def step_time(

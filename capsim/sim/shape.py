@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from capsim.model.eager import Tensors, eager_tensors
 from capsim.model.gemms import Gemm, model_gemms
 from capsim.model.spec import ModelSpec
 from capsim.precision import Precision
@@ -60,9 +61,14 @@ class Shape:
     act_bytes: float = 2.0  # bytes per activation element
     # Per operator, the weight matrices one layer multiplies (:mod:`capsim.model.gemms`)
     gemms: tuple[tuple[str, tuple[Gemm, ...]], ...] = ()
+    # Per operator, the per-token tensors an eager forward allocates (:mod:`capsim.model.eager`)
+    eager: tuple[tuple[str, tuple[Tensors, ...]], ...] = ()
 
     def gemms_of(self, op: str) -> tuple[Gemm, ...]:
         return dict(self.gemms).get(op, ())
+
+    def eager_of(self, op: str) -> tuple[Tensors, ...]:
+        return dict(self.eager).get(op, ())
 
     @property
     def shared_experts_present(self) -> bool:
@@ -127,6 +133,7 @@ def shape_of(spec: ModelSpec, prec: Precision) -> Shape:
         windows=_window_groups(spec),
         act_bytes=prec.activation_bytes,
         gemms=tuple(model_gemms(spec).items()),
+        eager=tuple(eager_tensors(spec).items()),
     )
 
 
