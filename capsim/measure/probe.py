@@ -192,7 +192,7 @@ def memory_reclaim(s: Settings, log: Log = silent) -> dict[str, Any]:
         refaulted = [t > REFAULT_FACTOR * base_median for t in per_byte]
         first = refaulted.index(True) if any(refaulted) else len(per_byte)
         retained.append(first * s.reclaim_piece_bytes)
-        slow += [t for t, r in zip(per_byte, refaulted) if r]
+        slow += [t for t, r in zip(per_byte, refaulted, strict=True) if r]
     slow.sort()
     retained.sort()
     return {
