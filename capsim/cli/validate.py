@@ -51,23 +51,11 @@ def _fixed(cpu: dict, db_root: Path, config_path: Path) -> tuple[dict[str, float
             values[name] = got["half_rows"]
             how[name] = (f"Hockney n_1/2 fitted to the {cpu['dtype']} torch.mm curve in {probe_file.name} "
                          f"(compute-bound points M = {', '.join(map(str, got['points']))})")
-        elif name == "first_touch_s_per_byte" and value == "probe":
-            values[name] = _probe_value(probe_file, ("memory", "first_touch"))
-            how[name] = (f"{values[name] * 1e9:.3f} ns/B: fresh-page minus mapped-page write time per byte, "
-                         f"measured in {probe_file.name} (cpu.memory.first_touch)")
-        elif name == "math_attention_s_per_score" and value == "probe":
-            values[name] = _probe_value(probe_file, ("attention_math",))
-            how[name] = (f"{values[name] * 1e9:.2f} ns per score element: torch's math SDPA beyond its two "
-                         f"matmuls, measured in {probe_file.name} (cpu.attention_math)")
-        elif name == "refault_s_per_byte" and value == "probe":
-            values[name] = _probe_value(probe_file, ("memory", "reclaim"))
-            how[name] = (f"{values[name] * 1e9:.2f} ns/B: refilling freed memory the machine took back, beyond a "
-                         f"fresh page's cost, measured in {probe_file.name} (cpu.memory.reclaim)")
-        elif name == "retained_free_bytes" and value == "probe":
-            values[name] = _probe_value(probe_file, ("memory", "reclaim"), "retained_bytes")
-            how[name] = (f"{values[name] / 1e9:.2f} GB: freed memory still backed after "
-                         f"{_probe_value(probe_file, ('memory', 'reclaim'), 'gap_s'):.0f} s of GEMM work, "
-                         f"measured in {probe_file.name} (cpu.memory.reclaim)")
+        elif name in PROBED and value == "probe":
+            keys, field, describe = PROBED[name]
+            values[name] = _probe_value(probe_file, keys, field)
+            how[name] = (f"{describe(values[name], probe_file)}, measured in {probe_file.name} "
+                         f"(cpu.{'.'.join(keys)})")
         elif isinstance(value, (int, float)):
             values[name] = float(value)
             how[name] = f"set in {config_path.name} (mechanism, not fitted)"
@@ -77,6 +65,21 @@ def _fixed(cpu: dict, db_root: Path, config_path: Path) -> tuple[dict[str, float
                               f"refault_s_per_byte and retained_free_bytes), "
                               f"got {value!r}")
     return values, how
+
+
+# Profile parameters a config may set to 'probe': (where in the probe result, which field or None for its
+# per-unit time, how the value reads)
+PROBED = {
+    "first_touch_s_per_byte": (("memory", "first_touch"), None, lambda v, _: (
+        f"{v * 1e9:.3f} ns/B: fresh-page minus mapped-page write time per byte")),
+    "math_attention_s_per_score": (("attention_math",), None, lambda v, _: (
+        f"{v * 1e9:.2f} ns per score element: torch's math SDPA beyond its two matmuls")),
+    "refault_s_per_byte": (("memory", "reclaim"), None, lambda v, _: (
+        f"{v * 1e9:.2f} ns/B: refilling freed memory the machine took back, beyond a fresh page's cost")),
+    "retained_free_bytes": (("memory", "reclaim"), "retained_bytes", lambda v, path: (
+        f"{v / 1e9:.2f} GB: freed memory still backed after "
+        f"{_probe_value(path, ('memory', 'reclaim'), 'gap_s'):.0f} s of GEMM work")),
+}
 
 
 def _probe_value(path: Path, keys: tuple[str, ...], field: str | None = None) -> float:

@@ -39,6 +39,7 @@ from typing import Any
 from capsim.errors import CapsimError
 from capsim.measure.machine import _cpu_snapshot, cpu_busy_fraction, machine_facts, other_cpu_share
 from capsim.measure.probe_gemm import CPU_DTYPES, GPU_DTYPES, _mark_slow_paths, gemm_curve, linear_curve
+from capsim.measure.reclaim import memory_reclaim
 from capsim.measure.timing import Log, cuda_timer, first_line, median_time, silent, timer_for
 from capsim.units import format_quantity
 
@@ -87,11 +88,6 @@ QUICK = Settings(
     warmup=1, repeats=3, point_budget_s=0.2, read_chunk_bytes=MiB, attention_math_shape=(2, 128),
     reclaim_bytes=64 * MiB, reclaim_piece_bytes=8 * MiB, reclaim_gap_s=0.05, reclaim_rounds=1,
 )
-# A refilled piece counts as refaulted (its pages backed again by the hypervisor) when its fill takes more than
-# this many times the median fill of pieces refilled with no gap: a guest-backed fresh page costs ~0.3 ns/B to
-# fault in and write on the validation machine, a hypervisor refault ~3 ns/B (validation/FAULTS.md).
-REFAULT_FACTOR = 2.0
-RECLAIM_BUSY_SIDE = 1024  # the gap's work: 512 x 1024 @ 1024 x 1024 fp32 matmuls (cache-resident)
 MATH_ATTENTION_QK_DIM, MATH_ATTENTION_V_DIM = 192, 128  # MLA's query/key and value head dims (DeepSeek-V2/V3 config)
 
 BUSY_WARNING = 0.1  # share of the CPUs busy before the probe above which the numbers are flagged
@@ -149,63 +145,6 @@ def first_touch(s: Settings, log: Log = silent) -> dict[str, Any]:
         "fresh_write": fresh,
         "method": "median time of torch.empty(n).fill_(1.0) (fresh pages) minus median time of x.fill_(1.0) on a "
         "tensor whose pages are mapped, over the bytes written (float32, n x 4 bytes)",
-    }
-
-
-def _refill_per_byte(s: Settings, gap_s: float) -> list[float]:
-    """Back and free ``reclaim_bytes``, run GEMMs for ``gap_s``, then allocate the same bytes again in pieces
-    (all held, each filled): seconds per byte of each piece's allocation and fill, in order."""
-    import torch
-
-    x = torch.empty(s.reclaim_bytes // 4)
-    x.fill_(1.0)  # every page backed
-    del x
-    a, w = torch.randn(RECLAIM_BUSY_SIDE // 2, RECLAIM_BUSY_SIDE), torch.randn(RECLAIM_BUSY_SIDE, RECLAIM_BUSY_SIDE)
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < gap_s:
-        torch.mm(a, w)
-    held, per_byte = [], []
-    for _ in range(s.reclaim_bytes // s.reclaim_piece_bytes):
-        t = time.perf_counter()
-        piece = torch.empty(s.reclaim_piece_bytes // 4)
-        piece.fill_(1.0)
-        per_byte.append((time.perf_counter() - t) / s.reclaim_piece_bytes)
-        held.append(piece)
-    return per_byte
-
-
-def memory_reclaim(s: Settings, log: Log = silent) -> dict[str, Any]:
-    """Does the machine take freed memory back, and at what cost? A VM whose balloon driver reports free
-    pages to the hypervisor (virtio-balloon free page reporting) loses the backing of memory left free for
-    seconds; faulting it in again costs the hypervisor's page allocation on top of the guest's. Measured:
-    ``reclaim_bytes`` backed and freed, ``reclaim_gap_s`` of GEMM work, then the same bytes refilled in pieces;
-    pieces slower than REFAULT_FACTOR x the median of a refill with no gap are refaulted. retained_bytes: the
-    bytes refilled before the first refaulted piece (the freed memory still backed; all of it when none
-    refaulted); s_per_byte: median refaulted minus median no-gap refill time per byte (0 when none)."""
-    log(f"memory: refill {format_quantity(s.reclaim_bytes, 'B', binary=True)} freed after "
-        f"{s.reclaim_gap_s:g} s of GEMM work ({s.reclaim_rounds} rounds, with a no-gap baseline)")
-    base = sorted(_refill_per_byte(s, 0.0))
-    base_median = base[len(base) // 2]
-    retained, slow = [], []
-    for _ in range(s.reclaim_rounds):
-        per_byte = _refill_per_byte(s, s.reclaim_gap_s)
-        refaulted = [t > REFAULT_FACTOR * base_median for t in per_byte]
-        first = refaulted.index(True) if any(refaulted) else len(per_byte)
-        retained.append(first * s.reclaim_piece_bytes)
-        slow += [t for t, r in zip(per_byte, refaulted, strict=True) if r]
-    slow.sort()
-    retained.sort()
-    return {
-        "bytes": s.reclaim_bytes, "piece_bytes": s.reclaim_piece_bytes, "gap_s": s.reclaim_gap_s,
-        "rounds": s.reclaim_rounds,
-        "retained_bytes": retained[len(retained) // 2],
-        "s_per_byte": max(slow[len(slow) // 2] - base_median, 0.0) if slow else 0.0,
-        "no_gap_refill_s_per_byte": base_median,
-        "refaulted_pieces": len(slow),
-        "method": "back and free the bytes, run GEMMs for gap_s, refill them in pieces (each torch.empty + fill_, "
-        f"all held); a piece slower than {REFAULT_FACTOR:g} x the median no-gap refill per byte is refaulted; "
-        "retained_bytes: bytes refilled before the first refaulted piece (median over rounds); s_per_byte: "
-        "median refaulted minus median no-gap refill time per byte",
     }
 
 
