@@ -7,13 +7,16 @@ only changes that fit are suggested.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING
 
 from capsim import precision
 from capsim.errors import CapsimError
 from capsim.hardware.db import HardwareDB
 from capsim.sim.memory import memory_use
 from capsim.sim.shape import shape_of, weight_bytes
+
+if TYPE_CHECKING:
+    from capsim.scenario import Scenario
 
 DEVICE_COUNTS = (2, 4, 8, 16, 32, 64)
 LOWER_PRECISIONS = ("fp8", "int8", "int4", "nvfp4", "mxfp4", "gguf-q4_k_m", "gguf-q3_k_s")
@@ -33,14 +36,14 @@ def _scale_out(db: HardwareDB, hardware_id: str) -> bool:
         return False
 
 
-def suggestions(q, r: dict[str, Any], db: HardwareDB) -> list[str]:
+def suggestions(sc: Scenario, db: HardwareDB) -> list[str]:
     out: list[str] = []
-    t, s, kv_b = r["target"], r["shape"], r["kv_bytes"]
-    reserve = r["profile"].memory_reserve_fraction
+    q, t, s, kv_b = sc.query, sc.target, sc.shape, sc.kv_bytes
+    reserve = sc.profile.memory_reserve_fraction
     # 1. more devices (tensor parallel over all of them)
     limit = t.n_available or max(DEVICE_COUNTS)
     for n in DEVICE_COUNTS:
-        if n >= t.n_devices and n > r["tp"] and _fits(s, q, t, reserve, n, 1, n, kv_b):
+        if n >= t.n_devices and n > sc.tp and _fits(s, q, t, reserve, n, 1, n, kv_b):
             nodes = max(getattr(q, "nodes", 1) or 1, 1)
             per_node = t.n_available // nodes if t.n_available else None
             if n <= limit:  # the check splits every weight n ways: tensor parallel over n devices
@@ -51,7 +54,7 @@ def suggestions(q, r: dict[str, Any], db: HardwareDB) -> list[str]:
                 out.append(f"--devices {n} (the system has {t.n_available}; no scale-out link to join nodes)")
             break
     # 2. a smaller weight format the device can compute with
-    current = r["precision"].bits_per_weight
+    current = sc.precision.bits_per_weight
     for name in LOWER_PRECISIONS:
         p = precision.PRECISIONS[name]
         if p.bits_per_weight >= current:
@@ -60,19 +63,19 @@ def suggestions(q, r: dict[str, Any], db: HardwareDB) -> list[str]:
             precision.choose_compute(p, t.peak_flop_per_s, t.device_id)
         except CapsimError:
             continue
-        if _fits(shape_of(r["spec"], p), q, t, reserve, r["tp"], r["ep"], t.n_devices, kv_b):
+        if _fits(shape_of(sc.spec, p), q, t, reserve, sc.tp, sc.ep, t.n_devices, kv_b):
             out.append(f"--precision {name}")
             break
     # 3. a smaller batch, when the weights alone fit
     for b in range(q.batch - 1, 0, -1):
-        if _fits(s, q, t, reserve, r["tp"], r["ep"], t.n_devices, kv_b, batch=b):
+        if _fits(s, q, t, reserve, sc.tp, sc.ep, t.n_devices, kv_b, batch=b):
             out.append(f"--batch {b}")
             break
     # 4. routed experts in host DRAM
     routed = weight_bytes(s)["routed_experts"]
     if routed and t.host_dram_bytes and routed <= t.host_dram_bytes:
         no_experts = replace(s, num_experts=0)
-        if _fits(no_experts, q, t, reserve, r["tp"], r["ep"], t.n_devices, kv_b):
+        if _fits(no_experts, q, t, reserve, sc.tp, sc.ep, t.n_devices, kv_b):
             out.append(f"--offload cpu or --offload gpu-fetch (the routed experts, {routed / 1e9:.0f} GB, in host "
                        f"DRAM of {t.host_dram_bytes / 1e9:.0f} GB)")
     return out

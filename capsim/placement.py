@@ -10,23 +10,32 @@ experts that are resident:
 - without a trace, routing is uniform and every expert equally likely, so any policy (LRU, LFU
   or a static set) hits N / E of the time in the long run;
 - with ``--trace``, the policy (``--cache-policy lru|lfu|static``) is replayed over the trace's
-  decode steps at the query's batch (:mod:`capsim.offload.cache`).
+  decode steps at the batch (:mod:`capsim.offload.cache`).
 
 The prefill pass touches nearly every expert, so its hit rate is the resident fraction N / E.
+
+:func:`setup_offload` checks what does not depend on the batch (when the scenario is resolved);
+:func:`residency` finds the resident experts and hit rates for arrays of batches and lengths at once, and
+:func:`problems` says, per row, why a placement cannot run.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from capsim import precision
 from capsim.capacity import per_device
 from capsim.errors import CapsimError
 from capsim.sim.offload import MODES
 from capsim.sim.shape import weight_bytes
+from capsim.sim.ssd import SsdRead
+
+if TYPE_CHECKING:
+    from capsim.scenario import Scenario
 
 TIERS = ("dram", "ssd")
 POLICIES = ("lru", "lfu", "static")
@@ -35,121 +44,177 @@ TRACE_CACHE_WARMUP = 100  # steps that fill the cache before hits are counted
 
 
 @dataclass(frozen=True)
-class Placement:
-    mode: str
-    tier: str
+class OffloadSetup:
+    """What an offload placement needs that does not depend on the batch."""
+
+    mode: str  # "gpu-fetch" or "cpu"
+    tier: str  # "dram" or "ssd"
     policy: str
-    experts_resident: int  # per MoE layer, on each device
-    num_experts: int
-    hit_rate_decode: float
-    hit_rate_prefill: float
-    hit_rate_source: str
-    host_expert_bytes: float  # routed-expert bytes kept off the device
+    expert_cache: int | None  # experts per MoE layer asked to be resident (None: as many as fit)
     link_bytes_per_s: float  # host tier -> device
     link_path: str
+    host_bandwidth_bytes_per_s: float  # the sockets computing experts (cpu mode)
+    host_peak_flop_per_s: float  # their peak in the dtype they compute in (inf for gpu-fetch)
+    ssd: SsdRead | None  # how misses come off the drive (tier ssd)
+    tier_capacity_bytes: float | None  # DRAM or drive capacity (None: not known)
+
+
+@dataclass(frozen=True)
+class Residency:
+    """Per row (arrays of the batch's shape): resident experts per MoE layer (-1: nothing fits) and hit rates."""
+
+    experts_resident: np.ndarray
+    num_experts: int
+    hit_rate_decode: np.ndarray
+    hit_rate_prefill: np.ndarray
+    hit_rate_source: str
+    host_expert_bytes: np.ndarray  # routed-expert bytes kept off the device
 
     @property
-    def expert_fraction(self) -> float:
-        return self.experts_resident / self.num_experts
+    def expert_fraction(self) -> np.ndarray:
+        return np.maximum(self.experts_resident, 0) / self.num_experts
 
 
-def _check(q) -> None:
+def setup_offload(q, shape, target, prec, profile) -> OffloadSetup:
     if q.offload not in MODES:
         raise CapsimError(f"--offload {q.offload}: expected one of {', '.join(MODES)}")
     if q.expert_tier not in TIERS:
         raise CapsimError(f"--expert-tier {q.expert_tier}: expected one of {', '.join(TIERS)}")
     if q.cache_policy not in POLICIES:
         raise CapsimError(f"--cache-policy {q.cache_policy}: expected one of {', '.join(POLICIES)}")
-
-
-def _fits(r: dict[str, Any], q, resident: int) -> bool:
-    return bool(per_device(r, q, q.batch, q.input_len, resident / r["shape"].num_experts).fits)
-
-
-def most_resident(r: dict[str, Any], q) -> int:
-    """The largest expert cache (experts per MoE layer) that fits beside everything else; -1 if none."""
-    lo, hi = -1, r["shape"].num_experts
-    while lo < hi:  # memory grows with the cache: binary search the last size that fits
-        mid = (lo + hi + 1) // 2
-        if _fits(r, q, mid):
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
-
-
-def plan(q, r: dict[str, Any]) -> Placement:
-    _check(q)
-    s, t = r["shape"], r["target"]
-    if not s.num_experts:
-        raise CapsimError(f"--offload: {r['scenario']['model']} has no routed experts to offload")
+    if not shape.num_experts:
+        raise CapsimError(f"--offload: {q.model} has no routed experts to offload")
+    t, host = target, target.host
     if t.nodes > 1:
         raise CapsimError(f"--offload: expert offload is modelled on one node; drop --nodes {t.nodes} or --offload")
-    if t.host is None:
+    if host is None:
         raise CapsimError(f"--offload: {t.hardware_id} has no host CPU and DRAM in the database; name a system "
                           "(e.g. workstation-rtx-4090, ktransformers-testbed, dgx-h100)")
-    if q.offload == "cpu" and t.host.sockets == 0:
+    if q.offload == "cpu" and host.sockets == 0:
         raise CapsimError(f"--offload cpu: {t.hardware_id} is a bare device with no host CPU in the database; name a "
                           "system (e.g. workstation-rtx-4090, ktransformers-testbed)")
-    e = s.num_experts
-    if q.expert_cache is None:
-        resident = most_resident(r, q)
-        if resident < 0:
-            raise CapsimError(_no_room(r, q))
-    else:
-        resident = q.expert_cache
-        if not 0 <= resident <= e:
-            raise CapsimError(f"--expert-cache {resident}: expected 0..{e} experts per MoE layer")
-        if not _fits(r, q, resident):
-            best = most_resident(r, q)
-            hint = f"at most --expert-cache {best} fits" if best >= 0 else _no_room(r, q)
-            raise CapsimError(f"--expert-cache {resident}: the placement does not fit in {t.device_id} memory; {hint}")
-    host_bytes = weight_bytes(s)["routed_experts"] * (1 - resident / e)
-    tier_cap = t.host.dram_capacity_bytes if q.expert_tier == "dram" else t.host.ssd_capacity_bytes
-    if tier_cap is not None and host_bytes > tier_cap:
-        raise CapsimError(f"--expert-tier {q.expert_tier}: {host_bytes / 1e9:.1f} GB of experts off the device, "
-                          f"but {t.hardware_id} has {tier_cap / 1e9:.1f} GB of {q.expert_tier}")
-    if q.expert_tier == "ssd" and t.host.ssd_to_device_bytes_per_s is None:
+    if q.expert_cache is not None and not 0 <= q.expert_cache <= shape.num_experts:
+        raise CapsimError(f"--expert-cache {q.expert_cache}: expected 0..{shape.num_experts} experts per MoE layer")
+    if q.expert_tier == "ssd" and host.ssd_to_device_bytes_per_s is None:
         raise CapsimError(f"--expert-tier ssd: {t.hardware_id} has no drive in the database; name a system with "
                           "one (e.g. workstation-rtx-4090, dgx-h100) or use --expert-tier dram")
     if q.expert_tier == "ssd" and q.offload == "gpu-fetch":
-        link, link_path = t.host.ssd_to_device_bytes_per_s, f"{t.host.ssd_id} -> DRAM -> device"
+        link, link_path = host.ssd_to_device_bytes_per_s, f"{host.ssd_id} -> DRAM -> device"
     else:  # experts fetched from DRAM, or computed by the CPU (hidden states cross this link)
-        link, link_path = t.host.to_device_bytes_per_s, t.host.to_device_path
+        link, link_path = host.to_device_bytes_per_s, host.to_device_path
         if q.expert_tier == "ssd":
-            link_path = f"{t.host.ssd_id} -> DRAM (the CPU computes the experts it reads); hidden states: {link_path}"
-    h_dec, source = resident / e, "uniform routing: resident / experts"
-    if q.trace is not None and 0 < resident < e:
-        h_dec, source = _trace_hit_rate(q, r, resident)
-    return Placement(q.offload, q.expert_tier, q.cache_policy, resident, e, h_dec, resident / e, source,
-                     host_bytes, link, link_path)
+            link_path = f"{host.ssd_id} -> DRAM (the CPU computes the experts it reads); hidden states: {link_path}"
+    host_peak, share = math.inf, 1.0
+    if q.offload == "cpu":
+        dt = precision.choose_compute(prec, host.cpu_peak_flop_per_s, host.cpu_id)
+        sockets = q.host_sockets or host.sockets
+        if not 1 <= sockets <= host.sockets:
+            raise CapsimError(f"--host-sockets {sockets}: {t.hardware_id} has {host.sockets} CPU socket(s)")
+        share = sockets / host.sockets  # each socket computes from its own DRAM
+        host_peak = host.cpu_peak_flop_per_s[dt] * share
+    ssd = None
+    if q.expert_tier == "ssd":  # the drive's rates and the engine's request size (default: one expert matrix)
+        seq = host.ssd_to_dram_bytes_per_s
+        request = profile.ssd_read_request_bytes or shape.hidden * shape.expert_intermediate * shape.expert_weight_bytes
+        ssd = SsdRead(sequential_bytes_per_s=seq, random_4k_bytes_per_s=host.ssd_random_4k_bytes_per_s or seq,
+                      request_bytes=request)
+    cap = host.dram_capacity_bytes if q.expert_tier == "dram" else host.ssd_capacity_bytes
+    return OffloadSetup(q.offload, q.expert_tier, q.cache_policy, q.expert_cache, link, link_path,
+                        host.dram_bandwidth_bytes_per_s * share, host_peak, ssd, cap)
 
 
-def _trace_hit_rate(q, r: dict[str, Any], resident: int) -> tuple[float, str]:
+def _fits(sc: Scenario, batch, input_len, output_len, resident) -> np.ndarray:
+    return np.asarray(per_device(sc, batch, input_len, output_len, resident / sc.shape.num_experts).fits)
+
+
+def most_resident(sc: Scenario, batch, input_len, output_len) -> np.ndarray:
+    """Per row, the largest expert cache (experts per MoE layer) that fits beside everything else; -1 if none.
+    Memory grows with the cache: a binary search over all rows at once."""
+    shape = np.broadcast(np.asarray(batch), np.asarray(input_len), np.asarray(output_len)).shape
+    lo, hi = np.full(shape, -1), np.full(shape, sc.shape.num_experts)
+    while np.any(lo < hi):
+        mid = (lo + hi + 1) // 2
+        ok = _fits(sc, batch, input_len, output_len, mid)
+        lo, hi = np.where(lo < hi, np.where(ok, mid, lo), lo), np.where(lo < hi, np.where(ok, hi, mid - 1), hi)
+    return lo
+
+
+def residency(sc: Scenario, batch, input_len, output_len) -> Residency:
+    """Resident experts and hit rates for arrays of batches and lengths (the scenario's trace, if any, is
+    replayed through the cache policy once per distinct batch and cache size)."""
+    off, e = sc.offload, sc.shape.num_experts
+    b = np.asarray(batch)
+    if off.expert_cache is None:
+        resident = most_resident(sc, batch, input_len, output_len)
+    else:
+        resident = np.full(np.broadcast(b, np.asarray(input_len), np.asarray(output_len)).shape, off.expert_cache)
+    frac = np.maximum(resident, 0) / e
+    h_dec, source = np.array(frac, dtype=float), "uniform routing: resident / experts"
+    trace = sc.query.trace
+    if trace is not None:
+        bb = np.broadcast_to(b, resident.shape)
+        for batch_i, res_i in sorted({(int(x), int(r)) for x, r in zip(bb.ravel(), resident.ravel(), strict=True)
+                                      if 0 < r < e}):
+            rate, source = _trace_hit_rate(trace, off.policy, batch_i, res_i)
+            h_dec[(bb == batch_i) & (resident == res_i)] = rate
+    host = weight_bytes(sc.shape)["routed_experts"] * (1 - frac)
+    return Residency(resident, e, h_dec, frac, source, host)
+
+
+def _trace_hit_rate(trace_path: str, policy: str, batch: int, resident: int) -> tuple[float, str]:
     from capsim.offload.cache import simulate
     from capsim.offload.steps import decode_steps
     from capsim.traces.format import open_trace
 
-    trace = open_trace(q.trace)
-    touched = decode_steps(trace, q.batch, steps=TRACE_CACHE_STEPS + TRACE_CACHE_WARMUP)
+    trace = open_trace(trace_path)
+    touched = decode_steps(trace, batch, steps=TRACE_CACHE_STEPS + TRACE_CACHE_WARMUP)
     warm = min(TRACE_CACHE_WARMUP, max(0, len(touched) - 1))
-    stats = simulate(touched, resident, q.cache_policy, warmup_steps=warm)
-    return float(stats.hit_rate), (f"{q.cache_policy} cache of {resident} experts per layer replayed over "
-                                   f"{len(touched) - warm} decode steps of the trace at batch {q.batch}")
+    stats = simulate(touched, resident, policy, warmup_steps=warm)
+    return float(stats.hit_rate), (f"{policy} cache of {resident} experts per layer replayed over "
+                                   f"{len(touched) - warm} decode steps of the trace at batch {batch}")
 
 
-def _no_room(r: dict[str, Any], q) -> str:
-    t = r["target"]
-    need = float(np.asarray(per_device(r, q, q.batch, q.input_len, 0.0).total))
+def problems(sc: Scenario, res: Residency, batch, input_len, output_len) -> list[str | None]:
+    """Per row (flattened), why the placement cannot run (None: it can): nothing fits, the asked cache does
+    not fit, or the experts off the device exceed the tier."""
+    off, t = sc.offload, sc.target
+    resident = np.asarray(res.experts_resident)
+    fits = _fits(sc, batch, input_len, output_len, np.maximum(resident, 0))
+    rows = np.broadcast_arrays(resident, fits, np.asarray(batch), np.asarray(input_len), np.asarray(output_len),
+                               np.asarray(res.host_expert_bytes))
+    out: list[str | None] = []
+    for r, ok, b, i, o, host in zip(*(a.ravel() for a in rows), strict=True):
+        msg = None
+        if r < 0:
+            msg = _no_room(sc, b, i, o)
+        elif not ok:
+            best = int(most_resident(sc, b, i, o))
+            hint = f"at most --expert-cache {best} fits" if best >= 0 else _no_room(sc, b, i, o)
+            msg = f"--expert-cache {r}: the placement does not fit in {t.device_id} memory; {hint}"
+        elif off.tier_capacity_bytes is not None and host > off.tier_capacity_bytes:
+            msg = (f"--expert-tier {off.tier}: {host / 1e9:.1f} GB of experts off the device, but {t.hardware_id} "
+                   f"has {off.tier_capacity_bytes / 1e9:.1f} GB of {off.tier}")
+        out.append(msg)
+    return out
+
+
+def _no_room(sc: Scenario, batch, input_len, output_len) -> str:
+    need = float(np.asarray(per_device(sc, batch, input_len, output_len, 0.0).total))
     return (f"even with every routed expert off the device, {need / 1e9:.1f} GB is needed per device and "
-            f"{t.device_id} has {t.memory_capacity_bytes / 1e9:.1f} GB; try a smaller --batch or context, or "
-            f"a lower --precision")
+            f"{sc.target.device_id} has {sc.target.memory_capacity_bytes / 1e9:.1f} GB; try a smaller --batch or "
+            f"context, or a lower --precision")
 
 
-def report(p: Placement) -> dict[str, Any]:
-    return {"mode": p.mode, "expert_tier": p.tier, "cache_policy": p.policy,
-            "experts_resident_per_layer": p.experts_resident, "num_experts": p.num_experts,
-            "hit_rate_decode": p.hit_rate_decode, "hit_rate_prefill": p.hit_rate_prefill,
-            "hit_rate_source": p.hit_rate_source, "host_expert_bytes": p.host_expert_bytes,
-            "link_bytes_per_s": p.link_bytes_per_s if math.isfinite(p.link_bytes_per_s) else None,
-            "link_path": p.link_path}
+def report(sc: Scenario, res: Residency) -> dict[str, Any]:
+    """The placement of a single prediction (the residency of its one row)."""
+    off = sc.offload
+
+    def one(x):
+        return float(np.asarray(x).ravel()[0])
+
+    return {"mode": off.mode, "expert_tier": off.tier, "cache_policy": off.policy,
+            "experts_resident_per_layer": int(one(res.experts_resident)), "num_experts": res.num_experts,
+            "hit_rate_decode": one(res.hit_rate_decode), "hit_rate_prefill": one(res.hit_rate_prefill),
+            "hit_rate_source": res.hit_rate_source, "host_expert_bytes": one(res.host_expert_bytes),
+            "link_bytes_per_s": off.link_bytes_per_s if math.isfinite(off.link_bytes_per_s) else None,
+            "link_path": off.link_path}

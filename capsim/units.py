@@ -41,7 +41,7 @@ DECIMAL_WORDS: dict[str, str] = {"kilo": "k", "mega": "M", "giga": "G", "tera": 
 BINARY_PREFIXES: dict[str, float] = {"Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40, "Pi": 2.0**50}
 SMALL_PREFIXES: dict[str, float] = {"m": 1e-3, "u": 1e-6, "µ": 1e-6, "n": 1e-9}
 
-DIMENSIONS = ("B", "B/s", "FLOP/s", "W", "J", "USD", "USD/h", "s", "Hz", "T/s", "IO/s", "1")
+DIMENSIONS = ("B", "B/s", "FLOP/s", "W", "J", "USD", "USD/h", "s", "Hz", "T/s", "IO/s", "s/B", "1")
 
 # Base unit spellings -> (dimension, factor to SI, accepts binary prefixes, accepts decimal prefixes).
 _BASE_UNITS: dict[str, tuple[str, float, bool, bool]] = {
@@ -79,6 +79,8 @@ _BASE_UNITS: dict[str, tuple[str, float, bool, bool]] = {
     "USD/hr": ("USD/h", 1.0, False, False),
 }
 _TIME_SMALL = {"ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+# time per byte (a machine's cost to fault in a page, per byte): s/B with a small prefix on the seconds
+_TIME_PER_BYTE = {"s/B": 1.0, **{f"{t}/B": v for t, v in _TIME_SMALL.items()}}
 _COUNT_WORDS = {"", "cores", "core", "threads", "channels", "channel", "lanes", "SMs", "CUs", "links", "x"}
 _AMBIGUOUS = {"KB": "kB (10^3 B) or KiB (2^10 B)", "Kb": "kb (10^3 bit) or Kib (2^10 bit)"}
 
@@ -131,6 +133,8 @@ def _unit_factor(unit: str) -> tuple[str, float]:
         raise UnitError(f"unit '{unit}' is ambiguous: write {_AMBIGUOUS[key]}")
     if unit in _TIME_SMALL:
         return "s", _TIME_SMALL[unit]
+    if unit in _TIME_PER_BYTE:
+        return "s/B", _TIME_PER_BYTE[unit]
     for word, short in DECIMAL_WORDS.items():  # teraFLOPS, gigabytes
         if unit.lower().startswith(word) and len(unit) > len(word):
             rest = unit[len(word) :]
@@ -236,10 +240,11 @@ def format_quantity(value: float, dimension: str, digits: int = 4, binary: bool 
         return f"${value:,.2f}/h"
     if dimension == "1":
         return f"{value:.{digits}g}"
-    if dimension == "s":
+    if dimension in ("s", "s/B"):
+        per = "/B" if dimension == "s/B" else ""
         for name, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6), ("ns", 1e-9)):
             if abs(value) >= scale or name == "ns":
-                return f"{value / scale:.{digits}g} {name}"
+                return f"{value / scale:.{digits}g} {name}{per}"
     unit = _DISPLAY_UNITS[dimension]
     table = BINARY_PREFIXES if (binary and dimension == "B") else DECIMAL_PREFIXES
     prefix, scale = "", 1.0

@@ -17,10 +17,11 @@ from capsim.cli.main import cli
 from capsim.hardware import db as hwdb
 from capsim.hardware.target import resolve_target
 from capsim.model.catalogue import load_model
+from capsim.scenario import from_parts
 from capsim.sim import ssd
 from capsim.sim.offload import offload_step
-from capsim.sim.ops import step_costs
-from capsim.sim.roofline import step_time
+from capsim.sim.ops import Work
+from capsim.sim.request import simulate_step
 from capsim.sim.shape import shape_of
 from capsim.traces.format import config_hash
 from capsim.validation.disk import predict_run, validate_disk
@@ -95,12 +96,10 @@ def test_mmap_read_bytes_exact():
 
 def _mixtral_step():
     s = shape_of(load_model("mixtral")[0], precision.PRECISIONS["bf16"])
-    step = step_costs(s, tokens=1, seqs=1, pairs=100, kv_read_tokens=100, decode=True, kv_bytes_per_element=2.0,
-                      activated=2.0)
     prof = engines.load("roofline")
-    t = step_time(step, peak_flop_per_s={"matmul": 1e15, "attention": 1e15, "vector": 1e15},
-                  bandwidth_bytes_per_s=3.35e12, ring_bandwidth_bytes_per_s=np.inf,
-                  alltoall_bandwidth_bytes_per_s=np.inf, layers=s.layers, moe_layers=s.moe_layers, profile=prof)
+    sc = from_parts(s, peak_flop_per_s={"matmul": 1e15, "attention": 1e15, "vector": 1e15},
+                    bandwidth_bytes_per_s=3.35e12, profile=prof)
+    step, t = simulate_step(sc, Work(tokens=1, seqs=1, pairs=100, kv_read_tokens=100, decode=True), {"activated": 2.0})
     return s, step, t, prof
 
 

@@ -1,17 +1,18 @@
 """Expert offload in `capsim predict`: exact miss bytes, the orderings users see, and bad placements."""
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from capsim import engines, precision
 from capsim.cli.main import cli
 from capsim.hardware.db import load
+from capsim.hardware.target import resolve_target
 from capsim.model.catalogue import load_model
 from capsim.predict import Query, predict
+from capsim.scenario import from_parts
 from capsim.sim.offload import offload_step
-from capsim.sim.ops import step_costs
-from capsim.sim.roofline import step_time
+from capsim.sim.ops import Work, step_costs
+from capsim.sim.request import simulate_step
 from capsim.sim.shape import shape_of
 
 DB = load()
@@ -21,12 +22,10 @@ def test_gpu_fetch_miss_bytes_exact():
     # Mixtral-8x7B bf16, batch 1: 2 experts per MoE layer (top-2). Hit rate 0.5 -> 1 missed expert per layer:
     # 1 x 176,160,768 params x 2 bytes x 32 layers = 11,274,289,152 bytes over the host link.
     s = shape_of(load_model("mixtral")[0], precision.PRECISIONS["bf16"])
-    step = step_costs(s, tokens=1, seqs=1, pairs=100, kv_read_tokens=100, decode=True, kv_bytes_per_element=2.0,
-                      activated=2.0)
     prof = engines.load("roofline")
-    t = step_time(step, peak_flop_per_s={"matmul": 1e15, "attention": 1e15, "vector": 1e15},
-                  bandwidth_bytes_per_s=3.35e12, ring_bandwidth_bytes_per_s=np.inf,
-                  alltoall_bandwidth_bytes_per_s=np.inf, layers=s.layers, moe_layers=s.moe_layers, profile=prof)
+    sc = from_parts(s, peak_flop_per_s={"matmul": 1e15, "attention": 1e15, "vector": 1e15},
+                    bandwidth_bytes_per_s=3.35e12, profile=prof)
+    step, t = simulate_step(sc, Work(tokens=1, seqs=1, pairs=100, kv_read_tokens=100, decode=True), {"activated": 2.0})
     off = offload_step(step, t, s, hit_rate=0.5, mode="gpu-fetch", link_bytes_per_s=32e9, profile=prof)
     assert float(off.miss_bytes) == 11_274_289_152
     assert float(off.offload_s) == pytest.approx(11_274_289_152 / 32e9)
@@ -125,13 +124,11 @@ def test_ring_allreduce_time_from_link_bandwidth_and_latency():
     import dataclasses
 
     s = _mixtral_shape()
-    step = step_costs(s, tokens=1, seqs=1, pairs=10, kv_read_tokens=10, decode=True, kv_bytes_per_element=2.0,
-                      tp=2, n=2)
-    assert float(step.transfer_bytes["tp_allreduce"]) == 524_288
     prof = dataclasses.replace(engines.load("roofline"), collective_latency_s=5e-6)
-    t = step_time(step, peak_flop_per_s={"matmul": 1e15, "attention": 1e15, "vector": 1e15},
-                  bandwidth_bytes_per_s=3.35e12, ring_bandwidth_bytes_per_s=450e9,
-                  alltoall_bandwidth_bytes_per_s=np.inf, layers=s.layers, moe_layers=s.moe_layers, profile=prof)
+    sc = from_parts(s, peak_flop_per_s={"matmul": 1e15, "attention": 1e15, "vector": 1e15},
+                    bandwidth_bytes_per_s=3.35e12, ring_bandwidth_bytes_per_s=450e9, profile=prof, tp=2, n=2)
+    step, t = simulate_step(sc, Work(tokens=1, seqs=1, pairs=10, kv_read_tokens=10, decode=True))
+    assert float(step.ops["tp_allreduce"].link_bytes) == 524_288 and float(step.ops["tp_allreduce"].calls) == 64
     assert float(t.transfer_s["tp_allreduce"]) == pytest.approx(524_288 / 450e9 + 64 * 5e-6)
 
 
@@ -143,7 +140,9 @@ def test_alltoall_bytes_per_rank_for_a_given_routing():
     s = _mixtral_shape()
     step = step_costs(s, tokens=64, seqs=64, pairs=640, kv_read_tokens=640, decode=True, kv_bytes_per_element=2.0,
                       tp=1, ep=8, n=8, activated=8.0, rank_activated=1.0, rank_load=1.5)
-    assert float(step.transfer_bytes["ep_alltoall"]) == 11_010_048
+    # dispatch and combine each send half of it, one call per MoE layer
+    assert float(step.ops["ep_dispatch"].link_bytes) == float(step.ops["ep_combine"].link_bytes) == 11_010_048 / 2
+    assert float(step.ops["ep_dispatch"].calls) == 32
 
 
 def test_capacity_limits_are_the_largest_that_fit():
@@ -168,7 +167,7 @@ def test_pipeline_stages_split_weights_and_add_hops():
     pp2 = predict(Query(model="mixtral", hardware="dgx-h100", devices=8, tp=2, pp=2, batch=64), DB)
     w0, w2 = base["memory_bytes"]["device"]["weights"], pp2["memory_bytes"]["device"]["weights"]
     assert w2 == pytest.approx(w0 / 2)
-    hop = 32 * 4096 * 2 / predict.__globals__["resolve_target"](DB, "dgx-h100", 2).ring_bandwidth_bytes_per_s
+    hop = 32 * 4096 * 2 / resolve_target(DB, "dgx-h100", 2).ring_bandwidth_bytes_per_s
     assert pp2["tpot_s"] == pytest.approx(base["tpot_s"] + hop)
     assert pp2["scenario"]["devices"] == 8 and pp2["scenario"]["pp"] == 2
 

@@ -20,11 +20,12 @@ from capsim import engines, precision
 from capsim.hardware import db as hwdb
 from capsim.model.catalogue import load_model
 from capsim.predict import Query, predict
+from capsim.scenario import from_parts
+from capsim.sim import request
 from capsim.sim.experts import expected_activated
 from capsim.sim.memory import memory_use, weights_per_device
 from capsim.sim.metrics import utilisation
 from capsim.sim.ops import step_costs
-from capsim.sim.request import simulate_request
 from capsim.sim.shape import shape_of
 
 REL = 1e-12  # relative float slack for "never worse" comparisons
@@ -108,10 +109,9 @@ def scenarios(draw, models=MODEL_NAMES):
 
 def simulate(sc, **override):
     sc = {**sc, **override}
-    return simulate_request(
-        SHAPES[sc["model"]], batch=sc["batch"], input_len=sc["input_len"], output_len=sc["output_len"],
-        kv_bytes_per_element=sc["kv_bytes_per_element"], profile=sc["profile"],
-        tp=sc["tp"], ep=sc["ep"], n=sc["n"], **sc["hw"])
+    scenario = from_parts(SHAPES[sc["model"]], kv_bytes=sc["kv_bytes_per_element"], profile=sc["profile"],
+                          tp=sc["tp"], ep=sc["ep"], n=sc["n"], **sc["hw"])
+    return request.simulate(scenario, sc["batch"], sc["input_len"], sc["output_len"])
 
 
 def scaled(hw, key, factor):

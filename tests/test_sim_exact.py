@@ -202,4 +202,4 @@ def test_mixed_expert_parallel_rows_in_one_call():
     # EP8 gives each device its expected share of whole experts (E/8 = 1 expert, activated with prob. A/8).
     w = step.ops["routed_experts"].weight_bytes
     assert w[0] == pytest.approx(w[1])
-    assert step.transfer_bytes["ep_alltoall"][0] == 0 < step.transfer_bytes["ep_alltoall"][1]
+    assert step.ops["ep_dispatch"].link_bytes[0] == 0 < step.ops["ep_dispatch"].link_bytes[1]

@@ -53,8 +53,9 @@ def test_expansion_is_the_exact_cartesian_product():
                  "precisions": ["bf16", "fp8", "int4"], "tp": ["auto", 2], "ep": [1, "all"],
                  "batch": "1..256:x2", "input_len": "128..1024:+128", "output_len": ["16,32", 64]})
     # axis lengths: models 2, hardware 1, devices 3, nodes 1, precisions 3, kv 1, engines 1, tp 2, ep 2, pp 1,
+    # dp, offload, expert_cache, expert_tier, cache_policy, traces 1 each (defaults),
     # batch 9 (1, 2, ..., 256), input 8 (128, 256, ..., 1024), output 3
-    assert g.shape == (2, 1, 3, 1, 3, 1, 1, 2, 2, 1, 9, 8, 3)
+    assert g.shape == (2, 1, 3, 1, 3, 1, 1, 2, 2, 1, 1, 1, 1, 1, 1, 1, 9, 8, 3)
     assert g.size == 2 * 3 * 3 * 2 * 2 * 9 * 8 * 3 == 15_552
     assert g.configurations == 2 * 3 * 3 * 2 * 2 == 72
     f = G.expand(g)

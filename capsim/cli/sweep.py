@@ -33,6 +33,13 @@ AXIS_FLAGS = (  # (flag, short, grid key, help)
     ("--tp", None, "tp", "Tensor-parallel sizes, or 'auto' [all devices of a stage inside a node]."),
     ("--ep", None, "ep", "Expert-parallel sizes (1 or every device of a stage), or 'all' [1]."),
     ("--pp", None, "pp", "Pipeline stages [1]."),
+    ("--dp", None, "dp", "Attention data-parallel groups per stage, or 'auto' [a stage's devices / tp]."),
+    ("--offload", None, "offload", "Expert offload: none, gpu-fetch or cpu [none]."),
+    ("--expert-cache", None, "expert_cache", "With offload: resident experts per MoE layer, or 'auto' [as many "
+     "as fit]."),
+    ("--expert-tier", None, "expert_tier", "With offload: where the other experts live, dram or ssd [dram]."),
+    ("--cache-policy", None, "cache_policy", "With offload and a trace: lru, lfu or static [lru]."),
+    ("--trace", None, "traces", "Routing trace folders replayed instead of uniform routing, or 'none' [none]."),
 )
 
 
@@ -102,10 +109,12 @@ def human(s: dict, seconds: float, out: str | None, configurations: int, where: 
 def sweep_cmd(ctx: click.Context, grid_file, out, scheduler, connect_timeout, chunk_rows, max_scenarios, top, progress, as_json,
               **axes) -> None:
     """Evaluate every combination of models x hardware x devices x precisions x engines x layouts (tp, ep,
-    pp) x batch x input/output lengths, vectorised, and write one row per scenario.
+    pp, dp) x expert placements (offload, cache) x routing (uniform or traces) x batch x input/output lengths,
+    vectorised, and write one row per scenario.
 
     Axes come from GRID.yaml (keys: models, hardware, devices, nodes, precisions, kv_precisions, engines,
-    tp, ep, pp, batch, input_len, output_len) and/or flags, a flag replacing that axis of the file. A flag
+    tp, ep, pp, dp, offload, expert_cache, expert_tier, cache_policy, traces, batch, input_len, output_len)
+    and/or flags, a flag replacing that axis of the file. A flag
     may repeat or hold a comma list; integer axes also take ranges: A..B, A..B:+STEP, A..B:xFACTOR.
 
     \b
@@ -115,12 +124,14 @@ def sweep_cmd(ctx: click.Context, grid_file, out, scheduler, connect_timeout, ch
       capsim sweep grid.yaml --scheduler tcp://127.0.0.1:8786 --out results.parquet
 
     Columns (SI units): the scenario (model, model_id, hardware, device, devices, nodes, devices_total, tp,
-    ep, dp, pp, precision, kv_precision, compute_dtype, engine, batch, input_len, output_len), ttft_s,
-    tpot_s, request_latency_s, prefill_tokens_per_s, decode_tokens_per_s (all sequences),
-    decode_tokens_per_s_per_user, decode s_mbu, s_mfu, mbu, mfu, activated_experts_per_layer,
-    memory_per_device_bytes (weights, kv_cache), memory_capacity_bytes, fits, bottleneck_prefill,
-    bottleneck_decode, and error (why a configuration cannot run; its metrics are then empty).
-    The numbers equal `capsim predict --no-memory-check` for the same scenario.
+    ep, dp, pp, precision, kv_precision, compute_dtype, engine, offload, expert_cache, expert_tier,
+    cache_policy, trace, batch, input_len, output_len), ttft_s, tpot_s, request_latency_s,
+    prefill_tokens_per_s, decode_tokens_per_s (all sequences), decode_tokens_per_s_per_user, decode s_mbu,
+    s_mfu, mbu, mfu, activated_experts_per_layer, memory_per_device_bytes (weights, kv_cache),
+    memory_capacity_bytes, output_tokens_per_s_total, experts_resident_per_layer, hit_rate_decode, fits,
+    bottleneck_prefill, bottleneck_decode, usd_per_h, usd_per_million_output_tokens, and error (why a
+    scenario cannot run; its metrics are then empty). The numbers equal `capsim predict --no-memory-check`
+    for the same scenario.
     """
     from capsim.errors import CapsimError
     from capsim.sweep import grid as G

@@ -1,20 +1,33 @@
 """Engine profiles: the few parameters that turn a roofline into a forecast for one engine.
 
-One YAML file per profile in this folder (``<id>.yaml``): id, version, description,
-``fitted_to`` (what data fitted it) and ``parameters`` (names in :data:`PARAMETERS`).
+One YAML file per profile in this folder (``<id>.yaml``)::
+
+    id, version, description, fitted_to        what it is and what data fitted it
+    parameters:                                general parameters (names in PARAMETERS, switches in SWITCHES)
+    eager_cpu:                                 only for an eager engine on the CPU allocator (EAGER_CPU;
+                                               capsim.sim.eager_cpu); absent for every other engine
+    gemm_curves: curves/<id>.json              measured GEMM efficiency curves (a data file in this folder)
+    fitted_cases: [...]                        the validation cases the parameters were fitted to
+
+Numbers are floats in SI units; switches are booleans. Facts about the machine (how its OS backs fresh
+memory) live in the hardware entry, not here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import os
+from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
-
-import yaml
+from typing import Any
 
 from capsim.errors import CapsimError
 
 FOLDER = Path(__file__).parent
+CURVES_FOLDER = "curves"  # GEMM curve data files, relative to the profile's folder
 GLIBC_MMAP_THRESHOLD_MAX_BYTES = 32 * 2**20  # mallopt(3), M_MMAP_THRESHOLD: DEFAULT_MMAP_THRESHOLD_MAX on 64-bit
+# name -> (lower, upper) bound of each general parameter (floats)
 PARAMETERS = {
     "compute_efficiency": (0.0, 1.0),
     "memory_efficiency": (0.0, 1.0),
@@ -28,22 +41,48 @@ PARAMETERS = {
     "kv_traffic_factor": (1.0, 4.0),
     "gemm_half_rows": (0.0, 4096.0),
     "attention_efficiency": (0.0, 1.0),
-    "mla_absorbed": (0.0, 1.0),
     "host_memory_efficiency": (0.0, 1.0),
     "host_compute_efficiency": (0.0, 1.0),
     "offload_overlap": (0.0, 1.0),
-    "first_touch_s_per_byte": (0.0, 1e-6),
-    "fresh_alloc_threshold_bytes": (0.0, 1e12),
     "activation_overlap": (0.0, 1.0),
+    "ssd_read_request_bytes": (0.0, 1e12),
+}
+SWITCHES = ("mla_absorbed",)  # booleans
+EFFICIENCIES = ("compute_efficiency", "memory_efficiency", "link_efficiency", "attention_efficiency",
+                "host_memory_efficiency", "host_compute_efficiency")
+# the eager_cpu section: name -> (lower, upper) for numbers, None for switches
+EAGER_CPU = {
+    "fresh_alloc_threshold_bytes": (0.0, 1e12),
+    "layer_tensors": None,
     "expert_hidden_tensors": (0.0, 20.0),
     "expert_intermediate_tensors": (0.0, 20.0),
-    "math_attention_unequal_head_dims": (0.0, 1.0),
-    "ssd_read_request_bytes": (0.0, 1e12),
+    "math_attention_unequal_head_dims": None,
     "math_attention_s_per_score": (0.0, 1e-6),
-    "eager_layer_tensors": (0.0, 1.0),
-    "refault_s_per_byte": (0.0, 1e-6),
-    "retained_free_bytes": (0.0, 1e15),
 }
+# where parameters of an earlier profile format went
+MOVED = {"first_touch_s_per_byte": "the hardware entry (cpu memory_faults, measured by capsim probe)",
+         "refault_s_per_byte": "the hardware entry (cpu memory_faults, measured by capsim probe)",
+         "retained_free_bytes": "the hardware entry (cpu memory_faults, measured by capsim probe)",
+         "eager_layer_tensors": "eager_cpu.layer_tensors",
+         **{k: f"eager_cpu.{k}" for k in EAGER_CPU if k != "layer_tensors"}}
+
+
+@dataclass(frozen=True)
+class EagerCpu:
+    """An eager engine on the CPU allocator (:mod:`capsim.sim.eager_cpu`)."""
+
+    # glibc maps an allocation at or above this afresh each time; its largest dynamic value, 32 MiB (mallopt(3))
+    fresh_alloc_threshold_bytes: float = GLIBC_MMAP_THRESHOLD_MAX_BYTES
+    # True: every intermediate of a layer is a tensor of its own (transformers eager; capsim.model.eager)
+    layer_tensors: bool = False
+    # tensors an unfused expert block allocates per token-expert assignment, per MoE layer, in units of the
+    # hidden width and of the expert intermediate width
+    expert_hidden_tensors: float = 0.0
+    expert_intermediate_tensors: float = 0.0
+    # True: attention whose query/key head dim differs from the value's takes torch's CPU math path
+    math_attention_unequal_head_dims: bool = False
+    # that math path's element-wise work per score element (s; capsim probe); 0: counted as tensor traffic
+    math_attention_s_per_score: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -65,65 +104,35 @@ class EngineProfile:
     # by concatenation (transformers DynamicLayer.update: torch.cat([keys, new]) reads and rewrites the whole
     # cache each step, then attention reads it).
     kv_traffic_factor: float = 1.0
-    # Fraction of the memory bandwidth the attention kernel reaches on its K/V (and expanded-MLA) traffic:
-    # decode attention is a batched GEMV per head over the cache, not a streaming read.
+    # Fraction of the memory bandwidth the attention kernel reaches on its K/V (and expanded-MLA) traffic.
     attention_efficiency: float = 1.0
-    # Rows (tokens) at which a GEMM reaches half the compute peak: the kernel library's efficiency curve
-    # rows / (rows + gemm_half_rows) (Hockney's n_1/2, applied per weight matrix); 0 = every GEMM at peak.
+    # Rows (tokens) at which a GEMM reaches half the compute peak: rows / (rows + gemm_half_rows) (Hockney's
+    # n_1/2, applied per weight matrix); 0 = every GEMM at peak.
     gemm_half_rows: float = 0.0
-    # 1: MLA decode attends over the cached latent (W_UK/W_UV absorbed, vLLM/SGLang); 0: the engine
+    # True: MLA decode attends over the cached latent (W_UK/W_UV absorbed, vLLM/SGLang); False: the engine
     # re-expands every cached latent through kv_b_proj each step (transformers' DeepseekV2/V3 attention).
-    mla_absorbed: float = 1.0
+    mla_absorbed: bool = True
     # Offloaded experts (capsim.sim.offload): the CPU's fraction of its DRAM bandwidth and of its peak FLOP/s
     # when it computes experts, and the fraction of the shorter of device / offload time hidden under the other.
     host_memory_efficiency: float = 1.0
     host_compute_efficiency: float = 1.0
     offload_overlap: float = 0.0
-    # Engines on the CPU allocator (torch CPU: malloc): every tensor above the allocator's mmap threshold is
-    # mapped afresh and unmapped on free, so each step's large tensors fault in and zero their pages on first
-    # touch: fresh bytes x first_touch_s_per_byte (``capsim probe`` measures it). 0 = no such cost (caching
-    # allocators: CUDA, preallocated engine buffers). The threshold defaults to glibc's largest dynamic mmap
-    # threshold, DEFAULT_MMAP_THRESHOLD_MAX = 4 x 1024 x 1024 x sizeof(long) = 32 MiB on 64-bit (mallopt(3)).
-    first_touch_s_per_byte: float = 0.0
-    fresh_alloc_threshold_bytes: float = GLIBC_MMAP_THRESHOLD_MAX_BYTES
-    # 1: the engine writes every intermediate of a layer to a tensor of its own (transformers eager: norms,
-    # projections, rotary embedding, residual adds; :mod:`capsim.model.eager`), and those above the threshold
-    # fault in fresh too. 0: only the cache, expert and attention tensors named by the other parameters.
-    eager_layer_tensors: float = 0.0
-    # A machine whose hypervisor takes freed guest memory back (virtio-balloon free page reporting) keeps only
-    # about retained_free_bytes of it backed after seconds of compute; the part of a fresh tensor beyond that
-    # faults in at refault_s_per_byte more (``capsim probe`` measures both: cpu.memory.reclaim). 0: no reclaim.
-    refault_s_per_byte: float = 0.0
-    retained_free_bytes: float = 0.0
-    # Fraction of an operator's activation traffic (inputs, outputs, intermediates) hidden under its GEMM or
-    # weight reads: 1 for fused kernels (epilogues, fused MoE: the roofline's max of compute and memory);
-    # 0 for an eager engine, where each element-wise step (gather, activation, gating product, routing-weight
-    # scaling, un-permute) is its own kernel that runs after the GEMM.
+    # Fraction of an operator's activation traffic hidden under its GEMM or weight reads: 1 for fused kernels;
+    # 0 for an eager engine, where each element-wise step is its own kernel that runs after the GEMM.
     activation_overlap: float = 1.0
-    # Tensors an unfused expert block allocates per token-expert assignment, per MoE layer, in units of the
-    # hidden width and of the expert intermediate width (0 for fused engines); with first_touch_s_per_byte,
-    # those above the allocator's mmap threshold fault in fresh each step.
-    expert_hidden_tensors: float = 0.0
-    expert_intermediate_tensors: float = 0.0
-    # 1: when the query/key head dim differs from the value's (MLA prefill, expanded MLA decode) the engine's
-    # attention materialises its scores: torch's CPU SDPA then takes its math path (flash attention needs equal
-    # head dims: aten/src/ATen/native/transformers/sdp_utils_cpp.cpp, check_head_dim_size_cpp), which writes a
-    # copy of K scaled by sqrt(scale), the Q K^T scores and their softmax, each read once after. 0: fused.
-    math_attention_unequal_head_dims: float = 0.0
-    # Such a math-path attention's element-wise work (scale, causal mask, softmax, safe-softmax checks) in
-    # seconds per score element (``capsim probe`` times torch's math SDPA beyond its two matmuls); 0: counted as
-    # the score tensors' memory traffic instead.
-    math_attention_s_per_score: float = 0.0
-    # Offloaded experts on a drive (``--expert-tier ssd``): bytes per read request (capsim.sim.ssd prices a
-    # read by its size). 0: one expert weight matrix per request (an engine that reads whole experts); an
+    # Offloaded experts on a drive: bytes per read request (capsim.sim.ssd). 0: one expert weight matrix; an
     # engine that maps its weight file (llama.cpp's default mmap) reads a miss by page faults, one read-around
     # window per request: 128 KiB by default (include/linux/mm.h, VM_READAHEAD_PAGES).
     ssd_read_request_bytes: float = 0.0
+    eager_cpu: EagerCpu | None = None  # an eager engine on the CPU allocator; None for every other engine
     # Measured GEMM efficiency curves, one per weight shape: ((K, N, ((rows, fraction of the peak), ...)), ...);
-    # the engine's kernels on the hardware it was fitted for (``capsim probe --gemm-shapes-of`` measures them).
-    # A matmul uses the curve of the nearest shape. Used instead of gemm_half_rows when present.
+    # the engine's kernels on the hardware it was fitted for. Used instead of gemm_half_rows when present.
     gemm_curves: tuple[tuple[float, float, tuple[tuple[float, float], ...]], ...] = ()
+    gemm_curves_file: str | None = None  # where they were read from, relative to the profile's folder
     fitted_cases: tuple[str, ...] = ()  # ids of the validation cases the parameters were fitted to
+
+    def parameters(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in (*PARAMETERS, *SWITCHES)}
 
 
 def available() -> list[str]:
@@ -132,32 +141,82 @@ def available() -> list[str]:
 
 def load(name: str) -> EngineProfile:
     path = FOLDER / f"{name}.yaml"
-    if not path.is_file():
-        raise CapsimError(f"--engine {name!r}: unknown engine profile (available: {', '.join(available())})")
+    try:
+        st = path.stat()
+    except OSError:
+        raise CapsimError(f"--engine {name!r}: unknown engine profile (available: {', '.join(available())})") from None
+    return _load(str(path), st.st_mtime_ns, st.st_size)
+
+
+def _number(value, lo, hi, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise CapsimError(f"{where}: expected a number in [{lo}, {hi}], got {value!r}")
+    return float(value)
+
+
+def _switch(value, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise CapsimError(f"{where}: expected true or false, got {value!r}")
+    return value
+
+
+def values(raw: dict, where: str) -> dict[str, Any]:
+    """Typed general parameters from a mapping (unknown names are one-line errors naming where they went)."""
+    out: dict[str, Any] = {}
+    for key, value in (raw or {}).items():
+        if key in PARAMETERS:
+            out[key] = _number(value, *PARAMETERS[key], f"{where}.{key}")
+        elif key in SWITCHES:
+            out[key] = _switch(value, f"{where}.{key}")
+        elif key in MOVED:
+            raise CapsimError(f"{where}.{key}: moved to {MOVED[key]}")
+        else:
+            raise CapsimError(f"{where}.{key}: unknown parameter (expected {', '.join((*PARAMETERS, *SWITCHES))})")
+    return out
+
+
+def eager_cpu(raw: dict, where: str) -> EagerCpu:
+    if not isinstance(raw, dict):
+        raise CapsimError(f"{where}: expected a mapping of {', '.join(EAGER_CPU)}")
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in EAGER_CPU:
+            raise CapsimError(f"{where}.{key}: unknown (expected {', '.join(EAGER_CPU)})")
+        bounds = EAGER_CPU[key]
+        out[key] = _switch(value, f"{where}.{key}") if bounds is None else _number(value, *bounds, f"{where}.{key}")
+    return EagerCpu(**out)
+
+
+@lru_cache(maxsize=64)
+def _load(path_text: str, mtime_ns: int, size: int) -> EngineProfile:
+    import yaml
+
+    path = Path(path_text)
     data = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    params = data.get("parameters") or {}
-    for key, value in params.items():
-        if key not in PARAMETERS:
-            raise CapsimError(f"{path}: parameters.{key}: unknown parameter (expected {', '.join(PARAMETERS)})")
-        lo, hi = PARAMETERS[key]
-        if not isinstance(value, (int, float)) or not lo <= value <= hi:
-            raise CapsimError(f"{path}: parameters.{key}: expected a number in [{lo}, {hi}], got {value!r}")
-    eff = {k: params.get(k, 1.0) for k in ("compute_efficiency", "memory_efficiency", "link_efficiency",
-                                            "attention_efficiency", "host_memory_efficiency",
-                                            "host_compute_efficiency")}
-    if min(eff.values()) <= 0:
+    params = values(data.get("parameters") or {}, f"{path}: parameters")
+    if min(params.get(k, 1.0) for k in EFFICIENCIES) <= 0:
         raise CapsimError(f"{path}: efficiencies must be > 0")
+    raw_eager = data.get("eager_cpu")
+    curves, curves_file = _curves(data.get("gemm_curves"), path)
     return EngineProfile(
         id=data["id"], version=int(data["version"]), description=data["description"],
         fitted_to=data["fitted_to"], fitted_cases=tuple(data.get("fitted_cases") or ()),
-        gemm_curves=_curves(data.get("gemm_curves"), path),
-        **{k: float(v) for k, v in params.items()},
+        eager_cpu=None if raw_eager is None else eager_cpu(raw_eager, f"{path}: eager_cpu"),
+        gemm_curves=curves, gemm_curves_file=curves_file, **params,
     )
 
 
-def _curves(raw, path: Path) -> tuple[tuple[float, float, tuple[tuple[float, float], ...]], ...]:
+def _curves(raw, path: Path) -> tuple[tuple, str | None]:
+    """The curves inline (a list) or from the data file a string names (JSON, relative to the profile)."""
     if raw is None:
-        return ()
+        return (), None
+    name = None
+    if isinstance(raw, str):
+        name, file = raw, path.parent / raw
+        try:
+            raw = json.loads(file.read_text())["curves"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise CapsimError(f"{path}: gemm_curves: cannot read {file} ({err})") from None
     out = []
     try:
         for c in raw:
@@ -172,27 +231,58 @@ def _curves(raw, path: Path) -> tuple[tuple[float, float, tuple[tuple[float, flo
     except (TypeError, ValueError, KeyError):
         raise CapsimError(f"{path}: gemm_curves: expected a list of {{k, n, points: [[rows, fraction], "
                           f"...]}} with >= 2 points, rows ascending from >= 1, fractions in (0, 1]") from None
-    return tuple(sorted(out))
+    return tuple(sorted(out)), name
+
+
+def with_values(profile: EngineProfile, raw: dict[str, Any], where: str) -> EngineProfile:
+    """``profile`` with the values of a config mapping: general parameters and switches (typed and checked),
+    and the eager_cpu section's names (which add an eager_cpu section)."""
+    general = values({k: v for k, v in raw.items() if k not in EAGER_CPU}, where)
+    eager = {k: v for k, v in raw.items() if k in EAGER_CPU}
+    if eager:
+        checked = eager_cpu(eager, f"{where} (eager_cpu)")  # typed and bound-checked
+        general["eager_cpu"] = replace(profile.eager_cpu or EagerCpu(), **{k: getattr(checked, k) for k in eager})
+    return replace(profile, **general)
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.4g}")
 
 
 def write(profile: EngineProfile, extra: dict | None = None, folder: Path = FOLDER,
           command: str = "capsim validate --fit") -> Path:
-    """Write ``<folder>/<id>.yaml`` atomically (parameters rounded to 4 significant digits)."""
-    import os
+    """Write ``<folder>/<id>.yaml`` atomically (parameters rounded to 4 significant digits, byte counts exact);
+    its GEMM curves go to ``<folder>/curves/<id>.json``."""
+    import yaml
 
-    params = {k: float(f"{getattr(profile, k):.4g}") for k in PARAMETERS}
-    for k in PARAMETERS:
-        if k.endswith("_bytes"):  # byte counts are kept exact
-            params[k] = float(getattr(profile, k))
-    data = {"id": profile.id, "version": profile.version, "description": profile.description,
-            "fitted_to": profile.fitted_to, "parameters": params, "fitted_cases": list(profile.fitted_cases),
-            **(extra or {})}
+    params: dict[str, Any] = {k: (float(getattr(profile, k)) if k.endswith("_bytes") else _round(getattr(profile, k)))
+                              for k in PARAMETERS}
+    params.update({k: bool(getattr(profile, k)) for k in SWITCHES})
+    data: dict[str, Any] = {"id": profile.id, "version": profile.version, "description": profile.description,
+                            "fitted_to": profile.fitted_to, "parameters": params}
+    if profile.eager_cpu is not None:
+        e = profile.eager_cpu
+        data["eager_cpu"] = {k: (getattr(e, k) if EAGER_CPU[k] is None else
+                                 float(getattr(e, k)) if k.endswith("_bytes") else _round(getattr(e, k)))
+                             for k in EAGER_CPU}
     if profile.gemm_curves:
-        data["gemm_curves"] = [{"k": int(k), "n": int(n), "points": [[int(r), float(f"{f:.4g}")] for r, f in pts]}
-                               for k, n, pts in profile.gemm_curves]
+        name = f"{CURVES_FOLDER}/{profile.id}.json"
+        _write_atomic(folder / name, json.dumps({
+            "profile": profile.id, "what": "fraction of the compute peak a GEMM of `rows` rows reaches, per weight "
+            "shape (K in, N out); written by capsim validate --fit from the probe's measured curves",
+            "curves": [{"k": int(k), "n": int(n), "points": [[int(r), _round(f)] for r, f in pts]}
+                       for k, n, pts in profile.gemm_curves]}, indent=None, separators=(",", ":")) + "\n")
+        data["gemm_curves"] = name
+    data["fitted_cases"] = list(profile.fitted_cases)
+    data.update(extra or {})
     path = folder / f"{profile.id}.yaml"
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(f"# Written by '{command}'; edit the fitting subset in validation/config.yaml.\n"
-                   + yaml.safe_dump(data, sort_keys=False, width=110))
-    os.replace(tmp, path)
+    _write_atomic(path, f"# Written by '{command}'; edit the fitting subset in validation/config.yaml.\n"
+                  + yaml.safe_dump(data, sort_keys=False, width=110))
     return path
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -22,6 +22,7 @@ from capsim.hardware.quantity import (
     Hertz,
     IoPerS,
     Seconds,
+    SecondsPerByte,
     TransfersPerS,
     Usd,
     UsdPerH,
@@ -96,6 +97,17 @@ class Accelerator(Item):
         return self
 
 
+class MemoryFaults(_Strict):
+    """How this machine's OS backs fresh memory (measured by ``capsim probe``: cpu.memory.first_touch and
+    cpu.memory.reclaim): what an engine on the CPU allocator pays per byte it maps afresh
+    (:mod:`capsim.sim.eager_cpu`)."""
+
+    first_touch_s_per_byte: SecondsPerByte  # fresh-page minus mapped-page write time per byte
+    # a machine whose hypervisor takes freed memory back: refilling it beyond the retained bytes costs more
+    refault_s_per_byte: SecondsPerByte | None = None
+    retained_free_bytes: Bytes | None = None
+
+
 class Cpu(Item):
     """A CPU socket. Base clock, memory type, channels and TDP may be left out (None) only in a
     measured entry of a machine whose parts are unknown (a cloud VM probed with ``capsim probe``)."""
@@ -115,6 +127,7 @@ class Cpu(Item):
     pcie_link: str | None = None  # link id of its x16 slots
     socket_link: str | None = None  # link id between sockets (UPI, xGMI)
     tdp_w: Watts | None = None
+    memory_faults: MemoryFaults | None = None  # measured entries: page-fault costs of this machine
 
     @model_validator(mode="after")
     def _unknown_parts_only_when_measured(self) -> Cpu:

@@ -55,6 +55,24 @@ class HostTier:
 
 
 @dataclass(frozen=True)
+class PageFaults:
+    """What the machine's OS charges per byte an allocator maps afresh (the CPU item's measured memory_faults;
+    zero where none is measured: a GPU's caching allocator reuses its memory)."""
+
+    first_touch_s_per_byte: float = 0.0
+    refault_s_per_byte: float = 0.0  # beyond retained_free_bytes, on a machine that takes freed memory back
+    retained_free_bytes: float = 0.0
+
+
+def page_faults(cpu: Cpu) -> PageFaults:
+    mf = cpu.memory_faults
+    if mf is None:
+        return PageFaults()
+    return PageFaults(mf.first_touch_s_per_byte.value, mf.refault_s_per_byte.value if mf.refault_s_per_byte else 0.0,
+                      mf.retained_free_bytes.value if mf.retained_free_bytes else 0.0)
+
+
+@dataclass(frozen=True)
 class Target:
     hardware_id: str  # what the user named (system or device id)
     device_id: str  # the compute device item
@@ -81,6 +99,7 @@ class Target:
     alltoall_latency_s: float = 0.0  # along the longest all-to-all route
     ring_bottleneck: str = ""  # the link that sets the ring bandwidth
     alltoall_bottleneck: str = ""
+    page_faults: PageFaults = PageFaults()  # a CPU device's measured page-fault costs
     graph: object = field(default=None, repr=False, compare=False)  # the topology graph (None for a bare device)
     used: tuple[str, ...] = field(default=(), repr=False)  # graph nodes of the devices used, node by node
 
@@ -135,6 +154,7 @@ def _bare_cpu(cpu: Cpu, n: int) -> Target:
         alltoall_bandwidth_bytes_per_s=math.inf, collective_link="none", purchase_usd=price,
         usd_per_h_basis="purchase" if price else "", power_w=cpu.tdp_w.value if cpu.tdp_w else None,
         notes=[] if cpu.max_memory_bytes else ["no maximum memory published: capacity not checked"],
+        page_faults=page_faults(cpu),
     )
 
 
@@ -200,6 +220,7 @@ def _system(db: HardwareDB, sysm: System, n: int | None, nodes: int = 1) -> Targ
         power_w=sysm.power_w.value * share * nodes if sysm.power_w else None, notes=notes, nodes=nodes,
         devices_per_node=n, ring_latency_s=ring.latency_s, alltoall_latency_s=a2a.latency_s,
         ring_bottleneck=ring.bottleneck, alltoall_bottleneck=a2a.bottleneck, graph=g, used=tuple(used),
+        page_faults=page_faults(item) if isinstance(item, Cpu) else PageFaults(),
     )
 
 

@@ -102,6 +102,9 @@ def cpu_entry(result: dict[str, Any], item_id: str, source: str, command: str) -
         )
     if peaks:
         entry["peak_flop_per_s"] = peaks
+    faults = memory_faults(mem, source, command, date)
+    if faults:
+        entry["memory_faults"] = faults
     notes = [
         "Measured entry: memory type, channels, clocks and TDP of this machine are unknown and left out.",
         f"Full curves and machine facts: probe/{item_id}.json.",
@@ -120,6 +123,26 @@ def cpu_entry(result: dict[str, Any], item_id: str, source: str, command: str) -
                      f"{format_quantity(fr['bytes'], 'B', binary=True)}; {fr['page_cache_note']}.")
     entry["notes"] = " ".join(notes)
     return entry
+
+
+def memory_faults(mem: dict[str, Any], source: str, command: str, date: str) -> dict[str, Any] | None:
+    """The entry's memory_faults: first touch (cpu.memory.first_touch) and, when measured, the reclaim of freed
+    memory (cpu.memory.reclaim, with its own command and date when ``capsim probe --add-reclaim`` added it)."""
+    ft = mem.get("first_touch")
+    if not ft:
+        return None
+    out = {"first_touch_s_per_byte": _q(ft["s_per_byte"], "s/B", source, command, date, note=ft["method"])}
+    rc = mem.get("reclaim")
+    if rc:
+        cmd, when = rc.get("command", command), rc.get("date", date)
+        out["refault_s_per_byte"] = _q(rc["s_per_byte"], "s/B", source, cmd, when, note=rc["method"])
+        retained = int(rc["retained_bytes"])
+        text = f"{retained // 2**20} MiB" if retained % 2**20 == 0 else f"{retained} B"
+        out["retained_free_bytes"] = _q(retained, "B", source, cmd, when, text=text,
+                                        note=f"freed memory still backed after {rc['gap_s']:g} s of GEMM work "
+                                        f"({rc['rounds']} rounds, {format_quantity(rc['piece_bytes'], 'B', binary=True)} "
+                                        "pieces)")
+    return out
 
 
 def gpu_entry(result: dict[str, Any], item_id: str, source: str, command: str) -> dict[str, Any] | None:

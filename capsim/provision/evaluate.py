@@ -1,10 +1,9 @@
 """Each layout over a grid of batch sizes: TTFT, TPOT, output tokens/s and device memory use.
 
-Layouts with every weight on the devices go through the sweep's vectorised path
-(:func:`capsim.sweep.evaluate.metrics`: one simulator call for all batch sizes, the numbers of ``capsim
-predict`` to 1e-9). Layouts with offloaded experts are predicted one batch size at a time with
-:func:`capsim.predict.predict` (the offload path is not vectorised). Batch 1 is always evaluated: it gives the
-prefill of one arriving request (TTFT in ``arrival`` mode, :mod:`capsim.provision.requirements`).
+Every layout, offloaded experts included, goes through the sweep's vectorised path
+(:func:`capsim.sweep.evaluate.metrics`: one call of the request pipeline for all batch sizes, the numbers of
+``capsim predict``). Batch 1 is always evaluated: it gives the prefill of one arriving request (TTFT in
+``arrival`` mode, :mod:`capsim.provision.requirements`).
 """
 
 from __future__ import annotations
@@ -15,9 +14,9 @@ import numpy as np
 
 from capsim.errors import CapsimError
 from capsim.hardware.db import HardwareDB
-from capsim.predict import Query, predict
 from capsim.provision.candidates import Layout
 from capsim.sweep.evaluate import configure, metrics
+from capsim.sweep.grid import AUTO, AUTO_CACHE, CONFIG_COLUMNS, NONE
 
 
 @dataclass(frozen=True)
@@ -79,53 +78,27 @@ def _failed(lay: Layout, err: str) -> Curve:
                  lay.precision or "native", "", err)
 
 
-def _vectorised(lay: Layout, w: Workload, grid: np.ndarray, db: HardwareDB) -> Curve:
-    key = (w.model, lay.hardware, lay.devices, lay.nodes, lay.precision or "native", "auto", w.engine,
-           lay.tp, lay.ep, 1)
-    cfg = configure(key, db)
+def curve(lay: Layout, w: Workload, grid: np.ndarray, db: HardwareDB) -> Curve:
+    """The operating points of ``lay`` at every batch size of ``grid`` (one vectorised call through the request
+    pipeline, offload included); ``error`` set if it cannot run. A batch size the placement cannot hold (its KV
+    cache and activations leave no room on the device even with every routed expert off it) is an operating
+    point that does not fit: infinite memory use and step times; only a failure at batch 1 drops the layout."""
+    key = dict(model=w.model, hardware=lay.hardware, devices=lay.devices, nodes=lay.nodes,
+               precision=lay.precision or "native", kv_precision="auto", engine=w.engine, tp=lay.tp, ep=lay.ep, pp=1,
+               dp=AUTO, offload=lay.offload or NONE, expert_cache=AUTO_CACHE, expert_tier="dram", cache_policy="lru",
+               trace=NONE)
+    cfg = configure(tuple(key[c] for c in CONFIG_COLUMNS), db)
     if cfg.error is not None:
         return _failed(lay, cfg.error)
     batch = np.concatenate([[1], grid]).astype(np.int64)
     ones = np.ones_like(batch)
     m = metrics(cfg, batch, ones * w.input_len, ones * w.output_len)
+    if m["error"][0] is not None:
+        return _failed(lay, m["error"][0])
+    bad = np.array([e is not None for e in m["error"]])
+    ttft, tpot, total, kv = (np.where(bad, np.inf, np.asarray(m[k], float)) for k in
+                             ("ttft_s", "tpot_s", "memory_per_device_bytes", "kv_cache_per_device_bytes"))
     cap = float(m["memory_capacity_bytes"][0])
-    total, kv = np.asarray(m["memory_per_device_bytes"]), np.asarray(m["kv_cache_per_device_bytes"])
-    sc = cfg.r["scenario"]
-    return Curve(lay, grid, np.asarray(m["ttft_s"][1:]), float(m["ttft_s"][0]), np.asarray(m["tpot_s"][1:]),
-                 total[1:], kv[1:], float(total[0]), float(kv[0]), np.inf if np.isnan(cap) else cap,
-                 sc["precision"], sc["model"])
-
-
-def _one(lay: Layout, w: Workload, b: int, db: HardwareDB) -> dict:
-    q = Query(model=w.model, hardware=lay.hardware, devices=lay.devices, nodes=lay.nodes, engine=w.engine,
-              precision=lay.precision, batch=int(b), input_len=w.input_len, output_len=w.output_len, tp=lay.tp,
-              ep=lay.ep, offload=lay.offload, check_memory=False)
-    return predict(q, db)
-
-
-def _scalar(lay: Layout, w: Workload, grid: np.ndarray, db: HardwareDB) -> Curve:
-    """One prediction per batch size. A batch size the placement cannot hold (its KV cache and activations
-    leave no room on the device even with every routed expert off it) is an operating point that does not
-    fit: infinite memory use and step times; only a failure at batch 1 drops the layout."""
-    try:
-        one = _one(lay, w, 1, db)
-    except CapsimError as err:
-        return _failed(lay, str(err))
-    n = len(grid)
-    ttft, tpot, total, kv = (np.full(n, np.inf) for _ in range(4))
-    for i, b in enumerate(grid):
-        try:
-            rep = one if b == 1 else _one(lay, w, b, db)
-        except CapsimError:
-            continue
-        d = rep["memory_bytes"]["device"]
-        ttft[i], tpot[i], total[i], kv[i] = rep["ttft_s"], rep["tpot_s"], d["total"], d["kv_cache"]
-    d1, sc = one["memory_bytes"]["device"], one["scenario"]
-    cap = d1["capacity"]
-    return Curve(lay, grid, ttft, one["ttft_s"], tpot, total, kv, d1["total"], d1["kv_cache"],
-                 np.inf if cap is None else float(cap), sc["precision"], sc["model"])
-
-
-def curve(lay: Layout, w: Workload, grid: np.ndarray, db: HardwareDB) -> Curve:
-    """The operating points of ``lay`` at every batch size of ``grid``; ``error`` set if it cannot run."""
-    return (_scalar if lay.offload else _vectorised)(lay, w, grid, db)
+    d = cfg.sc.describe()
+    return Curve(lay, grid, ttft[1:], float(ttft[0]), tpot[1:], total[1:], kv[1:], float(total[0]), float(kv[0]),
+                 np.inf if np.isnan(cap) else cap, d["precision"], d["model"])

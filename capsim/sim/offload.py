@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from capsim.engines import EngineProfile
-from capsim.sim.ops import Step
+from capsim.sim.cost import Step
 from capsim.sim.roofline import Timing
 from capsim.sim.shape import Shape
 from capsim.sim.ssd import SsdRead
@@ -53,7 +53,9 @@ class OffloadTiming:
 
 def offload_step(step: Step, timing: Timing, s: Shape, *, hit_rate, mode: str, link_bytes_per_s,
                  host_bandwidth_bytes_per_s=np.inf, host_peak_flop_per_s=np.inf, tp=1,
-                 profile: EngineProfile, ssd: SsdRead | None = None) -> OffloadTiming:
+                 profile: EngineProfile, ssd: SsdRead | None = None, step_s=None) -> OffloadTiming:
+    """``step_s``: the device's time of the step (default ``timing.step_s``; the request pipeline passes it
+    without the hop between pipeline stages, which comes after)."""
     if mode not in MODES:
         raise ValueError(f"offload mode {mode!r}: expected one of {MODES}")
     h = np.clip(np.asarray(hit_rate, dtype=float), 0.0, 1.0)
@@ -64,12 +66,13 @@ def offload_step(step: Step, timing: Timing, s: Shape, *, hit_rate, mode: str, l
     miss_bytes = miss * per_expert_bytes
     link = np.asarray(link_bytes_per_s, dtype=float) * profile.link_efficiency
     t_routed = timing.op_s["routed_experts"]
+    step_s = timing.step_s if step_s is None else step_s
     if mode == "gpu-fetch":
-        device = timing.step_s
+        device = step_s
         off = miss_bytes / link if ssd is None else np.maximum(miss_bytes / link, ssd.seconds(miss_bytes))
         host_bound = np.zeros_like(off, dtype=bool)
     else:
-        device = timing.step_s - miss_frac * t_routed
+        device = step_s - miss_frac * t_routed
         t_mem = miss_bytes / (np.asarray(host_bandwidth_bytes_per_s, float) * profile.host_memory_efficiency)
         t_cmp = miss_frac * routed.flops / (np.asarray(host_peak_flop_per_s, float) * profile.host_compute_efficiency)
         # hidden states to the CPU and results back, per MoE layer, for the step's tokens

@@ -1,40 +1,54 @@
-"""A request of a batch: one prefill pass, then decode steps while the context grows.
+"""The request pipeline: the ONE place step costs become a request's time.
 
-B sequences of I prompt tokens each produce O output tokens. The prefill pass
-processes B x I tokens with causal attention (I (I + 1) / 2 query-key pairs per
-sequence and layer) and yields the first output token: TTFT is its time. Decode
-step j = 1 .. O - 1 feeds the j-th output token, which attends to I + j cached
-positions (fewer in windowed layers, :mod:`capsim.sim.span`). Only the
-attention-score operator depends on the context, and its FLOPs and KV bytes are
-both proportional to the keys read, so its roofline time is linear in them and
-the mean decode step equals the step at the mean number of keys exactly (I + O / 2
-without windows): TPOT is that step's time. (O = 1 has no decode step; TPOT is
-then reported for the next step, at context I + 1.)
+    step costs (capsim.sim.ops) -> step time (capsim.sim.roofline, collectives on their links)
+    -> offloaded experts (capsim.sim.offload) -> pipeline stages (capsim.sim.pipeline) -> request
+
+B sequences of I prompt tokens each produce O output tokens. The prefill pass processes B x I tokens with
+causal attention (I (I + 1) / 2 query-key pairs per sequence and layer) and yields the first output token:
+TTFT is its time. Decode step j = 1 .. O - 1 feeds the j-th output token, which attends to I + j cached
+positions (fewer in windowed layers, :mod:`capsim.sim.span`). Only the attention-score operator depends on
+the context, and its FLOPs and KV bytes are both proportional to the keys read, so its roofline time is
+linear in them and the mean decode step equals the step at the mean number of keys exactly (I + O / 2
+without windows): TPOT is that step's time. (O = 1 has no decode step; TPOT is then reported for the next
+step, at context I + 1.) The request takes TTFT + (O - 1) x TPOT.
+
+predict, sweep, provision, validation and the benchmarks all price through :func:`simulate` (or
+:func:`simulate_step` for one measured step); a test checks nothing else calls ``step_time``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from capsim.engines import EngineProfile
-from capsim.sim.ops import Step, step_costs
+from capsim.sim import pipeline
+from capsim.sim.cost import Step
+from capsim.sim.offload import OffloadTiming, offload_step
+from capsim.sim.ops import Work, work_costs
 from capsim.sim.roofline import Timing, step_time
-from capsim.sim.shape import Shape
 from capsim.sim.span import decode_keys_per_layer, prefill_pairs_per_layer
+
+if TYPE_CHECKING:
+    from capsim.placement import Residency
+    from capsim.routing import Routing
+    from capsim.scenario import Scenario
 
 
 @dataclass(frozen=True)
 class RequestResult:
     prefill: Step
     decode: Step
-    prefill_timing: Timing
-    decode_timing: Timing
+    prefill_timing: Timing  # step_s: the phase's time (TTFT), offload and pipeline included
+    decode_timing: Timing  # step_s: TPOT
     ttft_s: np.ndarray
     tpot_s: np.ndarray
     request_s: np.ndarray  # TTFT + (O - 1) x TPOT
     decode_context: np.ndarray  # mean context of a decode step
+    prefill_offload: OffloadTiming | None = None
+    decode_offload: OffloadTiming | None = None
+    microbatches: np.ndarray | float = 1.0  # pipeline micro-batches, min(B, pp)
 
 
 def mean_decode_context(input_len, output_len) -> np.ndarray:
@@ -42,27 +56,58 @@ def mean_decode_context(input_len, output_len) -> np.ndarray:
     return np.where(o >= 2, i + o / 2, i + 1)
 
 
-def simulate_request(
-    s: Shape, *, batch, input_len, output_len, kv_bytes_per_element, peak_flop_per_s, bandwidth_bytes_per_s,
-    ring_bandwidth_bytes_per_s, alltoall_bandwidth_bytes_per_s, profile: EngineProfile, tp=1, ep=1, n=1,
-    prefill_routing: dict | None = None, decode_routing: dict | None = None,
-) -> RequestResult:
-    """``*_routing``: measured routing for the phase (keys activated, rank_activated, rank_load of
-    :func:`capsim.sim.ops.step_costs`); None means uniform routing."""
+def _costs(sc: Scenario, work: Work, routing: dict | None) -> Step:
+    return work_costs(sc.shape, work, kv_bytes_per_element=sc.kv_bytes, tp=sc.tp, ep=sc.ep, n=sc.n, pp=sc.pp,
+                      mla_absorbed=sc.profile.mla_absorbed, **(routing or {}))
+
+
+def simulate_step(sc: Scenario, work: Work, routing: dict | None = None) -> tuple[Step, Timing]:
+    """One step of ``work`` on ``sc`` (a measured prefill pass or decode step): its costs and its time."""
+    step = _costs(sc, work, routing)
+    return step, step_time(step, sc)
+
+
+def _phase(sc: Scenario, step: Step, timing: Timing, factor, hit_rate) -> tuple[Timing, OffloadTiming | None]:
+    """The phase's time from its step: the stage work (the step without the hop between stages), with the
+    offloaded experts' misses, over the pipeline's stages, plus the hop."""
+    hop = timing.transfer_s["pp_hop"]
+    work = timing.step_s - hop
+    off = None
+    if hit_rate is not None:
+        o = sc.offload
+        off = offload_step(step, timing, sc.shape, hit_rate=hit_rate, mode=o.mode, link_bytes_per_s=o.link_bytes_per_s,
+                           host_bandwidth_bytes_per_s=o.host_bandwidth_bytes_per_s,
+                           host_peak_flop_per_s=o.host_peak_flop_per_s, tp=sc.tp, profile=sc.profile, ssd=o.ssd,
+                           step_s=work)
+        work = off.step_s
+    seconds = work * factor + hop
+    cats = dict(timing.by_category_s)
+    if sc.pp > 1:
+        cats = {k: (v - hop) * factor + hop if k == "transfer" else v * factor for k, v in cats.items()}
+    return replace(timing, step_s=seconds, by_category_s=cats), off
+
+
+def simulate(sc: Scenario, batch, input_len, output_len, routing: Routing | None = None,
+             residency: Residency | None = None) -> RequestResult:
+    """A request of ``batch`` sequences (arrays broadcast) on ``sc``. ``routing``: measured routing per phase,
+    (rows, samples) arrays (:func:`capsim.routing.replay`; None: uniform); ``residency``: where the routed
+    experts are, when the scenario offloads them (:func:`capsim.placement.residency`)."""
     b, i, o = (np.asarray(x, float) for x in (batch, input_len, output_len))
-    common = dict(kv_bytes_per_element=kv_bytes_per_element, tp=tp, ep=ep, n=n,
-                  mla_absorbed=profile.mla_absorbed >= 0.5)
-    timing = dict(peak_flop_per_s=peak_flop_per_s, bandwidth_bytes_per_s=bandwidth_bytes_per_s,
-                  ring_bandwidth_bytes_per_s=ring_bandwidth_bytes_per_s,
-                  alltoall_bandwidth_bytes_per_s=alltoall_bandwidth_bytes_per_s,
-                  layers=s.layers, moe_layers=s.moe_layers, profile=profile)
-    pairs = prefill_pairs_per_layer(s.windows, s.layers, i)
-    pre = step_costs(s, tokens=b * i, seqs=b, pairs=b * pairs, kv_read_tokens=0.0, decode=False, **common,
-                     **(prefill_routing or {}))
+    h_pre = h_dec = None
+    if residency is not None:
+        h_pre, h_dec = np.asarray(residency.hit_rate_prefill, float), np.asarray(residency.hit_rate_decode, float)
+    if routing is not None:  # one more axis: the sampled batch compositions
+        b, i, o = b[..., None], i[..., None], o[..., None]
+        h_pre, h_dec = (None if h is None else h[..., None] for h in (h_pre, h_dec))
+    s, pp = sc.shape, sc.pp
+    m = pipeline.microbatches(b, pp)
+    mb = np.ceil(b / m)  # sequences per micro-batch
+    pre = _costs(sc, Work(mb * i, mb, mb * prefill_pairs_per_layer(s.windows, s.layers, i), 0.0, False),
+                 routing.prefill if routing else None)
     keys = decode_keys_per_layer(s.windows, s.layers, i, o)
-    dec = step_costs(s, tokens=b, seqs=b, pairs=b * keys, kv_read_tokens=b * keys, decode=True, **common,
-                     **(decode_routing or {}))
-    ctx = mean_decode_context(i, o)
-    t_pre, t_dec = step_time(pre, **timing), step_time(dec, **timing)
+    dec = _costs(sc, Work(mb, mb, mb * keys, mb * keys, True), routing.decode if routing else None)
+    t_pre, off_pre = _phase(sc, pre, step_time(pre, sc), pipeline.prefill_factor(m, pp), h_pre)
+    t_dec, off_dec = _phase(sc, dec, step_time(dec, sc), pipeline.decode_factor(m, pp), h_dec)
     request = t_pre.step_s + np.maximum(o - 1, 0) * t_dec.step_s
-    return RequestResult(pre, dec, t_pre, t_dec, t_pre.step_s, t_dec.step_s, request, ctx)
+    return RequestResult(pre, dec, t_pre, t_dec, t_pre.step_s, t_dec.step_s, request, mean_decode_context(i, o),
+                         off_pre, off_dec, m)

@@ -12,11 +12,18 @@ of all axes (so their number is the product of the axis lengths)::
     output_len: 128..1024:+128              # 128, 256, ..., 1024
     tp: [auto]                              # 'auto' = all devices of a stage inside one node
     ep: [1, all]                            # 'all' = every device of a stage
+    dp: [auto]                              # 'auto' = a stage's devices / tp
+    offload: [none, cpu]                    # expert offload: none, gpu-fetch, cpu
+    expert_cache: [auto, 0, 8]              # resident experts per MoE layer ('auto': as many as fit)
+    expert_tier: [dram]                     # where offloaded experts live: dram, ssd
+    cache_policy: [lru]                     # lru, lfu, static (replayed over a trace)
+    traces: [none, traces/tiny-olmoe-stdlib]  # routing trace folders ('none': uniform routing)
 
 An integer axis takes an integer, a list, or a string of comma-separated items, each
 ``N``, ``A..B`` (every integer), ``A..B:+S`` (step S) or ``A..B:xF`` (times F). The
 frame has one categorical column per text axis and an int64 column per number axis;
-``devices``, ``tp`` and ``ep`` hold :data:`AUTO` (0) for their word. The categorical
+``devices``, ``tp``, ``ep`` and ``dp`` hold :data:`AUTO` (0) for their word, ``expert_cache``
+:data:`AUTO_CACHE` (-1: 0 is a cache size). The categorical
 axes come first and vary slowest, so the scenarios of one configuration (model,
 hardware, layout, ...) are contiguous rows: :mod:`capsim.sweep.evaluate` runs each
 configuration's batch x input x output block as one vectorised call.
@@ -38,7 +45,10 @@ import yaml
 
 from capsim.errors import CapsimError
 
-AUTO = 0  # devices 'all', tp 'auto', ep 'all' in the scenario frame
+AUTO = 0  # devices 'all', tp 'auto', ep 'all', dp 'auto' in the scenario frame
+AUTO_CACHE = -1  # expert_cache 'auto' (as many as fit): 0 resident experts is a placement of its own
+NONE = "none"  # offload 'none' (every expert on the device), traces 'none' (uniform routing)
+OFFLOADS = (NONE, "gpu-fetch", "cpu")
 
 
 @dataclass(frozen=True)
@@ -47,9 +57,10 @@ class Axis:
     column: str  # the scenario-frame column
     kind: str  # "text" or "int"
     default: tuple
-    word: str | None = None  # int axes: the word standing for AUTO ("all", "auto")
+    word: str | None = None  # int axes: the word standing for ``auto`` ("all", "auto")
     minimum: int = 1
     help: str = ""
+    auto: int = AUTO  # the value the word stands for
 
 
 AXES: tuple[Axis, ...] = (
@@ -63,6 +74,14 @@ AXES: tuple[Axis, ...] = (
     Axis("tp", "tp", "int", (AUTO,), word="auto", help="tensor-parallel sizes ('auto': a node's devices)"),
     Axis("ep", "ep", "int", (1,), word="all", help="expert-parallel sizes ('all': every device of a stage)"),
     Axis("pp", "pp", "int", (1,), help="pipeline stages"),
+    Axis("dp", "dp", "int", (AUTO,), word="auto", help="attention data-parallel groups per stage ('auto': stage "
+         "devices / tp)"),
+    Axis("offload", "offload", "text", (NONE,), help="expert offload: none, gpu-fetch or cpu"),
+    Axis("expert_cache", "expert_cache", "int", (AUTO_CACHE,), word="auto", minimum=0, auto=AUTO_CACHE,
+         help="offload: resident experts per MoE layer ('auto': as many as fit)"),
+    Axis("expert_tier", "expert_tier", "text", ("dram",), help="offload: where the other experts live (dram, ssd)"),
+    Axis("cache_policy", "cache_policy", "text", ("lru",), help="offload with a trace: lru, lfu or static"),
+    Axis("traces", "trace", "text", (NONE,), help="routing trace folders replayed ('none': uniform routing)"),
     Axis("batch", "batch", "int", (1,), help="concurrent sequences"),
     Axis("input_len", "input_len", "int", (512,), help="prompt tokens per sequence"),
     Axis("output_len", "output_len", "int", (128,), help="generated tokens per sequence"),
@@ -70,7 +89,7 @@ AXES: tuple[Axis, ...] = (
 BY_KEY = {a.key: a for a in AXES}
 ALLOWED_KEYS = tuple(a.key for a in AXES)
 REQUIRED = ("models", "hardware")
-CONFIG_COLUMNS = tuple(a.column for a in AXES[:10])  # what changes the Shape, hardware, layout or profile
+CONFIG_COLUMNS = tuple(a.column for a in AXES[:-3])  # what changes the Shape, hardware, layout, profile, routing
 NUMERIC_COLUMNS = ("batch", "input_len", "output_len")  # evaluated together, one numpy call per configuration
 MAX_AXIS_VALUES = 1_000_000
 _RANGE = re.compile(r"^(\d+)\s*\.\.\s*(\d+)(?:\s*:\s*([x+*])\s*(\d+))?$")
@@ -99,7 +118,7 @@ class Grid:
 def _int_item(text: str, axis: Axis, where: str) -> list[int]:
     t = text.strip().lower()
     if axis.word and t == axis.word:
-        return [AUTO]
+        return [axis.auto]
     if re.fullmatch(r"[+-]?\d+", t):
         return [_check_int(int(t), axis, where)]
     m = _RANGE.match(t)
@@ -216,6 +235,8 @@ def check_names(grid: Grid, db) -> None:
     from capsim import engines, precision
     from capsim.hardware.db import HardwareDB, resolve_id
     from capsim.model.catalogue import load_model
+    from capsim.placement import POLICIES, TIERS
+    from capsim.traces.format import open_trace
 
     pool = HardwareDB({k: v for k, v in db.items.items() if v.kind in ("system", "accelerator", "cpu")})
     checks = {
@@ -224,6 +245,10 @@ def check_names(grid: Grid, db) -> None:
         "precisions": lambda v: v == "native" or precision.get(v),
         "kv_precisions": lambda v: v == "auto" or precision.kv_bytes(v),
         "engines": engines.load,
+        "offload": lambda v: _one_of(v, OFFLOADS),
+        "expert_tier": lambda v: _one_of(v, TIERS),
+        "cache_policy": lambda v: _one_of(v, POLICIES),
+        "traces": lambda v: v == NONE or open_trace(v),
     }
     for key, check in checks.items():
         for value in grid.axes[key]:
@@ -232,6 +257,12 @@ def check_names(grid: Grid, db) -> None:
             except CapsimError as err:
                 msg = re.sub(r"^--[\w-]+ ", "", str(err))
                 raise CapsimError(msg, where=f"{grid.source}: {key}") from None
+
+
+def _one_of(value: str, allowed: tuple[str, ...]) -> bool:
+    if value not in allowed:
+        raise CapsimError(f"{value!r}: expected one of {', '.join(allowed)}")
+    return True
 
 
 def expand(grid: Grid, start: int = 0, stop: int | None = None) -> pd.DataFrame:

@@ -12,15 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from capsim import precision
 from capsim.engines import EngineProfile
 from capsim.errors import CapsimError
 from capsim.hardware.target import Target
 from capsim.model.spec import spec_from_config
-from capsim.sim.ops import step_costs
-from capsim.sim.roofline import step_time
+from capsim.sim.ops import Work
+from capsim.sim.request import simulate_step
 from capsim.sim.shape import Shape, shape_of
 
 DTYPE_PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
@@ -72,27 +70,24 @@ def load_cases(folder: Path) -> list[Case]:
     return [c for f in files for c in cases_from_run(f)]
 
 
-def peaks_for(target: Target, dtype: str) -> dict[str, float]:
-    p = target.peak_flop_per_s
-    if dtype not in p:
-        raise CapsimError(f"{target.device_id}: no measured {dtype} peak (have {', '.join(p)})")
-    return {"matmul": p[dtype], "attention": p[dtype], "vector": p.get("fp32", p[dtype])}
+def case_scenario(case: Case, target: Target, profile: EngineProfile, dtype: str = "fp32"):
+    """The scenario of a case: its model shape on one device of ``target``, computing in ``dtype``."""
+    from capsim.scenario import for_device
+
+    return for_device(case.shape, target, profile, dtype, kv_bytes=case.shape.act_bytes, name=case.run)
+
+
+def case_work(case: Case) -> Work:
+    """What the case's step processes: a prefill pass of B prompts of n tokens, or a decode step of B sequences
+    at context n (each new token attends to its n cached positions and itself)."""
+    b, n = case.batch, case.length
+    if case.phase == "prefill":
+        return Work(tokens=b * n, seqs=b, pairs=b * n * (n + 1) / 2, kv_read_tokens=0.0, decode=False)
+    return Work(tokens=b, seqs=b, pairs=b * (n + 1), kv_read_tokens=b * n, decode=True)
 
 
 def predict_case(case: Case, target: Target, profile: EngineProfile, dtype: str = "fp32") -> float:
-    """Predicted seconds of the case's step on one device of ``target``."""
-    b, n = case.batch, case.length
-    routing = {} if case.activated is None else {"activated": case.activated}
-    kv = case.shape.act_bytes
-    routing["mla_absorbed"] = profile.mla_absorbed >= 0.5
-    if case.phase == "prefill":
-        step = step_costs(case.shape, tokens=b * n, seqs=b, pairs=b * n * (n + 1) / 2, kv_read_tokens=0.0,
-                          decode=False, kv_bytes_per_element=kv, **routing)
-    else:
-        step = step_costs(case.shape, tokens=b, seqs=b, pairs=b * (n + 1), kv_read_tokens=b * n, decode=True,
-                          kv_bytes_per_element=kv, **routing)
-    t = step_time(step, peak_flop_per_s=peaks_for(target, dtype),
-                  bandwidth_bytes_per_s=target.memory_bandwidth_bytes_per_s,
-                  ring_bandwidth_bytes_per_s=np.inf, alltoall_bandwidth_bytes_per_s=np.inf,
-                  layers=case.shape.layers, moe_layers=case.shape.moe_layers, profile=profile)
+    """Predicted seconds of the case's step on one device of ``target``, with the routing the run recorded."""
+    routing = None if case.activated is None else {"activated": case.activated}
+    _, t = simulate_step(case_scenario(case, target, profile, dtype), case_work(case), routing)
     return float(t.step_s)

@@ -1,0 +1,69 @@
+"""Routing a step sees: uniform (the expected distinct experts of independent top-k choices) unless a
+token-level trace is replayed (:mod:`capsim.traces.replay`).
+
+:func:`replay` opens the scenario's trace once (verified by its content hash, cached per process), checks it
+fits the model, and composes batches of any size from it: for arrays of batches and prompt lengths at once it
+returns, per phase, the activated experts per layer, the busiest EP rank's experts and its load, each
+(rows, samples): the simulator prices every sampled composition and the report takes means and
+percentiles. A batch size's samples do not depend on which other sizes are asked for, so a sweep over
+batch sizes and a single prediction agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from capsim.errors import CapsimError
+
+if TYPE_CHECKING:
+    from capsim.scenario import Scenario
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Measured routing per phase: dicts of ``activated``, ``rank_activated``, ``rank_load`` arrays of shape
+    (rows, samples) (:func:`capsim.sim.ops.work_costs`'s routing arguments)."""
+
+    prefill: dict[str, np.ndarray]
+    decode: dict[str, np.ndarray]
+    description: dict[str, object]  # what the report's scenario says about it
+    notes: list[str] = field(default_factory=list)
+
+
+def _open(sc: Scenario):
+    from capsim.traces import replay
+    from capsim.traces.format import open_trace
+
+    q, spec = sc.query, sc.shape
+    trace = open_trace(q.trace, verify=True)
+    replay.check_compatible(trace, spec.num_experts, spec.top_k, sc.ep)
+    recorded, ours = trace.meta.get("config_hash"), sc.model_info.get("config_hash")
+    if recorded and ours and recorded != ours and not q.trace_any_model:
+        raise CapsimError(
+            f"--trace {q.trace}: recorded on {trace.meta['model_id']} (config hash {recorded[:12]}), not on "
+            f"{sc.model_id} ({ours[:12]}); pass --trace-any-model to replay it anyway")
+    return trace
+
+
+def replay(sc: Scenario, batch, input_len) -> Routing | None:
+    """The trace's routing for arrays of batches and prompt lengths (None without a trace)."""
+    if sc.query.trace is None:
+        return None
+    from capsim.traces import replay as rp
+
+    trace = _open(sc)
+    batch, input_len = np.broadcast_arrays(np.asarray(batch, np.int64), np.asarray(input_len, np.int64))
+    # ep == 1: each data-parallel group routes its own share of the batch
+    group = batch if sc.ep > 1 else np.maximum(1, batch // sc.dp)
+    n = max(1, sc.query.trace_samples)
+    dec, notes = rp.decode_routing_many(trace, group, sc.ep, samples=n)
+    pre, notes_pre = rp.prefill_routing_many(trace, group, sc.ep, samples=n, input_len=input_len)
+    desc = {"routing": f"trace replay ({n} batch compositions)", "trace_model": trace.meta["model_id"],
+            "trace_synthetic": bool(trace.meta["synthetic"]), "trace_sha256": trace.meta["content_sha256"]}
+    if trace.meta.get("moe_layers") != sc.shape.moe_layers:
+        notes.append(f"trace has {trace.meta.get('moe_layers')} MoE layers, the model {sc.shape.moe_layers}: "
+                     "per-layer routing averaged over the trace's layers")
+    return Routing(pre, dec, desc, notes + notes_pre)

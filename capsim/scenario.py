@@ -1,0 +1,289 @@
+"""A scenario: every input of a prediction resolved once into one typed, frozen record.
+
+``resolve(query, db)`` reads the data (catalogue, hardware database, engine profile), checks the
+question and makes a :class:`Scenario`; capacity, placement, collectives, fit advice, the simulator, sweep,
+provision and validation all take it. Nothing downstream reads a file to price a request. ``describe()``
+is the report's ``scenario`` object. Resolving is memoised per configuration (the same question with
+another batch or length reuses the resolved hardware and model).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+
+from capsim import engines, precision
+from capsim.errors import CapsimError
+from capsim.hardware.target import Target, for_layout, resolve_target, stage
+from capsim.model.catalogue import load_model
+from capsim.model.spec import ModelSpec
+from capsim.placement import OffloadSetup, setup_offload
+from capsim.precision import Precision
+from capsim.sim.shape import Shape, shape_of
+
+DEFAULT_INPUT_LEN = 512  # the peers' comparison point (shared/reference/peers.md: 512 in, 128 out)
+DEFAULT_OUTPUT_LEN = 128
+MAX_BATCH = "max"  # Query.batch: the largest batch that fits (capsim.predict.largest_batch)
+# Attention runs in the compute dtype when that is a 16- or 32-bit float; below it (fp8, int8, fp4 matmuls)
+# in the best 16-bit dtype the device has (FlashAttention computes in bf16 / fp16).
+ATTENTION_DTYPES = ("bf16", "fp16", "fp32")
+UNIFORM_ROUTING = "uniform (expected distinct experts)"
+
+
+@dataclass(frozen=True)
+class Query:
+    model: str
+    hardware: str
+    devices: int | None = None
+    engine: str = "roofline"
+    precision: str | None = None  # default: the checkpoint's own
+    kv_precision: str | None = None  # default: bf16
+    compute_dtype: str | None = None  # default: the best the device offers for the precision
+    batch: int | str = 1  # or MAX_BATCH
+    input_len: int = DEFAULT_INPUT_LEN
+    output_len: int = DEFAULT_OUTPUT_LEN
+    tp: int | None = None
+    ep: int | None = None
+    trace: str | None = None
+    trace_samples: int = 200  # batch compositions drawn from the trace
+    trace_any_model: bool = False  # replay a trace recorded on a model with another config
+    usd_per_h: float | None = None
+    check_memory: bool = True
+    allow_dense: bool = False  # a local config.json without routed experts
+    offload: str | None = None  # routed experts not all on the device: "gpu-fetch" or "cpu" (capsim.placement)
+    expert_cache: int | None = None  # experts per MoE layer resident on each device (default: as many as fit)
+    cache_policy: str = "lru"
+    expert_tier: str = "dram"  # where the other experts live: "dram" or "ssd"
+    host_sockets: int | None = None  # --offload cpu: CPU sockets computing experts (default: all of the system's)
+    pp: int = 1  # pipeline stages (capsim.sim.pipeline); tp / ep / dp apply inside a stage
+    dp: int | None = None  # attention data-parallel groups in a stage (default: stage devices / tp)
+    nodes: int = 1  # copies of a system joined by its scale-out link; ``devices`` is then per node
+
+
+# What a request changes without changing the resolved configuration
+PER_REQUEST = ("batch", "input_len", "output_len", "trace_samples", "usd_per_h", "check_memory")
+
+
+@dataclass(frozen=True)
+class Peaks:
+    """Dense peak FLOP/s per operator class: matmuls in the compute dtype, attention in a 16-bit dtype (the
+    compute dtype when it is one, ATTENTION_DTYPES), vector work (norms) in fp32."""
+
+    matmul: float
+    attention: float
+    vector: float
+
+    def __getitem__(self, compute: str) -> float:
+        return getattr(self, compute)
+
+    @classmethod
+    def of(cls, peak_flop_per_s: dict[str, float], compute: str) -> Peaks:
+        p = peak_flop_per_s
+        attn = compute if compute in ATTENTION_DTYPES else next(
+            (d for d in ATTENTION_DTYPES if d in p), compute)
+        return cls(p[compute], p[attn], p.get("fp32", p[compute]))
+
+
+@dataclass(frozen=True)
+class Scenario:
+    query: Query
+    model_id: str
+    model_source: str
+    model_info: dict[str, Any]
+    spec: ModelSpec | None
+    shape: Shape
+    precision: Precision
+    kv_precision: str
+    kv_bytes: float  # per cached element
+    compute_dtype: str
+    weight_only: bool
+    profile: engines.EngineProfile
+    whole: Target  # every device used, all nodes
+    target: Target  # one pipeline stage's devices, collectives priced for the layout
+    hop_bytes_per_s: float  # between adjacent pipeline stages (inf without pipelining)
+    hop_bottleneck: str
+    peaks: Peaks
+    tp: int
+    ep: int
+    dp: int
+    pp: int
+    nodes: int
+    offload: OffloadSetup | None = None
+    routing: str = UNIFORM_ROUTING
+
+    @property
+    def n(self) -> int:
+        """Devices of one pipeline stage (tp x dp)."""
+        return self.target.n_devices
+
+    @property
+    def ring_call_latency_s(self) -> float:
+        """Link latency of one TP all-reduce: a ring all-reduce (reduce-scatter, then all-gather) takes
+        2 (tp - 1) steps, each waiting on the slowest ring hop's route."""
+        tp = np.asarray(self.tp, float)  # an array where a benchmark prices many layouts at once
+        return _scalar(np.where(tp > 1, 2 * (tp - 1) * self.target.ring_latency_s, 0.0))
+
+    @property
+    def alltoall_call_latency_s(self) -> float:
+        """Link latency of one EP dispatch or combine: its messages travel at once, so it waits once on the
+        longest route."""
+        ep = np.asarray(self.ep, float)
+        return _scalar(np.where((ep > 1) & (self.shape.num_experts > 0), self.target.alltoall_latency_s, 0.0))
+
+    def describe(self) -> dict[str, Any]:
+        q, t, w = self.query, self.target, self.whole
+        return {
+            "model": self.model_id, "model_source": self.model_source, "hardware": t.hardware_id,
+            "device": t.device_id, "device_role": t.device_role, "devices": w.n_devices,
+            "engine": self.profile.id, "engine_version": self.profile.version, "precision": self.precision.name,
+            "bits_per_weight": self.precision.bits_per_weight, "precision_scope": self.precision.scope,
+            "kv_precision": self.kv_precision, "compute_dtype": self.compute_dtype, "weight_only": self.weight_only,
+            "batch": q.batch, "input_len": q.input_len, "output_len": q.output_len, "tp": self.tp, "ep": self.ep,
+            "dp": self.dp, "routing": self.routing, "trace": q.trace, "collective_link": t.collective_link,
+            "pp": self.pp, "nodes": w.nodes, "devices_per_node": w.devices_per_node or w.n_devices,
+        }
+
+
+def _scalar(x: np.ndarray):
+    return float(x) if np.ndim(x) == 0 else x
+
+
+def _check_ints(q: Query) -> None:
+    for flag, value, low in (("--batch", q.batch, 1), ("--input-len", q.input_len, 1),
+                             ("--output-len", q.output_len, 1), ("--trace-samples", q.trace_samples, 1),
+                             ("--nodes", q.nodes, 1)):
+        if not isinstance(value, int) or value < low:
+            raise CapsimError(f"{flag} {value}: expected an integer >= {low}")
+    for flag, value in (("--tp", q.tp), ("--ep", q.ep), ("--devices", q.devices)):
+        if value is not None and value < 1:
+            raise CapsimError(f"{flag} {value}: expected a positive integer")
+    if q.usd_per_h is not None and not q.usd_per_h > 0:
+        raise CapsimError(f"--usd-per-hour {q.usd_per_h}: expected a positive price")
+
+
+def _parallelism(q: Query, target: Target, spec: ModelSpec) -> tuple[int, int]:
+    n = target.n_devices
+    ep = q.ep or 1
+    tp = q.tp or math.gcd(n, target.devices_per_node or n)  # default: TP inside a node, DP across nodes
+    if n % tp:
+        raise CapsimError(f"--tp {tp}: must divide the {n} devices used (--devices)")
+    heads = spec.attention.num_heads
+    if heads % tp:
+        raise CapsimError(f"--tp {tp}: {heads} attention heads do not split evenly over {tp} devices")
+    if q.dp is not None and q.dp * tp != n:
+        raise CapsimError(f"--dp {q.dp}: tp x dp x pp must equal the devices used ({tp} x {q.dp} x {q.pp} != "
+                          f"{n * q.pp})")
+    if ep not in (1, n):
+        raise CapsimError(f"--ep {ep}: expert parallelism spans all devices here, so --ep must be 1 or {n}")
+    if ep > 1 and spec.num_experts % ep:
+        raise CapsimError(f"--ep {ep}: {spec.num_experts} routed experts do not split evenly over {ep} ranks")
+    if ep > 1 and not spec.num_experts:
+        raise CapsimError(f"--ep {ep}: the model has no routed experts")
+    return tp, ep
+
+
+_CACHE: dict[tuple, tuple[Any, Scenario]] = {}
+_CACHE_SIZE = 256
+
+
+def resolve(q: Query, db, profile: engines.EngineProfile | None = None) -> Scenario:
+    """The scenario of ``q`` on the hardware database ``db``; ``profile`` replaces the engine profile named by
+    ``q.engine`` (fitting tries parameter values). One-line CapsimErrors name the flag that is wrong."""
+    _check_ints(q)
+    key = (tuple(getattr(q, f.name) for f in fields(Query) if f.name not in PER_REQUEST), id(db), profile,
+           _model_stamp(q.model))
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0] is db:
+        sc = hit[1]
+    else:
+        sc = _resolve(q, db, profile)
+        if len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = (db, sc)
+    return sc if sc.query == q else replace(sc, query=q)
+
+
+def _model_stamp(model: str) -> tuple:
+    """A local config file's modification time and size (a catalogue name: nothing), so that an edited file
+    is read again."""
+    import os
+
+    for path in (model, os.path.join(model, "config.json")):
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if not os.path.isdir(path):
+            return (path, st.st_mtime_ns, st.st_size)
+    return ()
+
+
+def _resolve(q: Query, db, profile: engines.EngineProfile | None) -> Scenario:
+    spec, info = load_model(q.model, allow_dense=q.allow_dense)
+    try:
+        whole = resolve_target(db, q.hardware, q.devices, q.nodes)
+    except CapsimError as err:
+        raise CapsimError(f"--hardware: {err}") from None
+    if not isinstance(q.pp, int) or q.pp < 1 or whole.n_devices % q.pp:
+        raise CapsimError(f"--pp {q.pp}: expected a positive divisor of the {whole.n_devices} devices used")
+    if q.pp > spec.layers:
+        raise CapsimError(f"--pp {q.pp}: the model has only {spec.layers} layers")
+    target, hop, hop_where = stage(whole, q.pp)  # one stage's devices, and the link between adjacent stages
+    prec = precision.get(q.precision or info["native_precision"])
+    kv_name = (q.kv_precision or ("fp32" if prec.name == "fp32" else "bf16")).lower()
+    kv_b = precision.kv_bytes(kv_name)
+    compute = precision.choose_compute(prec, target.peak_flop_per_s, target.device_id, q.compute_dtype)
+    tp, ep = _parallelism(q, target, spec)
+    target = for_layout(target, tp, ep)
+    profile = profile or engines.load(q.engine)
+    shape = shape_of(spec, prec)
+    offload = setup_offload(q, shape, target, prec, profile) if q.offload else None
+    return Scenario(
+        query=q, model_id=info["id"], model_source=info["source"], model_info=info, spec=spec, shape=shape,
+        precision=prec, kv_precision=kv_name, kv_bytes=kv_b, compute_dtype=compute,
+        weight_only=compute not in prec.compute[:1], profile=profile, whole=whole, target=target,
+        hop_bytes_per_s=hop, hop_bottleneck=hop_where, peaks=Peaks.of(target.peak_flop_per_s, compute), tp=tp, ep=ep,
+        dp=target.n_devices // tp, pp=q.pp, nodes=whole.nodes, offload=offload)
+
+
+def for_device(shape: Shape, target: Target, profile: engines.EngineProfile, compute_dtype: str,
+               kv_bytes: float, name: str = "") -> Scenario:
+    """A scenario of one device running a model shape with no catalogue entry (a measured run's config): what
+    validation cases and tests price single steps with."""
+    p = target.peak_flop_per_s
+    if compute_dtype not in p:
+        raise CapsimError(f"{target.device_id}: no measured {compute_dtype} peak (have {', '.join(p)})")
+    prec = precision.get(compute_dtype)
+    return Scenario(
+        query=Query(model=name, hardware=target.hardware_id, engine=profile.id), model_id=name,
+        model_source="measured run", model_info={"id": name}, spec=None, shape=shape, precision=prec,
+        kv_precision=compute_dtype, kv_bytes=kv_bytes, compute_dtype=compute_dtype, weight_only=False,
+        profile=profile, whole=target, target=target, hop_bytes_per_s=math.inf, hop_bottleneck="",
+        peaks=Peaks.of(p, compute_dtype), tp=1, ep=1, dp=1, pp=1, nodes=1)
+
+
+def from_parts(shape: Shape, *, peak_flop_per_s: dict, bandwidth_bytes_per_s, profile: engines.EngineProfile,
+               ring_bandwidth_bytes_per_s=math.inf, alltoall_bandwidth_bytes_per_s=math.inf, tp=1, ep=1, n=1,
+               kv_bytes: float = 2.0, capacity_bytes=math.inf, page_faults=None, pp: int = 1,
+               hop_bytes_per_s=math.inf) -> Scenario:
+    """A scenario on a device described by its figures alone (peaks per operator class, bandwidths): what-if
+    studies, tests, and benchmarks that price many devices in one call (any figure may be an array)."""
+    from capsim.hardware.target import PageFaults
+
+    target = Target(hardware_id="custom", device_id="custom", device_role="accelerator", n_devices=n,
+                    n_available=None, memory_capacity_bytes=capacity_bytes,
+                    memory_bandwidth_bytes_per_s=bandwidth_bytes_per_s, memory_type="custom",
+                    peak_flop_per_s={}, ring_bandwidth_bytes_per_s=ring_bandwidth_bytes_per_s,
+                    alltoall_bandwidth_bytes_per_s=alltoall_bandwidth_bytes_per_s, collective_link="custom",
+                    page_faults=page_faults or PageFaults())
+    p = peak_flop_per_s
+    prec = precision.get("bf16")
+    return Scenario(
+        query=Query(model="custom", hardware="custom", engine=profile.id, pp=pp), model_id="custom",
+        model_source="custom", model_info={"id": "custom"}, spec=None, shape=shape, precision=prec,
+        kv_precision="custom", kv_bytes=kv_bytes, compute_dtype="custom", weight_only=False, profile=profile,
+        whole=target, target=target, hop_bytes_per_s=hop_bytes_per_s, hop_bottleneck="",
+        peaks=Peaks(p["matmul"], p["attention"], p["vector"]), tp=tp, ep=ep, dp=1, pp=pp, nodes=1)

@@ -1,0 +1,49 @@
+"""The routed-experts family: the router and the experts a step activates.
+
+Routed-expert weights are read once per step per ACTIVATED expert (:mod:`capsim.sim.experts`: uniform
+routing when no measured routing is given), FLOPs are per token x top-k. With expert parallelism (ep == n)
+every expert sees the whole step's tokens and the slowest rank (its activated experts, its share of the
+assignments: ``rank_load`` over the mean) sets the step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from capsim.sim.cost import OpCost
+from capsim.sim.experts import expected_activated
+from capsim.sim.ops.base import KERNELS_PER_LAYER, Local, f, op
+from capsim.sim.shape import Shape
+
+FAMILY = "experts"
+
+
+def expert_ops(s: Shape, w: Local, activated=None, rank_activated=None, rank_load=1.0
+               ) -> tuple[dict[str, OpCost], Local, dict[str, np.ndarray]]:
+    """The router and routed-experts operators; ``w`` with the device's load and assignments; and the dense
+    figures (every expert read, every token through every expert) and activated experts per layer."""
+    ab, h, tp, t_g, is_ep = s.act_bytes, s.hidden, w.tp, w.t_g, w.is_ep
+    lm, e, k = s.moe_layers, s.num_experts, s.top_k
+    out = {"router": op(s, w, "router", FAMILY, 2 * t_g * h * e * lm, s.router_params * s.other_weight_bytes * lm,
+                        t_g * (h + e) * ab * lm, KERNELS_PER_LAYER["router"] * lm if e else 0.0, rows=t_g, split=1.0)}
+    expert_bytes = s.expert_params * s.expert_weight_bytes * lm
+    expert_flops_token = 2 * s.expert_params * lm
+    if activated is None:  # ep == 1: each TP group sees its own tokens; ep == n: every expert sees the step
+        activated = np.where(is_ep, expected_activated(e, k, w.all_tokens), expected_activated(e, k, t_g))
+    activated = f(activated)
+    on_rank = activated / w.ep if rank_activated is None else f(rank_activated)
+    load = np.where(is_ep, f(rank_load), 1.0)
+    routed_w = np.where(is_ep, on_rank * expert_bytes, activated * expert_bytes / tp)
+    all_w = np.where(is_ep, e / w.ep * expert_bytes, e * expert_bytes / tp)
+    on_device = np.where(is_ep, on_rank, activated)
+    with np.errstate(divide="ignore", invalid="ignore"):  # rows per activated expert: its token assignments
+        expert_rows = np.where(on_device > 0, load * t_g * k / np.maximum(on_device, 1e-300), np.inf)
+    out["routed_experts"] = op(
+        s, w, "routed_experts", FAMILY, load * t_g * k * expert_flops_token / tp, routed_w,
+        load * t_g * k * s.expert_io_width * ab * lm / tp, KERNELS_PER_LAYER["routed_experts"] * lm if e else 0.0,
+        rows=expert_rows, split=np.where(is_ep, 1.0, tp), activated_per_layer=on_device * lm)
+    dense = {"activated": w.zero + activated, "all_weight_bytes": w.zero + all_w,
+             "all_flops": w.zero + t_g * e * expert_flops_token / tp}
+    return out, replace(w, load=load, assignments=load * t_g * k), dense
