@@ -236,11 +236,20 @@ def test_add_reclaim_keeps_the_rest_of_the_probe(probed, tmp_path):
     before = json.loads((copy / "probe" / "local-cpu.json").read_text())
     del before["cpu"]["memory"]["reclaim"]
     (copy / "probe" / "local-cpu.json").write_text(json.dumps(before))
+    entry_before = yaml.safe_load((copy / "cpus" / "local-cpu.yaml").read_text())
     r = run("probe", "--quick", "--out", copy, "--id", "local-cpu", "--add-reclaim")
     assert r.exit_code == 0, r.output + r.stderr
     after = json.loads((copy / "probe" / "local-cpu.json").read_text())
     reclaim = after["cpu"]["memory"].pop("reclaim")
     assert after == before  # nothing else changed
     assert "--add-reclaim" in reclaim["command"] and reclaim["date"].endswith("Z") and reclaim["bytes"] == 64 * 2**20
+    # the hardware entry's memory_faults now carry the reclaim (the machine facts the eager engine pays), the
+    # rest of the entry as it was
+    entry = yaml.safe_load((copy / "cpus" / "local-cpu.yaml").read_text())
+    faults = entry.pop("memory_faults")
+    assert entry == {k: v for k, v in entry_before.items() if k != "memory_faults"}
+    assert faults["retained_free_bytes"]["value"] == reclaim["retained_bytes"]
+    assert faults["refault_s_per_byte"]["value"] == pytest.approx(reclaim["s_per_byte"], rel=1e-3)
+    assert "--add-reclaim" in faults["refault_s_per_byte"]["command"]
     one_line_error(run("probe", "--quick", "--out", tmp_path / "none", "--add-reclaim"), "--add-reclaim",
                    "no probe result")

@@ -116,7 +116,7 @@ def probe_cmd(out: Path, item_id: str, file: Path | None, threads: int | None, g
 
 def _add_reclaim(path: Path, settings, threads: int | None, quick: bool, log) -> None:
     """Measure cpu.memory.reclaim alone and write it into an existing probe result, with its own date and
-    command (the rest of the result, and the hardware entry, stay as they were)."""
+    command, and into the hardware entry's memory_faults (the rest of both stays as it was)."""
     from capsim import atomic
     from capsim.measure import probe
     from capsim.measure.machine import utc_now
@@ -138,6 +138,11 @@ def _add_reclaim(path: Path, settings, threads: int | None, quick: bool, log) ->
     reclaim.update(date=utc_now(), command=" ".join(command), torch_threads=torch.get_num_threads())
     memory["reclaim"] = reclaim
     atomic.write_text(path, json.dumps(result, indent=1) + "\n")
+    from capsim.measure.probe_entry import update_memory_faults
+
+    entry = path.parent.parent / "cpus" / f"{path.stem}.yaml"
+    if update_memory_faults(entry, result):
+        log(f"updated memory_faults in {entry}")
     log(f"retained {reclaim['retained_bytes'] / 1e9:.2f} GB of freed memory after {reclaim['gap_s']:g} s; "
         f"refault {reclaim['s_per_byte'] * 1e9:.2f} ns/B more; wrote {path}")
 

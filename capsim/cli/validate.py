@@ -26,59 +26,54 @@ def _config(path: Path) -> dict:
         raise CapsimError(f"{path}: unreadable validation config ({err})") from None
 
 
-def _fixed(cpu: dict, db_root: Path, config_path: Path) -> tuple[dict[str, float], dict[str, str]]:
-    """The profile parameters the config sets by mechanism (not fitted), and how each was set.
-    ``gemm_curves: probe[:N,...]`` takes the probe's measured GEMM curves (those with N = K in the list) for the run's dtype; ``gemm_half_rows:
-    probe`` its Hockney n_1/2."""
+def _fixed(cpu: dict, db_root: Path, config_path: Path) -> tuple[dict[str, object], dict[str, str]]:
+    """The profile values the config sets by mechanism (not fitted), and how each was set: ``fixed`` (general
+    parameters and switches) and ``eager_cpu`` (the eager engine's allocator model). ``gemm_curves:
+    probe[:N,...]`` takes the probe's measured GEMM curves (those with N = K in the list) for the run's dtype;
+    ``gemm_half_rows: probe`` its Hockney n_1/2; ``math_attention_s_per_score: probe`` its timing of torch's
+    math SDPA. The machine's page-fault costs are not here: they are in the probed hardware entry."""
     from capsim.measure.gemm_curve import curves_from_probe, half_rows_from_probe
 
     values, how = {}, {}
     probe_file = db_root / "probe" / f"{cpu['hardware']}.json"
-    for name, value in (cpu.get("fixed") or {}).items():
-        if name == "gemm_curves":
-            sizes = _probe_sizes(value)
-            if sizes == ():
-                raise CapsimError(f"{config_path}: cpu.fixed.gemm_curves: expected 'probe' or 'probe:N[,N...]' "
-                                  f"(the N = K of the curves to use), got {value!r}")
-            values[name] = curves_from_probe(probe_file, cpu["dtype"], sizes)
-            how[name] = (f"the {cpu['dtype']} torch GEMM curves of {len(values[name])} weight shapes (K x N: "
-                         f"{', '.join(f'{c[0]:.0f}x{c[1]:.0f}' for c in values[name])}) measured in {probe_file.name}")
-        elif name not in engines.PARAMETERS:
-            raise CapsimError(f"{config_path}: cpu.fixed.{name}: unknown parameter "
-                              f"(expected {', '.join(engines.PARAMETERS)})")
-        elif name == "gemm_half_rows" and value == "probe":
-            got = half_rows_from_probe(probe_file, cpu["dtype"])
-            values[name] = got["half_rows"]
-            how[name] = (f"Hockney n_1/2 fitted to the {cpu['dtype']} torch.mm curve in {probe_file.name} "
-                         f"(compute-bound points M = {', '.join(map(str, got['points']))})")
-        elif name in PROBED and value == "probe":
-            keys, field, describe = PROBED[name]
-            values[name] = _probe_value(probe_file, keys, field)
-            how[name] = (f"{describe(values[name], probe_file)}, measured in {probe_file.name} "
-                         f"(cpu.{'.'.join(keys)})")
-        elif isinstance(value, (int, float)):
-            values[name] = float(value)
-            how[name] = f"set in {config_path.name} (mechanism, not fitted)"
-        else:
-            raise CapsimError(f"{config_path}: cpu.fixed.{name}: expected a number (or 'probe' for "
-                              f"gemm_half_rows, first_touch_s_per_byte, math_attention_s_per_score, "
-                              f"refault_s_per_byte and retained_free_bytes), "
-                              f"got {value!r}")
+    sections = (("fixed", cpu.get("fixed") or {}), ("eager_cpu", cpu.get("eager_cpu") or {}))
+    for section, items in sections:
+        for name, value in items.items():
+            where = f"{config_path}: cpu.{section}.{name}"
+            if name == "gemm_curves" and section == "fixed":
+                sizes = _probe_sizes(value)
+                if sizes == ():
+                    raise CapsimError(f"{where}: expected 'probe' or 'probe:N[,N...]' (the N = K of the curves to "
+                                      f"use), got {value!r}")
+                values[name] = curves_from_probe(probe_file, cpu["dtype"], sizes)
+                how[name] = (f"the {cpu['dtype']} torch GEMM curves of {len(values[name])} weight shapes (K x N: "
+                             f"{', '.join(f'{c[0]:.0f}x{c[1]:.0f}' for c in values[name])}) measured in "
+                             f"{probe_file.name}")
+            elif name == "gemm_half_rows" and value == "probe":
+                got = half_rows_from_probe(probe_file, cpu["dtype"])
+                values[name] = got["half_rows"]
+                how[name] = (f"Hockney n_1/2 fitted to the {cpu['dtype']} torch.mm curve in {probe_file.name} "
+                             f"(compute-bound points M = {', '.join(map(str, got['points']))})")
+            elif name in PROBED and value == "probe":
+                keys, field, describe = PROBED[name]
+                values[name] = _probe_value(probe_file, keys, field)
+                how[name] = (f"{describe(values[name], probe_file)}, measured in {probe_file.name} "
+                             f"(cpu.{'.'.join(keys)})")
+            else:
+                allowed = engines.EAGER_CPU if section == "eager_cpu" else (*engines.PARAMETERS, *engines.SWITCHES)
+                if name not in allowed:
+                    moved = f" (moved to {engines.MOVED[name]})" if name in engines.MOVED else ""
+                    raise CapsimError(f"{where}: unknown{moved} (expected {', '.join(allowed)})")
+                values[name] = value
+                how[name] = f"set in {config_path.name} (mechanism, not fitted)"
     return values, how
 
 
-# Profile parameters a config may set to 'probe': (where in the probe result, which field or None for its
-# per-unit time, how the value reads)
+# Profile values a config may set to 'probe': (where in the probe result, which field or None for its per-unit
+# time, how the value reads)
 PROBED = {
-    "first_touch_s_per_byte": (("memory", "first_touch"), None, lambda v, _: (
-        f"{v * 1e9:.3f} ns/B: fresh-page minus mapped-page write time per byte")),
     "math_attention_s_per_score": (("attention_math",), None, lambda v, _: (
         f"{v * 1e9:.2f} ns per score element: torch's math SDPA beyond its two matmuls")),
-    "refault_s_per_byte": (("memory", "reclaim"), None, lambda v, _: (
-        f"{v * 1e9:.2f} ns/B: refilling freed memory the machine took back, beyond a fresh page's cost")),
-    "retained_free_bytes": (("memory", "reclaim"), "retained_bytes", lambda v, path: (
-        f"{v / 1e9:.2f} GB: freed memory still backed after "
-        f"{_probe_value(path, ('memory', 'reclaim'), 'gap_s'):.0f} s of GEMM work")),
 }
 
 
@@ -161,9 +156,11 @@ def validate_cmd(ctx: click.Context, config_path: Path, fit: bool, max_median_er
         raise CapsimError(f"{config_path}: cpu.fit matches no case")
     if fit:
         fixed, how = _fixed(cpu, root / cfg["hardware_db"], config_path)
+        curves = fixed.pop("gemm_curves", ())
         base = dataclasses.replace(engines.load("roofline"), id=cpu["engine"], version=1,
                                    description="Hugging Face transformers, eager PyTorch (no compile), on the CPU",
-                                   fitted_to="", **fixed)
+                                   fitted_to="", gemm_curves=curves)
+        base = engines.with_values(base, fixed, f"{config_path}: cpu")
         prof, info = fit_profile(fit_set, target, base, cpu["dtype"])
         prof = dataclasses.replace(prof, fitted_to=(
             f"{len(fit_set)} measured CPU cases ({', '.join(cpu['fit'])}) on {cpu['hardware']}, "
@@ -183,7 +180,7 @@ def validate_cmd(ctx: click.Context, config_path: Path, fit: bool, max_median_er
     if report_path:
         head = (f"# Validation: {prof.id} on {cpu['hardware']}\n\nProfile: {prof.fitted_to}.\n"
                 f"Command: `capsim validate --report {report_path}" + (f" --plot {plot_path}" if plot_path else "") + "`"
-                + _profile_lines(prof))
+                + _profile_lines(prof) + _faults_line(target, cpu["hardware"]))
         write_text(report_path, report.markdown(table, agg, head))
     if as_json:
         click.echo(json.dumps({"profile": dataclasses.asdict(prof), "aggregates": agg, "cases": table}, indent=1))
@@ -210,9 +207,23 @@ def _profile_lines(prof) -> str:
         how = {}
     fitted = ", ".join(f"{n} {getattr(prof, n):.4g}" for n in FIT_PARAMETERS)
     lines = ["", "", f"Fitted (on the fitting subset only): {fitted}.", "", "Set by mechanism or measurement, not fitted:"]
-    lines += [f"- {name} = {getattr(prof, name, '') if name != 'gemm_curves' else len(prof.gemm_curves)}: {text}"
-              for name, text in how.items()]
+    def value(name: str):
+        if name == "gemm_curves":
+            return len(prof.gemm_curves)
+        return getattr(prof, name) if hasattr(prof, name) else getattr(prof.eager_cpu, name, "")
+
+    lines += [f"- {name} = {value(name)}: {text}" for name, text in how.items()]
     return "\n".join(lines)
+
+
+def _faults_line(target, hardware: str) -> str:
+    """The machine's page-fault costs the eager engine pays, from the hardware entry (not the profile)."""
+    f = target.page_faults
+    if not f.first_touch_s_per_byte:
+        return ""
+    return (f"\n\nMachine facts from the hardware entry {hardware} (memory_faults, measured by capsim probe): first touch "
+            f"{f.first_touch_s_per_byte * 1e9:.4g} ns/B; refault {f.refault_s_per_byte * 1e9:.4g} ns/B beyond "
+            f"{f.retained_free_bytes / 1e9:.3g} GB of freed memory kept backed.")
 
 
 def _aggregates(head: list[str], agg: dict, count: str) -> str:

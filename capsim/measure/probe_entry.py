@@ -234,6 +234,28 @@ def write_entry(result: dict[str, Any], out: str | Path, item_id: str, command: 
     return written
 
 
+def update_memory_faults(entry: Path, result: dict[str, Any]) -> bool:
+    """Rewrite the memory_faults of an existing CPU entry from a probe result (``capsim probe --add-reclaim``),
+    keeping the rest of the entry and its header; False when there is no entry to update."""
+    try:
+        text = Path(entry).read_text()
+    except OSError:
+        return False
+    data = yaml.safe_load(text)
+    header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
+    faults = memory_faults(result["cpu"]["memory"], result.get("source", data["cores"]["source"]),
+                           result.get("command", data["cores"].get("command", "")), data["cores"].get("date", ""))
+    if faults is None:
+        return False
+    notes = data.pop("notes", None)
+    data["memory_faults"] = faults
+    if notes is not None:
+        data["notes"] = notes
+    _write_atomic(Path(entry), header + yaml.safe_dump(data, sort_keys=False, width=110, allow_unicode=True,
+                                                       default_flow_style=False))
+    return True
+
+
 def json_default(x: Any) -> Any:
     if isinstance(x, float) and not math.isfinite(x):
         return None

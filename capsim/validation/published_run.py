@@ -40,12 +40,10 @@ def fit_engines(rows: list[PublishedRow], db: HardwareDB, cfg: dict[str, Any], c
         wrong = [i for i in fit_ids if by_id[i].scenario["engine"] != name]
         if wrong:
             raise CapsimError(f"{config_path}: published.engines.{name}.fit_rows: {', '.join(wrong)} use another engine")
-        fixed = {k: float(v) for k, v in (spec.get("fixed") or {}).items()}
-        unknown = set(fixed) - set(engines.PARAMETERS)
-        if unknown:
-            raise CapsimError(f"{config_path}: published.engines.{name}.fixed: unknown {', '.join(sorted(unknown))}")
+        fixed = dict(spec.get("fixed") or {})
         base = dataclasses.replace(engines.load("roofline"), id=name, version=int(spec.get("version", 1)),
-                                   description=spec["description"], fitted_to="", **fixed)
+                                   description=spec["description"], fitted_to="")
+        base = engines.with_values(base, fixed, f"{config_path}: published.engines.{name}.fixed")
         names = list(spec.get("fit") or [])
         fit_rows = [by_id[i] for i in fit_ids]
         if names and not fit_rows:
