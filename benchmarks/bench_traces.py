@@ -183,7 +183,7 @@ def collection(label: str, model_path: Path, random_init: bool, repeats: int, tm
     from capsim.traces import collect as col
     from capsim.traces import format as tfmt
 
-    model, raw, family = col.load_model(model_path, random_init, seed=0)
+    model, raw, family = col.load_hf_model(model_path, random_init, seed=0)
     rule = col.routing_rule(family, model.config)
     vocab = int(model.config.vocab_size)
     tokens = col.tokenize(col.read_prompts(PROMPTS), col.load_tokenizer(None if random_init else model_path),

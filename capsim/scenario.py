@@ -18,7 +18,7 @@ import numpy as np
 from capsim import engines, precision
 from capsim.errors import CapsimError
 from capsim.hardware.target import Target, for_layout, resolve_target, stage
-from capsim.model.catalogue import load_model
+from capsim.model.catalogue import load_spec
 from capsim.model.spec import ModelSpec
 from capsim.placement import OffloadSetup, setup_offload
 from capsim.precision import Precision
@@ -222,7 +222,7 @@ def _model_stamp(model: str) -> tuple:
 
 
 def _resolve(q: Query, db, profile: engines.EngineProfile | None) -> Scenario:
-    spec, info = load_model(q.model, allow_dense=q.allow_dense)
+    spec, info = load_spec(q.model, allow_dense=q.allow_dense)
     try:
         whole = resolve_target(db, q.hardware, q.devices, q.nodes)
     except CapsimError as err:

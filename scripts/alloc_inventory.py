@@ -32,11 +32,11 @@ def main(run_file: Path, batch: int, length: int) -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from capsim.traces.collect import load_model
+    from capsim.traces.collect import load_hf_model
 
     torch.set_num_threads(1)
     # the model `capsim measure` ran: the run's shape file, random weights, seed 0
-    model, _, _ = load_model(ROOT / json.loads(run_file.read_text())["model"]["source"], random_init=True)
+    model, _, _ = load_hf_model(ROOT / json.loads(run_file.read_text())["model"]["source"], random_init=True)
     config = model.config
     ids = torch.randint(0, config.vocab_size, (batch, length), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():

@@ -32,11 +32,11 @@ PAGE_BYTES = 4096  # x86-64 base page (minor faults count base pages)
 def main(run_file: Path, batch: int, length: int, steps: int) -> None:
     import torch
 
-    from capsim.traces.collect import load_model
+    from capsim.traces.collect import load_hf_model
 
     torch.set_num_threads(1)
     # the model `capsim measure` ran: the run's shape file, random weights, seed 0
-    model, _, _ = load_model(ROOT / json.loads(run_file.read_text())["model"]["source"], random_init=True)
+    model, _, _ = load_hf_model(ROOT / json.loads(run_file.read_text())["model"]["source"], random_init=True)
     config = model.config
     ids = torch.randint(0, config.vocab_size, (batch, length), generator=torch.Generator().manual_seed(0))
     print("step  wall_s  user_s  sys_s  minor_fault_GB  maxrss_GB")

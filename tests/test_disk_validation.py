@@ -16,7 +16,7 @@ from capsim import engines, precision
 from capsim.cli.main import cli
 from capsim.hardware import db as hwdb
 from capsim.hardware.target import resolve_target
-from capsim.model.catalogue import load_model
+from capsim.model.catalogue import load_spec
 from capsim.scenario import from_parts
 from capsim.sim import ssd
 from capsim.sim.offload import offload_step
@@ -95,7 +95,7 @@ def test_mmap_read_bytes_exact():
 
 
 def _mixtral_step():
-    s = shape_of(load_model("mixtral")[0], precision.PRECISIONS["bf16"])
+    s = shape_of(load_spec("mixtral")[0], precision.PRECISIONS["bf16"])
     prof = engines.load("roofline")
     sc = from_parts(s, peak_flop_per_s={"matmul": 1e15, "attention": 1e15, "vector": 1e15},
                     bandwidth_bytes_per_s=3.35e12, profile=prof)

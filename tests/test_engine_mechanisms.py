@@ -11,7 +11,7 @@ from capsim.engines import EagerCpu
 from capsim.errors import CapsimError
 from capsim.hardware.target import PageFaults
 from capsim.measure.gemm_curve import half_rows
-from capsim.model.catalogue import load_model
+from capsim.model.catalogue import load_spec
 from capsim.scenario import from_parts
 from capsim.sim import eager_cpu
 from capsim.sim.ops import Work, step_costs
@@ -40,7 +40,7 @@ def _tensors(step, s, name: str):
 
 
 def _v2_lite_decode(absorbed: bool, batch: int = 1, context: int = 1000):
-    s = shape_of(load_model("deepseek-v2-lite")[0], BF16)
+    s = shape_of(load_spec("deepseek-v2-lite")[0], BF16)
     return s, step_costs(s, tokens=batch, seqs=batch, pairs=batch * context, kv_read_tokens=batch * context,
                          decode=True, kv_bytes_per_element=2.0, mla_absorbed=absorbed)
 
@@ -85,7 +85,7 @@ def test_gemm_fraction_interpolates_in_log_rows_on_the_nearest_shape():
 
 
 def test_gemm_curve_slows_small_row_gemms_only():
-    s = shape_of(load_model("mixtral")[0], BF16)
+    s = shape_of(load_spec("mixtral")[0], BF16)
     work = Work(tokens=4, seqs=4, pairs=4 * 100, kv_read_tokens=400, decode=True)
     ideal = engines.load("roofline")
     curve = dataclasses.replace(ideal, gemm_curves=((4096.0, 4096.0, ((1.0, 0.25), (1024.0, 1.0))),))
@@ -96,7 +96,7 @@ def test_gemm_curve_slows_small_row_gemms_only():
 
 
 def test_attention_efficiency_scales_attention_memory_time_only():
-    s = shape_of(load_model("deepseek-v2-lite")[0], BF16)
+    s = shape_of(load_spec("deepseek-v2-lite")[0], BF16)
     work = Work(tokens=8, seqs=8, pairs=8 * 1000, kv_read_tokens=8 * 1000, decode=True)
     ideal = engines.load("roofline")
     slow = dataclasses.replace(ideal, attention_efficiency=0.25)
@@ -288,7 +288,7 @@ def test_eager_inventory_equals_the_profilers_fresh_allocations():
 def test_eager_inventory_counts_by_hand():
     from capsim.model.eager import eager_tensors
 
-    spec = load_model(str(_shape_file("olmoe-like")))[0]  # OLMoE-like: 2 layers, hidden 1024, 16 x 64 heads, q/k norms
+    spec = load_spec(str(_shape_file("olmoe-like")))[0]  # OLMoE-like: 2 layers, hidden 1024, 16 x 64 heads, q/k norms
     inv = eager_tensors(spec)
     # norms: (2 per layer x 2 layers + the final one) x 3 tensors, plus 2 residual adds x 2 layers = 19, hidden wide
     assert inv["norms"] == ((1024, 19, False),)

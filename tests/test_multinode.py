@@ -132,11 +132,11 @@ def test_experts_split_over_every_rank_of_every_node():
     # EP16 holds 128 / 16 = 8 routed experts per GPU, EP8 holds 16; everything else is replicated
     # (TP1), so the weights per device differ by exactly one sixteenth of the routed-expert bytes.
     one, two = _ep_case(1, 8, 64), _ep_case(2, 16, 128)
-    from capsim.model.catalogue import load_model
+    from capsim.model.catalogue import load_spec
     from capsim.precision import get
     from capsim.sim.shape import shape_of
 
-    routed = weight_bytes(shape_of(load_model("qwen3-30b")[0], get("bf16")))["routed_experts"]
+    routed = weight_bytes(shape_of(load_spec("qwen3-30b")[0], get("bf16")))["routed_experts"]
     w1, w2 = (r["memory_bytes"]["device"]["weights"] for r in (one, two))
     assert w1 - w2 == pytest.approx(routed / 16, rel=1e-9)
 

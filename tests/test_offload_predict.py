@@ -7,7 +7,7 @@ from capsim import engines, precision
 from capsim.cli.main import cli
 from capsim.hardware.db import load
 from capsim.hardware.target import resolve_target
-from capsim.model.catalogue import load_model
+from capsim.model.catalogue import load_spec
 from capsim.predict import Query, predict
 from capsim.scenario import from_parts
 from capsim.sim.offload import offload_step
@@ -21,7 +21,7 @@ DB = load()
 def test_gpu_fetch_miss_bytes_exact():
     # Mixtral-8x7B bf16, batch 1: 2 experts per MoE layer (top-2). Hit rate 0.5 -> 1 missed expert per layer:
     # 1 x 176,160,768 params x 2 bytes x 32 layers = 11,274,289,152 bytes over the host link.
-    s = shape_of(load_model("mixtral")[0], precision.PRECISIONS["bf16"])
+    s = shape_of(load_spec("mixtral")[0], precision.PRECISIONS["bf16"])
     prof = engines.load("roofline")
     sc = from_parts(s, peak_flop_per_s={"matmul": 1e15, "attention": 1e15, "vector": 1e15},
                     bandwidth_bytes_per_s=3.35e12, profile=prof)
@@ -87,7 +87,7 @@ def test_ssd_tier_reads_misses_at_the_drive_rate_for_the_request_size(engine, re
     dram = predict(Query(**q), DB)["offload"]["decode"]
     ssd = predict(Query(**q, expert_tier="ssd"), DB)
     if request_bytes is None:
-        s = shape_of(load_model("mixtral")[0], precision.PRECISIONS["int4"])
+        s = shape_of(load_spec("mixtral")[0], precision.PRECISIONS["int4"])
         request_bytes = 4096 * 14336 * s.expert_weight_bytes
     rate = read_rate(request_bytes, 7.45e9, 1.4e6 * 4096)
     miss = ssd["offload"]["decode"]["miss_bytes"]
@@ -114,7 +114,7 @@ def test_bad_layouts_are_one_line_errors(args, message):
 
 
 def _mixtral_shape():
-    return shape_of(load_model("mixtral")[0], precision.PRECISIONS["bf16"])
+    return shape_of(load_spec("mixtral")[0], precision.PRECISIONS["bf16"])
 
 
 def test_ring_allreduce_time_from_link_bandwidth_and_latency():

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from capsim import engines, precision
 from capsim.hardware import db as hwdb
-from capsim.model.catalogue import load_model
+from capsim.model.catalogue import load_spec
 from capsim.predict import Query, predict
 from capsim.scenario import from_parts
 from capsim.sim import request
@@ -36,7 +36,7 @@ MOE_NAMES = tuple(m for m in MODEL_NAMES if m != "llama-3.1-8b")
 
 
 def _shape(name: str):
-    spec, info = load_model(name)
+    spec, info = load_spec(name)
     return shape_of(spec, precision.get(info["native_precision"]))
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from capsim import engines, precision
 from capsim.hardware.db import load
-from capsim.model.catalogue import load_model
+from capsim.model.catalogue import load_spec
 from capsim.predict import Query, predict
 from capsim.sim.experts import expected_activated
 from capsim.sim.memory import kv_bytes_per_token
@@ -16,7 +16,7 @@ BF16 = precision.PRECISIONS["bf16"]
 
 
 def _mixtral_decode(batch: int, context: int):
-    spec, _ = load_model("mixtral")
+    spec, _ = load_spec("mixtral")
     s = shape_of(spec, BF16)
     return step_costs(s, tokens=batch, seqs=batch, pairs=batch * context, kv_read_tokens=batch * context,
                       decode=True, kv_bytes_per_element=2.0)
@@ -82,10 +82,10 @@ def test_mixtral_decode_bytes_batch_32_exact():
 
 
 def test_kv_bytes_per_token():
-    deepseek, _ = load_model("deepseek-v3")
+    deepseek, _ = load_spec("deepseek-v3")
     # MLA: 61 layers x (kv_lora_rank 512 + rope key 64) x 2 bytes (bf16) = 70,272 bytes per token.
     assert float(kv_bytes_per_token(shape_of(deepseek, BF16), 2.0)) == 61 * 576 * 2 == 70_272
-    qwen, _ = load_model("qwen3-235b")
+    qwen, _ = load_spec("qwen3-235b")
     # GQA: 94 layers x 4 KV heads x (128 + 128) x 2 bytes = 192,512 bytes per token; fp8 KV halves it.
     assert float(kv_bytes_per_token(shape_of(qwen, BF16), 2.0)) == 94 * 4 * 256 * 2 == 192_512
     assert float(kv_bytes_per_token(shape_of(qwen, BF16), 1.0)) == 96_256
@@ -158,11 +158,11 @@ def test_catalogue_is_generated_and_complete():
         "meta-llama/Llama-4-Maverick-17B-128E", "moonshotai/Kimi-K2-Instruct", "meta-llama/Llama-3.1-8B",
     }
     assert ids == issue_ids
-    assert load_model("deepseek-r1")[1]["id"] == "deepseek-ai/DeepSeek-V3"
+    assert load_spec("deepseek-r1")[1]["id"] == "deepseek-ai/DeepSeek-V3"
 
 
 def test_vectorised_matches_scalar():
-    spec, _ = load_model("qwen3-30b")
+    spec, _ = load_spec("qwen3-30b")
     s = shape_of(spec, BF16)
     batches = np.array([1, 4, 64])
     vec = step_costs(s, tokens=batches, seqs=batches, pairs=batches * 100, kv_read_tokens=batches * 100,
@@ -183,7 +183,7 @@ def test_window_sums_match_brute_force():
 def test_gpt_oss_sliding_window_kv_memory():
     from capsim.sim.memory import memory_use
 
-    spec, _ = load_model("gpt-oss-20b")
+    spec, _ = load_spec("gpt-oss-20b")
     s = shape_of(spec, BF16)
     assert s.windows == ((0, 12), (128, 12))  # layer_types alternate sliding (window 128) and full attention
     m = memory_use(s, batch=1, input_len=8192, output_len=1024, kv_bytes_per_element=2.0, capacity_bytes=1e12)
@@ -193,7 +193,7 @@ def test_gpt_oss_sliding_window_kv_memory():
 
 
 def test_mixed_expert_parallel_rows_in_one_call():
-    spec, _ = load_model("mixtral")
+    spec, _ = load_spec("mixtral")
     s = shape_of(spec, BF16)
     step = step_costs(s, tokens=np.array([8, 8]), seqs=np.array([8, 8]), pairs=800, kv_read_tokens=800,
                       decode=True, kv_bytes_per_element=2.0, tp=np.array([8, 8]), ep=np.array([1, 8]),

@@ -316,7 +316,7 @@ def test_checkpoint_folder_and_tokenizer(tmp_path, prompts):
     from transformers import PreTrainedTokenizerFast
 
     cfg = write_config(tmp_path, "mixtral")
-    model, _, _ = C.load_model(cfg, random_init=True, seed=0)
+    model, _, _ = C.load_hf_model(cfg, random_init=True, seed=0)
     folder = tmp_path / "ckpt"
     model.save_pretrained(folder)
     assert (folder / "config.json").is_file()
@@ -354,7 +354,7 @@ def test_llama4_multimodal_checkpoint_loads_the_text_model(tmp_path, prompts):
     torch.manual_seed(0)
     full = Llama4ForConditionalGeneration(AutoConfig.for_model(cfg.pop("model_type"), **cfg)).float()
     full.save_pretrained(tmp_path / "ckpt")
-    model, _, family = C.load_model(tmp_path / "ckpt", random_init=False)
+    model, _, family = C.load_hf_model(tmp_path / "ckpt", random_init=False)
     assert type(model).__name__ == "Llama4ForCausalLM" and family == "llama4_text"
     assert torch.equal(model.model.layers[3].feed_forward.router.weight,
                        full.language_model.model.layers[3].feed_forward.router.weight)

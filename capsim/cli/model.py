@@ -7,7 +7,7 @@ import json
 import click
 
 from capsim.cli.table import render
-from capsim.model.catalogue import entries, load_model
+from capsim.model.catalogue import entries, load_spec
 from capsim.precision import PRECISIONS
 from capsim.sim.shape import shape_of, weight_bytes
 
@@ -47,7 +47,7 @@ def list_cmd(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def show_cmd(name: str, as_json: bool) -> None:
     """Show one model (id, alias, or a local config.json / checkpoint folder)."""
-    spec, info = load_model(name)
+    spec, info = load_spec(name)
     e = entries().get(info["id"], {})
     prec = PRECISIONS[info["native_precision"]]
     weights = weight_bytes(shape_of(spec, prec))

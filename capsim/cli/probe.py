@@ -149,13 +149,13 @@ def _add_reclaim(path: Path, settings, threads: int | None, quick: bool, log) ->
 
 def _gemm_shapes(models: tuple[str, ...], shapes: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
     """The distinct (K, N) of --gemm-shapes-of models and --gemm-shape KxN values, in the order given."""
-    from capsim.model.catalogue import load_model
+    from capsim.model.catalogue import load_spec
     from capsim.model.gemms import distinct_shapes
 
     seen: dict[tuple[int, int], None] = {}
     for name in models:
         try:
-            spec, _ = load_model(name)
+            spec, _ = load_spec(name)
         except CapsimError as err:
             raise CapsimError(f"--gemm-shapes-of {name}: {err}") from None
         for kn in distinct_shapes(spec):

@@ -189,10 +189,10 @@ def stats_cmd(path: str, as_json: bool, plot_dir: str | None, ep: tuple[int, ...
 
 def _model_defaults(model: str, have_all: bool) -> tuple[str, dict[str, int]]:
     """(model id, {experts, top_k, layers}) from the catalogue; a free-form id when all sizes are given."""
-    from capsim.model.catalogue import load_model
+    from capsim.model.catalogue import load_spec
 
     try:
-        spec, info = load_model(model)
+        spec, info = load_spec(model)
     except CapsimError:
         if have_all:
             return model, {}

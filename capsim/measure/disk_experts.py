@@ -155,7 +155,7 @@ def measure_disk(config_or_path: str | Path, *, random_init: bool = True, batche
         RoutingRecorder,
         _require_ml,
         family_of,
-        load_model,
+        load_hf_model,
         model_id_of,
         read_config,
     )
@@ -192,7 +192,7 @@ def measure_disk(config_or_path: str | Path, *, random_init: bool = True, batche
     family_of(raw)
     model_id = model_id_of(config_or_path, raw)
     say(f"building {model_id} ({'random init' if random_init else 'checkpoint weights'}, {dtype})")
-    model, _, family = load_model(config_or_path, random_init=random_init, seed=seed, device="cpu")
+    model, _, family = load_hf_model(config_or_path, random_init=random_init, seed=seed, device="cpu")
     model.to(dtype=getattr(torch, dtype))
     model.eval()
     mcfg = model.config

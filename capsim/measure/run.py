@@ -343,7 +343,7 @@ def measure(config_or_path: str | Path, *, random_init: bool = True, prompt_lens
     from capsim.traces.collect import (
         _require_ml,
         family_of,
-        load_model,
+        load_hf_model,
         model_id_of,
         read_config,
         routing_rule,
@@ -394,7 +394,7 @@ def measure(config_or_path: str | Path, *, random_init: bool = True, prompt_lens
             src = Path(tmp) / "config.json"
             src.write_text(json.dumps(used))
         say(f"building {model_id} ({'random init' if random_init else 'checkpoint weights'}, {dtype}, {device})")
-        model, _, family = load_model(src, random_init=random_init, seed=seed, device="cpu")
+        model, _, family = load_hf_model(src, random_init=random_init, seed=seed, device="cpu")
     model.to(dtype=torch_dtype)
     model.to(device)
     model.eval()

@@ -69,7 +69,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     return cfg
 
 
-def load_model(name: str, allow_dense: bool = True) -> tuple[ModelSpec, dict[str, Any]]:
+def load_spec(name: str, allow_dense: bool = True) -> tuple[ModelSpec, dict[str, Any]]:
     """(spec, info) for a catalogue name or a local config; info holds id, source and native precision.
 
     A local config without routed experts is refused unless ``allow_dense`` (the catalogue's dense

@@ -234,13 +234,13 @@ def check_names(grid: Grid, db) -> None:
     Layouts are not checked here: a layout a configuration cannot take becomes an ``error`` row."""
     from capsim import engines, precision
     from capsim.hardware.db import HardwareDB, resolve_id
-    from capsim.model.catalogue import load_model
+    from capsim.model.catalogue import load_spec
     from capsim.placement import POLICIES, TIERS
     from capsim.traces.format import open_trace
 
     pool = HardwareDB({k: v for k, v in db.items.items() if v.kind in ("system", "accelerator", "cpu")})
     checks = {
-        "models": lambda v: load_model(v, allow_dense=True),
+        "models": lambda v: load_spec(v, allow_dense=True),
         "hardware": lambda v: resolve_id(pool, v, None),
         "precisions": lambda v: v == "native" or precision.get(v),
         "kv_precisions": lambda v: v == "auto" or precision.kv_bytes(v),

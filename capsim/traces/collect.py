@@ -162,7 +162,7 @@ def _require_ml() -> None:
         raise CapsimError(f"trace collect needs torch and transformers ({err}); install capsim[trace]") from None
 
 
-def load_model(model: str | Path, random_init: bool, seed: int = 0, device: str = "cpu"):
+def load_hf_model(model: str | Path, random_init: bool, seed: int = 0, device: str = "cpu"):
     """(model in eval mode, config dict as read, family key). Llama-4 loads as its text model."""
     _require_ml()
     import torch
@@ -429,7 +429,7 @@ def collect(model: str | Path, prompts: str | Path, max_new_tokens: int, batch_s
         "max_prompt_tokens": int(max_prompt_tokens), "stop_at_eos": bool(stop_at_eos), "device": device,
         "collector_version": __version__,
     }
-    m, _, family = load_model(model, random_init, seed, device)
+    m, _, family = load_hf_model(model, random_init, seed, device)
     if on_model is not None:
         on_model(m)
     import torch
