@@ -132,7 +132,7 @@ def open_trace(path: str | Path, verify: bool = False):
 
 def _trace(trace):
     """A Trace from a path, a Trace, or a dict of arrays (at least ``expert_ids``)."""
-    from capsim.traces.stats import from_arrays
+    from capsim.traces.arrays import from_arrays
 
     if isinstance(trace, (str, Path)):
         return open_trace(trace)
@@ -144,7 +144,7 @@ def synthetic_trace(kind: str = "uniform", *, num_experts: int, top_k: int, moe_
     """A synthetic routing trace (``kind`` uniform, zipf or fitted), labelled ``synthetic`` in its meta.
     ``options``: ``sequences``, ``prompt_len``, ``decode_len``, ``seed``, ``model_id``, ``zipf_s``, ``fit_batch``,
     ``fit_activated`` (:mod:`capsim.traces.synthetic`). Written to ``out`` (atomically) if given, else in memory."""
-    from capsim.traces.stats import from_arrays
+    from capsim.traces.arrays import from_arrays
     from capsim.traces.synthetic import synthetic_trace as _synth
 
     arrays, meta = _synth(kind, num_experts=num_experts, top_k=top_k, moe_layers=moe_layers, **options)
@@ -170,9 +170,9 @@ def trace_summary(trace, *, batch_sizes: Sequence[int] = TRACE_BATCH_SIZES, samp
 def expert_popularity(trace, *, phase: str = "all", share: bool = False) -> np.ndarray:
     """Tokens routed to each expert, (moe_layers, num_experts) int64 (a token counts once per top-k slot);
     ``phase`` all, prefill or decode; ``share=True`` divides by the layer's total (rows sum to 1)."""
-    from capsim.traces import stats
+    from capsim.traces import popularity
 
-    pop = stats.expert_popularity(_trace(trace))
+    pop = popularity.expert_popularity(_trace(trace))
     return pop["share" if share else "counts"][phase]
 
 
@@ -182,9 +182,9 @@ def activated_experts_curve(trace, *, batch_sizes: Sequence[int] = TRACE_BATCH_S
     One row per batch size B (sizes above the sequences available are dropped): ``tokens`` (mean tokens per
     batch: B for decode), ``mean``, ``p10``, ``p50``, ``p90``, ``std`` (each averaged over layers), ``uniform``
     (E (1 - (1 - k/E)^T), uniform independent routing) and ``layer_<l>`` (mean per layer)."""
-    from capsim.traces import stats
+    from capsim.traces import activated
 
-    c = stats.activated_experts_curve(_trace(trace), batch_sizes, phase, samples, seed)
+    c = activated.activated_experts_curve(_trace(trace), batch_sizes, phase, samples, seed)
     cols = {"batch": c["batch_sizes"], **{k: c[k] for k in ("tokens", "mean", "p10", "p50", "p90", "std", "uniform")}}
     cols |= {f"layer_{i}": c["per_layer_mean"][:, i] for i in range(c["per_layer_mean"].shape[1])}
     return pd.DataFrame(cols)
@@ -206,11 +206,11 @@ def load_imbalance(trace_or_counts, *, ep_sizes: Sequence[int] = (), phase: str 
     """Load imbalance per MoE layer: ``experts`` = max / mean tokens per expert, and per ``ep`` in
     ``ep_sizes`` the column ``ep<n>`` = max / mean tokens per rank (expert e on rank e // (E / ep));
     1 is balanced. Input: a trace (path, Trace, arrays) or tokens per expert (moe_layers, num_experts)."""
-    from capsim.traces import stats
+    from capsim.traces import popularity
 
     x = trace_or_counts
     counts = x if isinstance(x, np.ndarray) else expert_popularity(x, phase=phase)
-    res = stats.load_imbalance(counts, ep_sizes)
+    res = popularity.load_imbalance(counts, ep_sizes)
     cols = {"experts": res["experts"]["per_layer"], **{f"ep{ep}": v["per_layer"] for ep, v in res["ep"].items()}}
     return pd.DataFrame(cols, index=pd.RangeIndex(len(counts), name="layer"))
 
@@ -219,11 +219,11 @@ def cross_layer_affinity(trace) -> dict[str, Any]:
     """How much layer l's routing predicts layer l+1's: ``mi_bits`` (mutual information), ``nmi``,
     ``top_lift``, ``mi_noise_bits`` (the estimator's floor), arrays over layer pairs, plus their means;
     ``joint`` (L-1, E, E) joint counts of (expert at l, expert at l+1)."""
-    from capsim.traces import stats
+    from capsim.traces import affinity
 
     t = _trace(trace)
-    joint = stats.affinity_counts(t)
-    return stats.cross_layer_affinity(t, joint) | {"joint": joint}
+    joint = affinity.affinity_counts(t)
+    return affinity.cross_layer_affinity(t, joint) | {"joint": joint}
 
 
 # ----------------------------------------------------------------------------- validation

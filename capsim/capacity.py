@@ -41,26 +41,46 @@ def per_device(sc: Scenario, batch, input_len, output_len, expert_fraction=1.0) 
                    activations=use(pipeline.microbatch(batch, sc.pp)).activations)
 
 
-def _fits(sc: Scenario, expert_fraction, batch: int, input_len: int, output_len: int) -> bool:
-    return bool(np.all(per_device(sc, batch, input_len, output_len, expert_fraction).fits))
+WINDOW = 64  # candidates checked at once around a guess (and per round of the search)
 
 
-def _largest(ok) -> int | None:
-    """Largest x in [1, SEARCH_LIMIT] with ok(x) (ok monotone decreasing); 0 if none, None if unbounded."""
-    if not ok(1):
+def _search(total_of, capacity: float) -> int | None:
+    """Largest x in [1, SEARCH_LIMIT] with total_of(x) <= capacity (total_of: arrays of x -> bytes, growing
+    with x); 0 if none, None if unbounded. Exact: memory is affine in the sequences (or tokens) between the
+    rounding steps of the data-parallel and pipeline splits, so interpolating the totals at the two ends guesses
+    the edge and one window of candidates around it confirms it; otherwise (windowed layers bend the KV cache
+    curve) a search that narrows [lo, hi] WINDOW-fold per round finds it."""
+    t = total_of(np.array([1.0, float(SEARCH_LIMIT)]))
+    if not t[0] <= capacity:
         return 0
-    if ok(SEARCH_LIMIT):
+    if t[1] <= capacity:
         return None
-    lo, hi = 1, SEARCH_LIMIT
+    lo, hi = 1, SEARCH_LIMIT  # fits at lo, not at hi
+    slope = (t[1] - t[0]) / (SEARCH_LIMIT - 1)
+    if slope > 0:
+        guess = int(1 + (capacity - t[0]) / slope)
+        xs = np.clip(np.arange(guess - WINDOW // 2, guess + WINDOW // 2), lo, hi)
+        ok = total_of(xs.astype(float)) <= capacity
+        if ok[0] and not ok[-1]:
+            return int(xs[np.flatnonzero(ok)[-1]])
     while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+        xs = np.unique(np.linspace(lo, hi, WINDOW + 2).astype(np.int64))[1:-1]
+        ok = total_of(xs.astype(float)) <= capacity
+        lo = int(xs[ok][-1]) if ok.any() else lo
+        hi = int(xs[~ok][0]) if (~ok).any() else hi
     return lo
 
 
 def largest_batch(sc: Scenario, input_len: int, output_len: int, expert_fraction=1.0) -> int | None:
     """The most sequences of ``input_len`` + ``output_len`` tokens that fit (None: no memory limit known)."""
-    return _largest(lambda b: _fits(sc, expert_fraction, b, input_len, output_len))
+    cap = float(sc.target.memory_capacity_bytes)
+    return _search(lambda b: per_device(sc, b, input_len, output_len, expert_fraction).total, cap)
+
+
+def largest_input(sc: Scenario, batch: int, output_len: int, expert_fraction=1.0) -> int | None:
+    """The longest prompt at ``batch`` sequences and ``output_len`` output tokens that fits."""
+    cap = float(sc.target.memory_capacity_bytes)
+    return _search(lambda i: per_device(sc, batch, i, output_len, expert_fraction).total, cap)
 
 
 def limits(sc: Scenario, expert_fraction=1.0) -> dict[str, Any]:
@@ -69,6 +89,6 @@ def limits(sc: Scenario, expert_fraction=1.0) -> dict[str, Any]:
     q = sc.query
     return {
         "max_batch": largest_batch(sc, q.input_len, q.output_len, expert_fraction),
-        "max_input_len": _largest(lambda i: _fits(sc, expert_fraction, q.batch, i, q.output_len)),
+        "max_input_len": largest_input(sc, q.batch, q.output_len, expert_fraction),
         "at_input_len": q.input_len, "at_output_len": q.output_len, "at_batch": q.batch,
     }

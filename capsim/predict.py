@@ -8,7 +8,7 @@ with :func:`capsim.sim.request.simulate`, and assembles the report (:mod:`capsim
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Any
 
 from capsim import capacity, placement, report, routing
@@ -87,7 +87,7 @@ def predict(q: Query, db, profile=None) -> dict[str, Any]:
             "activated_experts_per_layer": report.spread(res.decode.activated_experts),
             "activated_experts_per_layer_prefill": report.spread(res.prefill.activated_experts),
         },
-        "engine": asdict(sc.profile),
+        "engine": sc.profile.describe(),
         "collectives": collectives_report(sc),
         "scenario": scenario,
         "offload": report.offload(sc, place, res) if place is not None else None,

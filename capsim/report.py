@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 def mean(x) -> float:
     """A headline number: the value, or the mean over replayed batch compositions."""
-    return float(np.mean(x))
+    return float(x) if not isinstance(x, np.ndarray) or x.ndim == 0 else float(np.mean(x))
 
 
 def spread(x) -> dict[str, float]:

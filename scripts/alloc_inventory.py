@@ -32,7 +32,7 @@ def main(run_file: Path, batch: int, length: int) -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from capsim.traces.collect import load_hf_model
+    from capsim.traces.hf_model import load_hf_model
 
     torch.set_num_threads(1)
     # the model `capsim measure` ran: the run's shape file, random weights, seed 0

@@ -32,7 +32,7 @@ PAGE_BYTES = 4096  # x86-64 base page (minor faults count base pages)
 def main(run_file: Path, batch: int, length: int, steps: int) -> None:
     import torch
 
-    from capsim.traces.collect import load_hf_model
+    from capsim.traces.hf_model import load_hf_model
 
     torch.set_num_threads(1)
     # the model `capsim measure` ran: the run's shape file, random weights, seed 0

@@ -195,7 +195,7 @@ def test_validate_disk_cli_and_committed_report(tmp_path):
 def test_measure_disk_tiny_model(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from capsim.measure.run import scale_config
+    from capsim.measure.scaling import scale_config
 
     cfg = scale_config(json.loads((SHAPES / "olmoe-like.json").read_text()), layers=2, hidden=64, vocab=256,
                        experts=8, intermediate=32)

@@ -12,8 +12,9 @@ import numpy as np
 
 from capsim.hardware.db import load
 from capsim.predict import Query, predict
+from capsim.traces.activated import activated_experts_curve
+from capsim.traces.arrays import from_arrays
 from capsim.traces.format import config_hash, open_trace
-from capsim.traces.stats import activated_experts_curve, from_arrays
 from capsim.traces.synthetic import uniform_trace
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 import capsim
 from capsim.errors import CapsimError
-from capsim.measure.run import MEASUREMENT_KEYS, read_run, scale_config, write_run
+from capsim.measure.run_file import MEASUREMENT_KEYS, read_run, write_run
+from capsim.measure.scaling import scale_config
 from capsim.model.spec import spec_from_config
 from capsim.traces.format import config_hash
 

@@ -183,7 +183,7 @@ def validate_cmd(ctx: click.Context, config_path: Path, fit: bool, max_median_er
                 + _profile_lines(prof) + _faults_line(target, cpu["hardware"]))
         write_text(report_path, report.markdown(table, agg, head))
     if as_json:
-        click.echo(json.dumps({"profile": dataclasses.asdict(prof), "aggregates": agg, "cases": table}, indent=1))
+        click.echo(json.dumps({"profile": prof.describe(), "aggregates": agg, "cases": table}, indent=1))
     else:
         click.echo(render(["case", "subset", "predicted", "measured", "error"],
                           [[r["case"], r["subset"], f"{r['predicted_s'] * 1e3:.2f} ms", f"{r['measured_s'] * 1e3:.2f} ms",

@@ -134,6 +134,17 @@ class EngineProfile:
     def parameters(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in (*PARAMETERS, *SWITCHES)}
 
+    def describe(self) -> dict[str, Any]:
+        """The profile as the report shows it (JSON-ready; a new dict each call): what it is, its parameters,
+        its eager_cpu section, and its GEMM curves as the weight shapes (K, N) they were measured at and the
+        data file that holds them."""
+        eager = self.eager_cpu
+        return {"id": self.id, "version": self.version, "description": self.description, "fitted_to": self.fitted_to,
+                **self.parameters(),
+                "eager_cpu": None if eager is None else {k: getattr(eager, k) for k in EAGER_CPU},
+                "gemm_curves": {"file": self.gemm_curves_file, "shapes": [[k, n] for k, n, _ in self.gemm_curves]},
+                "fitted_cases": list(self.fitted_cases)}
+
 
 def available() -> list[str]:
     return sorted(p.stem for p in FOLDER.glob("*.yaml"))

@@ -48,6 +48,7 @@ import numpy as np
 
 from capsim.errors import CapsimError
 from capsim.measure.disk_rates import RATE_PASS_BUDGET_S, MiB, combined_rates, rate_pass
+from capsim.measure.host_load import _cpu_name, _cpu_ticks, _host_load
 from capsim.measure.page_cache import (
     PAGE,
     MappedFile,
@@ -57,18 +58,8 @@ from capsim.measure.page_cache import (
     free_page_reporting,
     io_read_bytes,
 )
-from capsim.measure.run import (
-    DTYPES,
-    ENGINE,
-    _activated,
-    _cpu_name,
-    _cpu_ticks,
-    _full_config,
-    _host_load,
-    _int_list,
-    _stats,
-    write_run,
-)
+from capsim.measure.run import _int_list
+from capsim.measure.run_file import DTYPES, ENGINE, _activated, _full_config, _stats, write_run
 from capsim.traces import format as tfmt
 
 RUN_FORMAT = "capsim-disk-run"
@@ -151,14 +142,8 @@ def measure_disk(config_or_path: str | Path, *, random_init: bool = True, batche
     """Decode step times with the routed experts read from a file (cold, cold-4k, warm), the bytes read, and
     the drive's read rates; returns the run dict (written atomically to ``out`` when given). The experts file
     goes in ``folder`` (default: the temporary directory) and is deleted afterwards."""
-    from capsim.traces.collect import (
-        RoutingRecorder,
-        _require_ml,
-        family_of,
-        load_hf_model,
-        model_id_of,
-        read_config,
-    )
+    from capsim.traces.collect import RoutingRecorder
+    from capsim.traces.hf_model import _require_ml, family_of, load_hf_model, model_id_of, read_config
     from capsim.traces.routers import routing_rule
 
     _require_ml()

@@ -9,11 +9,18 @@ The traces issue replaces this with the union measured on real routing.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
 def expected_activated(num_experts, top_k, tokens):
     """Expected distinct experts per layer touched by ``tokens`` tokens (broadcasts over arrays)."""
+    if not any(isinstance(x, np.ndarray) for x in (num_experts, top_k, tokens)):  # one scenario: plain floats
+        e, k, t = float(num_experts), float(top_k), float(tokens)
+        if not (e > 0 and t > 0):
+            return 0.0
+        return e if k >= e else e * -math.expm1(t * math.log1p(-k / e))
     e = np.asarray(num_experts, dtype=float)
     k = np.asarray(top_k, dtype=float)
     t = np.asarray(tokens, dtype=float)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from capsim.sim.cost import LINK, Step
+from capsim.sim.num import div, f
 from capsim.sim.roofline import Timing
 
 if TYPE_CHECKING:
@@ -37,25 +38,25 @@ def _compute_ops(step: Step):
 def _peak_seconds(step: Step, peaks) -> np.ndarray:
     """Seconds the step's FLOPs take at each operator's own dense peak (``peaks``: per class, or one number)."""
     get = (lambda op: peaks[op.compute]) if hasattr(peaks, "__getitem__") else (lambda op: peaks)
-    return sum(op.flops / np.asarray(get(op), float) for op in _compute_ops(step))
+    return sum(div(op.flops, f(get(op))) for op in _compute_ops(step))
 
 
 def utilisation(step: Step, timing: Timing, *, bandwidth_bytes_per_s, peak_flop_per_s) -> dict[str, np.ndarray]:
     """``peak_flop_per_s``: the peaks the step ran at per operator class (Peaks or a dict), or one number."""
     t = timing.step_s
-    bw = np.asarray(bandwidth_bytes_per_s, float)
+    bw = f(bandwidth_bytes_per_s)
     matmul = peak_flop_per_s["matmul"] if hasattr(peak_flop_per_s, "__getitem__") else peak_flop_per_s
     ops = _compute_ops(step)
     needed = sum(op.weight_bytes + op.kv_bytes for op in ops)
     busy = _peak_seconds(step, peak_flop_per_s)
     routed = step.ops["routed_experts"]
     dense_bytes = needed - routed.weight_bytes + step.all_expert_weight_bytes
-    dense_busy = busy + (step.all_expert_flops - routed.flops) / np.asarray(matmul, float)
+    dense_busy = busy + div(step.all_expert_flops - routed.flops, f(matmul))
     return {
-        "s_mbu": needed / (t * bw),
-        "s_mfu": busy / t,
-        "mbu": dense_bytes / (t * bw),
-        "mfu": dense_busy / t,
+        "s_mbu": div(needed, t * bw),
+        "s_mfu": div(busy, t),
+        "mbu": div(dense_bytes, t * bw),
+        "mfu": div(dense_busy, t),
         "bytes_per_device": needed,
         "flops_per_device": sum(op.flops for op in ops),
     }
@@ -65,7 +66,7 @@ def request_metrics(sc: Scenario, res: RequestResult, batch, input_len, output_l
     """Per request (arrays of the batch's shape): latencies, rates and utilisation. With sampled batch
     compositions (a trace replay: the result's last axis) times and utilisation are means over the samples
     and rates are taken from the mean times."""
-    b, i, o = np.asarray(batch, float), np.asarray(input_len, float), np.asarray(output_len, float)
+    b, i, o = f(batch), f(input_len), f(output_len)
     sampled = np.ndim(res.ttft_s) > np.ndim(b)
 
     def mean(x):

@@ -27,10 +27,12 @@ import math
 
 import numpy as np
 
+from capsim.sim.num import f, maximum, minimum
+
 
 def microbatches(batch, pp) -> np.ndarray:
     """Micro-batches a batch is cut into: min(B, pp)."""
-    return np.minimum(np.asarray(batch, float), float(pp))
+    return minimum(f(batch), float(pp))
 
 
 def microbatch(batch, pp):
@@ -48,9 +50,9 @@ def stage_fraction(layers: int, pp: int) -> float:
 
 def prefill_factor(m, pp) -> np.ndarray:
     """TTFT over the whole-model time of one micro-batch (hops apart): (m + pp - 1) / pp."""
-    return (np.asarray(m, float) + pp - 1) / pp
+    return (f(m) + pp - 1) / pp
 
 
 def decode_factor(m, pp) -> np.ndarray:
     """TPOT over the whole-model time of one micro-batch (hops apart): max(m, pp) / pp."""
-    return np.maximum(np.asarray(m, float), pp) / pp
+    return maximum(f(m), float(pp)) / pp

@@ -25,6 +25,7 @@ import numpy as np
 
 from capsim.sim import pipeline
 from capsim.sim.cost import Step
+from capsim.sim.num import ceil, f, maximum, where
 from capsim.sim.offload import OffloadTiming, offload_step
 from capsim.sim.ops import Work, work_costs
 from capsim.sim.roofline import Timing, step_time
@@ -52,8 +53,8 @@ class RequestResult:
 
 
 def mean_decode_context(input_len, output_len) -> np.ndarray:
-    i, o = np.asarray(input_len, float), np.asarray(output_len, float)
-    return np.where(o >= 2, i + o / 2, i + 1)
+    i, o = f(input_len), f(output_len)
+    return where(o >= 2, i + o / 2, i + 1)
 
 
 def _costs(sc: Scenario, work: Work, routing: dict | None) -> Step:
@@ -92,22 +93,22 @@ def simulate(sc: Scenario, batch, input_len, output_len, routing: Routing | None
     """A request of ``batch`` sequences (arrays broadcast) on ``sc``. ``routing``: measured routing per phase,
     (rows, samples) arrays (:func:`capsim.routing.replay`; None: uniform); ``residency``: where the routed
     experts are, when the scenario offloads them (:func:`capsim.placement.residency`)."""
-    b, i, o = (np.asarray(x, float) for x in (batch, input_len, output_len))
+    b, i, o = (f(x) for x in (batch, input_len, output_len))
     h_pre = h_dec = None
     if residency is not None:
-        h_pre, h_dec = np.asarray(residency.hit_rate_prefill, float), np.asarray(residency.hit_rate_decode, float)
+        h_pre, h_dec = f(residency.hit_rate_prefill), f(residency.hit_rate_decode)
     if routing is not None:  # one more axis: the sampled batch compositions
-        b, i, o = b[..., None], i[..., None], o[..., None]
-        h_pre, h_dec = (None if h is None else h[..., None] for h in (h_pre, h_dec))
+        b, i, o = (np.asarray(x, float)[..., None] for x in (b, i, o))
+        h_pre, h_dec = (None if h is None else np.asarray(h, float)[..., None] for h in (h_pre, h_dec))
     s, pp = sc.shape, sc.pp
     m = pipeline.microbatches(b, pp)
-    mb = np.ceil(b / m)  # sequences per micro-batch
+    mb = ceil(b / m)  # sequences per micro-batch
     pre = _costs(sc, Work(mb * i, mb, mb * prefill_pairs_per_layer(s.windows, s.layers, i), 0.0, False),
                  routing.prefill if routing else None)
     keys = decode_keys_per_layer(s.windows, s.layers, i, o)
     dec = _costs(sc, Work(mb, mb, mb * keys, mb * keys, True), routing.decode if routing else None)
     t_pre, off_pre = _phase(sc, pre, step_time(pre, sc), pipeline.prefill_factor(m, pp), h_pre)
     t_dec, off_dec = _phase(sc, dec, step_time(dec, sc), pipeline.decode_factor(m, pp), h_dec)
-    request = t_pre.step_s + np.maximum(o - 1, 0) * t_dec.step_s
+    request = t_pre.step_s + maximum(o - 1, 0.0) * t_dec.step_s
     return RequestResult(pre, dec, t_pre, t_dec, t_pre.step_s, t_dec.step_s, request, mean_decode_context(i, o),
                          off_pre, off_dec, m)

@@ -32,6 +32,7 @@ import numpy as np
 
 from capsim.sim import eager_cpu
 from capsim.sim.cost import LINK, Step
+from capsim.sim.num import div, f, maximum, where
 
 if TYPE_CHECKING:
     from capsim.scenario import Scenario
@@ -72,15 +73,14 @@ def gemm_fraction(rows, k, n, curves) -> np.ndarray:
 
 def _compute_s(op, peak, prof) -> np.ndarray:
     if op.executed_flops is not None:  # the kernel does more than the useful work (a whole score matrix)
-        return op.executed_flops / peak
+        return div(op.executed_flops, peak)
     if op.compute == "matmul" and prof.gemm_curves and op.gemms:
         slow = sum(share / gemm_fraction(op.rows, k, n, prof.gemm_curves) for k, n, share in op.gemms)
-        return np.where(op.flops > 0, op.flops * slow / peak, 0.0)
+        return where(op.flops > 0, div(op.flops * slow, peak), 0.0)
     if op.compute == "matmul" and prof.gemm_half_rows > 0:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            slow = 1.0 + prof.gemm_half_rows / np.asarray(op.rows, dtype=float)  # 1 / gemm_fraction
-        return np.where(op.flops > 0, op.flops * slow / peak, 0.0)
-    return op.flops / peak
+        slow = 1.0 + div(prof.gemm_half_rows, f(op.rows))  # 1 / gemm_fraction
+        return where(op.flops > 0, div(op.flops * slow, peak), 0.0)
+    return div(op.flops, peak)
 
 
 def step_time(step: Step, sc: Scenario) -> Timing:
@@ -88,7 +88,7 @@ def step_time(step: Step, sc: Scenario) -> Timing:
     prof, t = sc.profile, sc.target
     if prof.eager_cpu is not None:
         step = eager_cpu.apply(step, sc.shape, prof.eager_cpu, t.page_faults)
-    bw = np.asarray(t.memory_bandwidth_bytes_per_s, dtype=float) * prof.memory_efficiency
+    bw = f(t.memory_bandwidth_bytes_per_s) * prof.memory_efficiency
     links = {"ring": (t.ring_bandwidth_bytes_per_s, sc.ring_call_latency_s, 1.0 - prof.transfer_overlap),
              "alltoall": (t.alltoall_bandwidth_bytes_per_s, sc.alltoall_call_latency_s, 1.0 - prof.transfer_overlap),
              "hop": (sc.hop_bytes_per_s, 0.0, 1.0)}
@@ -97,21 +97,20 @@ def step_time(step: Step, sc: Scenario) -> Timing:
     for name, op in step.ops.items():
         if op.compute == LINK:
             link_bw, latency, exposed = links[op.link]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                seconds = np.where(op.link_bytes > 0, op.link_bytes / (np.asarray(link_bw, float) * prof.link_efficiency)
-                                   + op.calls * (prof.collective_latency_s + latency), 0.0)
+            seconds = where(op.link_bytes > 0, div(op.link_bytes, f(link_bw) * prof.link_efficiency)
+                            + op.calls * (prof.collective_latency_s + latency), 0.0)
             transfer[name] = seconds * exposed
             continue
-        tc = _compute_s(op, np.asarray(sc.peaks[op.compute], dtype=float) * prof.compute_efficiency, prof)
+        tc = _compute_s(op, f(sc.peaks[op.compute]) * prof.compute_efficiency, prof)
         op_bw = bw if op.compute != "attention" else bw / prof.memory_efficiency * prof.attention_efficiency
-        tm = (op.weight_bytes + op.kv_bytes * prof.kv_traffic_factor + op.act_bytes) / op_bw
-        serial = (1.0 - prof.activation_overlap) * (op.act_bytes / op_bw)  # element-wise kernels after the GEMM
+        tm = div(op.weight_bytes + op.kv_bytes * prof.kv_traffic_factor + op.act_bytes, op_bw)
+        serial = (1.0 - prof.activation_overlap) * div(op.act_bytes, op_bw)  # element-wise kernels after the GEMM
         kernels = op.kernels + prof.kernels_per_activated_expert * op.activated_per_layer
         ov = kernels * prof.kernel_overhead_s + op.overhead_s
         comp_s[name], mem_s[name] = tc, tm
-        op_s[name] = np.maximum(tc, tm - serial) + serial + op.serial_s + ov
-        compute_bound = compute_bound + np.where(tc > tm, tc, 0.0)
-        memory_bound = memory_bound + np.where(tc > tm, 0.0, tm)
+        op_s[name] = maximum(tc, tm - serial) + serial + op.serial_s + ov
+        compute_bound = compute_bound + where(tc > tm, tc, 0.0)
+        memory_bound = memory_bound + where(tc > tm, 0.0, tm)
         overhead = overhead + ov
     t_transfer = sum(transfer.values())
     overhead = overhead + prof.step_overhead_s

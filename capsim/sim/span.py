@@ -7,18 +7,20 @@ averages over a prompt or over the decode steps of a request are exact.
 
 from __future__ import annotations
 
-import numpy as np
+import math
+
+from capsim.sim.num import clip, f, maximum, minimum, where
 
 
 def _sum_min(lo, hi, w):
     """Sum over integer p in [lo, hi] of min(p, w), with w = 0 meaning no window (w = inf)."""
-    lo, hi = np.asarray(lo, float), np.asarray(hi, float)
-    w = np.inf if w == 0 else float(w)
-    below_hi = np.clip(hi, lo - 1, w)  # positions lo..below_hi count p
-    n_below = np.maximum(below_hi - lo + 1, 0)
+    lo, hi = f(lo), f(hi)
+    w = math.inf if w == 0 else float(w)
+    below_hi = clip(hi, lo - 1, w)  # positions lo..below_hi count p
+    n_below = maximum(below_hi - lo + 1, 0.0)
     s_below = n_below * (lo + below_hi) / 2
-    n_above = np.maximum(hi - np.maximum(lo - 1, w), 0)  # positions above w count w
-    s_above = np.where(n_above > 0, n_above * (w if np.isfinite(w) else 0.0), 0.0)
+    n_above = maximum(hi - maximum(lo - 1, w), 0.0)  # positions above w count w
+    s_above = where(n_above > 0, n_above * (w if math.isfinite(w) else 0.0), 0.0)
     return s_below + s_above
 
 
@@ -32,13 +34,13 @@ def decode_keys_per_layer(windows: tuple[tuple[int, int], ...], layers: int, inp
 
     Step j = 1 .. O - 1 attends from position I + j; with O = 1 the next step (I + 1) stands in.
     """
-    i, o = np.asarray(input_len, float), np.asarray(output_len, float)
-    steps = np.maximum(o - 1, 1)
+    i, o = f(input_len), f(output_len)
+    steps = maximum(o - 1, 1.0)
     hi = i + steps
     return sum(n * _sum_min(i + 1, hi, w) for w, n in windows) / layers / steps
 
 
 def cached_tokens_per_layer(windows: tuple[tuple[int, int], ...], layers: int, context):
     """KV entries one sequence keeps, averaged over layers (windowed layers keep their window)."""
-    c = np.asarray(context, float)
-    return sum(n * (c if w == 0 else np.minimum(c, w)) for w, n in windows) / layers
+    c = f(context)
+    return sum(n * (c if w == 0 else minimum(c, float(w))) for w, n in windows) / layers

@@ -26,11 +26,10 @@ do_sample=False)`` makes)
     Token N is never fed back, so each sequence has N - 1 decode rows; a sequence that emits an
     end-of-sequence id stops there (the EOS token is not fed back either).
 
-Tokenizer
-    The folder's own tokenizer when it has one (``tokenizer.json``, ``tokenizer_config.json``,
-    ``tokenizer.model`` ...); otherwise, and for a bare config file, a deterministic byte-level
-    fallback: the prompt's UTF-8 bytes, token id = byte value mod vocab_size, no BOS. Prompts longer
-    than ``max_prompt_tokens`` keep their first ``max_prompt_tokens`` tokens.
+Inputs
+    The model (folder or bare config.json) is loaded by :mod:`capsim.traces.hf_model`; the prompts
+    are read and tokenized by :mod:`capsim.traces.prompts` (the folder's tokenizer, else a byte-level
+    fallback; prompts cut to ``max_prompt_tokens``).
 
 Resume
     Every finished batch goes to ``<out>.partial/batch_<i>.npz`` (written under a temporary name,
@@ -57,178 +56,17 @@ import numpy as np
 
 from capsim import __version__
 from capsim.errors import CapsimError
-from capsim.model.spec import ALIASED_MODEL_TYPES
 from capsim.traces import format as tfmt
-from capsim.traces.routers import (  # noqa: F401  (re-exported: the collector's public names)
-    _LWI,
-    _NUM_EXPERTS_KEYS,
-    _TOP_K_KEYS,
-    FAMILIES,
-    MODEL_TYPE_FAMILY,
-    Family,
-    Rule,
-    _cfg,
-    _first,
-    routing_rule,
-    select_experts,
+from capsim.traces.hf_model import (
+    family_of,
+    load_hf_model,
+    load_tokenizer,
+    model_id_of,
+    read_config,
+    weight_files,
 )
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "tiktoken.model")
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Inputs: prompts, config, model, tokenizer
-
-
-def read_prompts(path: str | Path) -> list[str]:
-    """Prompts from a text file (one per line, blank lines skipped) or a .jsonl ("prompt" or "text")."""
-    path = Path(path)
-    if not path.is_file():
-        raise CapsimError(f"{path}: prompts file not found (expected a text file, one prompt per line, or .jsonl)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise CapsimError(f"{path}: unreadable prompts file ({err}); expected UTF-8 text") from None
-    prompts: list[str] = []
-    jsonl = path.suffix.lower() == ".jsonl"
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        if not jsonl:
-            prompts.append(line)
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise CapsimError(f"{path}:{n}: not JSON ({err.msg}); expected one object per line "
-                              'with a "prompt" or "text" string') from None
-        value = obj.get("prompt", obj.get("text")) if isinstance(obj, dict) else None
-        if not isinstance(value, str) or not value:
-            raise CapsimError(f'{path}:{n}: expected an object with a non-empty "prompt" or "text" string')
-        prompts.append(value)
-    if not prompts:
-        raise CapsimError(f"{path}: no prompts (expected one prompt per line, or .jsonl objects with \"prompt\")")
-    return prompts
-
-
-def read_config(model: str | Path) -> tuple[dict[str, Any], Path | None]:
-    """The config dict and the model folder (None when ``model`` is a bare config file)."""
-    model = Path(model)
-    if model.is_dir():
-        folder, cfg_file = model, model / "config.json"
-    elif model.is_file():
-        folder, cfg_file = None, model
-    else:
-        raise CapsimError(f"{model}: --model must be a model folder (config.json, weights) or a config.json file")
-    if not cfg_file.is_file():
-        raise CapsimError(f"{model}: no config.json in the model folder")
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CapsimError(f"{cfg_file}: unreadable config ({err}); expected a Hugging Face config.json") from None
-    if not isinstance(cfg, dict) or "model_type" not in cfg:
-        raise CapsimError(f"{cfg_file}: expected a Hugging Face config.json object with a model_type")
-    return cfg, folder
-
-
-def family_of(cfg: dict[str, Any]) -> tuple[str, str]:
-    """(transformers model_type, family key) of a config dict; CapsimError if not a known MoE family."""
-    model_type = ALIASED_MODEL_TYPES.get(cfg["model_type"], cfg["model_type"])
-    family = MODEL_TYPE_FAMILY.get(model_type, model_type)
-    if family not in FAMILIES:
-        raise CapsimError(f"model_type {cfg['model_type']!r} is not a supported MoE family (supported: "
-                          f"{', '.join(sorted(set(FAMILIES) | set(MODEL_TYPE_FAMILY) | set(ALIASED_MODEL_TYPES)))})")
-    return model_type, family
-
-
-def model_id_of(model: str | Path, cfg: dict[str, Any]) -> str:
-    if cfg.get("_name_or_path"):
-        return str(cfg["_name_or_path"])
-    p = Path(model).resolve()
-    name = p.parent.name if p.is_file() and p.name == "config.json" else (p.stem if p.is_file() else p.name)
-    return name.replace("__", "/")  # the catalogue's file naming: owner__name.json
-
-
-def _weight_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
-
-
-def _require_ml() -> None:
-    try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError as err:
-        raise CapsimError(f"trace collect needs torch and transformers ({err}); install capsim[trace]") from None
-
-
-def load_hf_model(model: str | Path, random_init: bool, seed: int = 0, device: str = "cpu"):
-    """(model in eval mode, config dict as read, family key). Llama-4 loads as its text model."""
-    _require_ml()
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    raw, folder = read_config(model)
-    model_type, family = family_of(raw)
-    cfg = {k: v for k, v in raw.items() if k not in ("model_type", "auto_map", "architectures")}
-    # A checkpoint saved from training may ask for router logits (load-balancing loss); at inference
-    # that loss is neither wanted nor computable with a KV cache and padding, and it changes nothing routed.
-    cfg["output_router_logits"] = False
-    if random_init:
-        cfg.pop("quantization_config", None)
-    elif folder is None or not _weight_files(folder):
-        raise CapsimError(f"{model}: no weights (*.safetensors, *.bin) next to config.json; pass a checkpoint "
-                          "folder, or --random-init to collect from randomly initialised weights")
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    try:
-        config = AutoConfig.for_model(model_type, **cfg)
-        if random_init:
-            torch.manual_seed(seed)
-            m = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        else:
-            # Llama-4: AutoModelForCausalLM builds the text model from text_config; the vision tower's
-            # weights are then unexpected keys, which are expected here: silence the load report and
-            # check the keys that matter (missing ones) ourselves.
-            hf_logging.set_verbosity_error()
-            m, info = AutoModelForCausalLM.from_pretrained(folder, config=config, local_files_only=True,
-                                                           dtype="auto", output_loading_info=True)
-            if info["missing_keys"]:
-                missing = sorted(info["missing_keys"])
-                raise CapsimError(f"{folder}: checkpoint lacks {len(missing)} weight(s) of the {type(m).__name__} "
-                                  f"model (e.g. {', '.join(missing[:3])}); they would be random")
-    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as err:
-        raise CapsimError(f"{model}: cannot build the {model_type} model ({type(err).__name__}: {err})") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    m.to(device)
-    m.eval()
-    return m, raw, family
-
-
-def load_tokenizer(folder: Path | None):
-    """The folder's tokenizer, or None (byte-level fallback) when it has none."""
-    if folder is None or not any((folder / f).is_file() for f in TOKENIZER_FILES):
-        return None
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    except Exception as err:  # noqa: BLE001 - any tokenizer failure is a bad-input error here
-        raise CapsimError(f"{folder}: cannot load the tokenizer ({type(err).__name__}: {err})") from None
-
-
-def tokenize(prompts: list[str], tokenizer, vocab_size: int, max_tokens: int) -> list[list[int]]:
-    out = []
-    for i, p in enumerate(prompts):
-        ids = (list(tokenizer(p)["input_ids"]) if tokenizer is not None
-               else [b % vocab_size for b in p.encode("utf-8")])
-        if not ids:
-            raise CapsimError(f"prompt {i} tokenizes to no tokens")
-        out.append(ids[:max_tokens])
-    return out
-
+from capsim.traces.prompts import read_prompts, tokenize
+from capsim.traces.routers import _LWI, FAMILIES, Rule, _first, routing_rule, select_experts
 
 # ---------------------------------------------------------------------------------------------------
 # Capture
@@ -423,7 +261,7 @@ def collect(model: str | Path, prompts: str | Path, max_new_tokens: int, batch_s
     args = {
         "model": str(Path(model).resolve()), "config_hash": tfmt.config_hash(raw),
         "weights": None if random_init or folder is None else [
-            [p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in _weight_files(folder)],
+            [p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in weight_files(folder)],
         "prompts_sha256": _sha256_file(Path(prompts)), "max_new_tokens": int(max_new_tokens),
         "batch_size": int(batch_size), "random_init": bool(random_init), "seed": int(seed),
         "max_prompt_tokens": int(max_prompt_tokens), "stop_at_eos": bool(stop_at_eos), "device": device,

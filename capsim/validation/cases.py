@@ -38,7 +38,7 @@ class Case:
 
 
 def load_run(path: Path) -> dict[str, Any]:
-    from capsim.measure.run import read_run  # torch-free module scope
+    from capsim.measure.run_file import read_run  # torch-free module scope
 
     return read_run(path)
 

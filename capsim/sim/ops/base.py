@@ -15,6 +15,7 @@ import numpy as np
 
 from capsim.model.gemms import Gemm
 from capsim.sim.cost import OpCost
+from capsim.sim.num import any_true, ceil, f, zeros_like
 from capsim.sim.shape import Shape
 
 # Kernel launches per layer (per step for embedding and LM head) of a fused engine; the engine
@@ -26,10 +27,6 @@ KERNELS_PER_LAYER = {
     # expand_kv: kv_b_proj, transpose/split, new_empty + two copy_ into the key tensor
     "mla_expand": 4,
 }
-
-
-def f(x) -> np.ndarray:
-    return np.asarray(x, dtype=float)
 
 
 @dataclass(frozen=True)
@@ -71,17 +68,17 @@ class Local:
 
 def local_work(s: Shape, work: Work, *, kv_bytes_per_element, tp, ep, n, mla_absorbed: bool) -> Local:
     tp, ep, n = f(tp), f(ep), f(n)
-    if np.any((ep > 1) & (ep != n)):
+    if any_true((ep > 1) & (ep != n)):
         raise ValueError("ep must be 1 or equal to the number of devices")
     dp = n / tp
-    b_g = np.ceil(f(work.seqs) / dp - 1e-9)
+    b_g = ceil(f(work.seqs) / dp - 1e-9)
     share = b_g / f(work.seqs)
     t_g, pairs_g, kv_g = f(work.tokens) * share, f(work.pairs) * share, f(work.kv_read_tokens) * share
     expand = bool(s.mla and work.decode and not mla_absorbed)
     qk, v = ((s.qk_dim_decode, s.v_dim_decode) if work.decode and not expand
              else (s.qk_dim_prefill, s.v_dim_prefill))
-    kv_frac = 1.0 if s.mla else np.ceil(s.num_kv_heads / tp) / s.num_kv_heads  # MLA latent: replicated over TP
-    return Local(tp, ep, n, ep > 1, b_g, t_g, pairs_g, kv_g, f(work.tokens), np.zeros(np.broadcast(t_g, tp, ep).shape),
+    kv_frac = 1.0 if s.mla else ceil(s.num_kv_heads / tp) / s.num_kv_heads  # MLA latent: replicated over TP
+    return Local(tp, ep, n, ep > 1, b_g, t_g, pairs_g, kv_g, f(work.tokens), zeros_like(t_g, tp, ep),
                  work.decode, expand, qk, v, kv_frac, f(kv_bytes_per_element))
 
 

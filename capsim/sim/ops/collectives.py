@@ -18,7 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from capsim.sim.cost import LINK, OpCost
-from capsim.sim.ops.base import Local, f
+from capsim.sim.num import f, maximum, where
+from capsim.sim.ops.base import Local
 from capsim.sim.shape import Shape
 
 FAMILY = "collectives"
@@ -37,12 +38,11 @@ def collective_ops(s: Shape, w: Local, pp=1) -> dict[str, OpCost]:
     one_way = w.load * (w.all_tokens / w.n) * s.top_k * h * ab * (ep - 1) / ep * s.moe_layers
     pp = f(pp)
     return {
-        "tp_allreduce": _collective("ring", np.where(tp_on, ALLREDUCES_PER_LAYER * s.layers * 2 * (tp - 1) / tp * msg,
-                                                     0.0), np.where(tp_on, ALLREDUCES_PER_LAYER * s.layers, 0.0), z),
-        "ep_dispatch": _collective("alltoall", np.where(w.is_ep, one_way, 0.0),
-                                   np.where(w.is_ep & (s.num_experts > 0), s.moe_layers, 0.0), z),
-        "ep_combine": _collective("alltoall", np.where(w.is_ep, one_way, 0.0),
-                                  np.where(w.is_ep & (s.num_experts > 0), s.moe_layers, 0.0), z),
-        "pp_hop": _collective("hop", np.where(pp > 1, (pp - 1) * w.all_tokens * h * ab, 0.0), np.maximum(pp - 1, 0.0),
-                              z),
+        "tp_allreduce": _collective("ring", where(tp_on, ALLREDUCES_PER_LAYER * s.layers * 2 * (tp - 1) / tp * msg, 0.0),
+                                    where(tp_on, float(ALLREDUCES_PER_LAYER * s.layers), 0.0), z),
+        "ep_dispatch": _collective("alltoall", where(w.is_ep, one_way, 0.0),
+                                   where(w.is_ep & (s.num_experts > 0), float(s.moe_layers), 0.0), z),
+        "ep_combine": _collective("alltoall", where(w.is_ep, one_way, 0.0),
+                                  where(w.is_ep & (s.num_experts > 0), float(s.moe_layers), 0.0), z),
+        "pp_hop": _collective("hop", where(pp > 1, (pp - 1) * w.all_tokens * h * ab, 0.0), maximum(pp - 1, 0.0), z),
     }

@@ -14,7 +14,8 @@ import numpy as np
 
 from capsim.sim.cost import OpCost
 from capsim.sim.experts import expected_activated
-from capsim.sim.ops.base import KERNELS_PER_LAYER, Local, f, op
+from capsim.sim.num import f, maximum, where
+from capsim.sim.ops.base import KERNELS_PER_LAYER, Local, op
 from capsim.sim.shape import Shape
 
 FAMILY = "experts"
@@ -31,19 +32,19 @@ def expert_ops(s: Shape, w: Local, activated=None, rank_activated=None, rank_loa
     expert_bytes = s.expert_params * s.expert_weight_bytes * lm
     expert_flops_token = 2 * s.expert_params * lm
     if activated is None:  # ep == 1: each TP group sees its own tokens; ep == n: every expert sees the step
-        activated = np.where(is_ep, expected_activated(e, k, w.all_tokens), expected_activated(e, k, t_g))
+        activated = where(is_ep, expected_activated(e, k, w.all_tokens), expected_activated(e, k, t_g))
     activated = f(activated)
     on_rank = activated / w.ep if rank_activated is None else f(rank_activated)
-    load = np.where(is_ep, f(rank_load), 1.0)
-    routed_w = np.where(is_ep, on_rank * expert_bytes, activated * expert_bytes / tp)
-    all_w = np.where(is_ep, e / w.ep * expert_bytes, e * expert_bytes / tp)
-    on_device = np.where(is_ep, on_rank, activated)
-    with np.errstate(divide="ignore", invalid="ignore"):  # rows per activated expert: its token assignments
-        expert_rows = np.where(on_device > 0, load * t_g * k / np.maximum(on_device, 1e-300), np.inf)
+    load = where(is_ep, f(rank_load), 1.0)
+    routed_w = where(is_ep, on_rank * expert_bytes, activated * expert_bytes / tp)
+    all_w = where(is_ep, e / w.ep * expert_bytes, e * expert_bytes / tp)
+    on_device = where(is_ep, on_rank, activated)
+    # rows per activated expert: its token assignments
+    expert_rows = where(on_device > 0, load * t_g * k / maximum(on_device, 1e-300), np.inf)
     out["routed_experts"] = op(
         s, w, "routed_experts", FAMILY, load * t_g * k * expert_flops_token / tp, routed_w,
         load * t_g * k * s.expert_io_width * ab * lm / tp, KERNELS_PER_LAYER["routed_experts"] * lm if e else 0.0,
-        rows=expert_rows, split=np.where(is_ep, 1.0, tp), activated_per_layer=on_device * lm)
+        rows=expert_rows, split=where(is_ep, 1.0, tp), activated_per_layer=on_device * lm)
     dense = {"activated": w.zero + activated, "all_weight_bytes": w.zero + all_w,
              "all_flops": w.zero + t_g * e * expert_flops_token / tp}
     return out, replace(w, load=load, assignments=load * t_g * k), dense
