@@ -62,7 +62,7 @@ def predict(q: Query, db, profile=None) -> dict[str, Any]:
     dec = report.phase(res.decode, res.decode_timing, m["decode"], b)
     dec["mean_context"] = report.mean(res.decode_context)
     request_s = float(m["request_latency_s"])
-    cost_info = report.cost(sc, db, request_s, b * o)
+    cost_info = report.cost(sc, request_s, b * o)
     scenario = dict(sc.describe(), **(rt.description if rt else {}),
                     notes=list(sc.target.notes) + (rt.notes if rt else []) + notes)
     if not fits:

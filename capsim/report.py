@@ -82,18 +82,19 @@ def offload(sc: Scenario, residency, res) -> dict[str, Any]:
     return out
 
 
-def cost(sc: Scenario, db, seconds: float, tokens: float) -> dict[str, Any]:
+def cost(sc: Scenario, seconds: float, tokens: float) -> dict[str, Any]:
     """USD per hour of the devices used and per 1e6 output tokens (batch x output_len over the request's
     latency): --usd-per-hour, else the CAP cost model with its default assumptions (capsim.cap.hourly: the
     listed cloud price, else capex over the lifetime plus energy; ``capsim cap cost`` shows every part)."""
-    q, whole = sc.query, sc.whole
+    q = sc.query
     if q.usd_per_h is not None:
         per_h, basis, detail = q.usd_per_h, "given", "--usd-per-hour"
-    else:
-        from capsim.cap.hourly import default_pricer
+    elif sc.price_error is not None:
+        from capsim.errors import CapsimError
 
-        price = default_pricer(db).price(q.hardware, whole.devices_per_node or whole.n_devices, whole.nodes)
-        per_h, basis, detail = price.usd_per_h, price.basis, price.detail
+        raise CapsimError(sc.price_error)
+    else:
+        per_h, basis, detail = sc.price.usd_per_h, sc.price.basis, sc.price.detail
     if per_h is None:
         return {"usd_per_million_output_tokens": None, "usd_per_h": None, "basis": "unpriced",
                 "detail": f"{detail}; or pass --usd-per-hour"}

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from capsim import engines, precision
+from capsim import engines, precision, scenario_cache
 from capsim.errors import CapsimError
 from capsim.hardware.target import Target, for_layout, resolve_target, stage
 from capsim.model.catalogue import load_spec
@@ -113,6 +113,9 @@ class Scenario:
     nodes: int
     offload: OffloadSetup | None = None
     routing: str = UNIFORM_ROUTING
+    # USD per hour of the devices used at the default cost assumptions (capsim.cap.hourly), or why not
+    price: Any = None
+    price_error: str | None = None
 
     @property
     def n(self) -> int:
@@ -199,7 +202,11 @@ def resolve(q: Query, db, profile: engines.EngineProfile | None = None) -> Scena
     if hit is not None and hit[0] is db:
         sc = hit[1]
     else:
-        sc = _resolve(q, db, profile)
+        disk = scenario_cache.key(q, db, PER_REQUEST) if profile is None else None
+        sc = scenario_cache.get(disk)
+        if sc is None:
+            sc = _resolve(q, db, profile)
+            scenario_cache.put(disk, sc)
         if len(_CACHE) >= _CACHE_SIZE:
             _CACHE.pop(next(iter(_CACHE)))
         _CACHE[key] = (db, sc)
@@ -241,12 +248,26 @@ def _resolve(q: Query, db, profile: engines.EngineProfile | None) -> Scenario:
     profile = profile or engines.load(q.engine)
     shape = shape_of(spec, prec)
     offload = setup_offload(q, shape, target, prec, profile) if q.offload else None
+    price, price_error = _price(db, q.hardware, whole)
+    whole, target = replace(whole, graph=None), replace(target, graph=None)  # the graph served the resolution
     return Scenario(
         query=q, model_id=info["id"], model_source=info["source"], model_info=info, spec=spec, shape=shape,
         precision=prec, kv_precision=kv_name, kv_bytes=kv_b, compute_dtype=compute,
         weight_only=compute not in prec.compute[:1], profile=profile, whole=whole, target=target,
         hop_bytes_per_s=hop, hop_bottleneck=hop_where, peaks=Peaks.of(target.peak_flop_per_s, compute), tp=tp, ep=ep,
-        dp=target.n_devices // tp, pp=q.pp, nodes=whole.nodes, offload=offload)
+        dp=target.n_devices // tp, pp=q.pp, nodes=whole.nodes, offload=offload, price=price,
+        price_error=price_error)
+
+
+def _price(db, hardware: str, whole: Target):
+    """The devices' price per hour at the default cost assumptions (the listed cloud price, else capex over the
+    lifetime plus energy: capsim.cap.hourly), or the reason it cannot be had."""
+    from capsim.cap.hourly import default_pricer
+
+    try:
+        return default_pricer(db).price(hardware, whole.devices_per_node or whole.n_devices, whole.nodes), None
+    except CapsimError as err:
+        return None, str(err)
 
 
 def for_device(shape: Shape, target: Target, profile: engines.EngineProfile, compute_dtype: str,

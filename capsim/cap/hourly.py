@@ -15,9 +15,8 @@ N nodes cost N times one node; the fabric switch that joins them is not priced (
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from capsim.cap.assumptions import CostAssumptions
+from capsim.cap.price import Price
 from capsim.cap.report import cost_report
 from capsim.errors import CapsimError
 from capsim.hardware.db import HardwareDB, resolve_id
@@ -25,13 +24,6 @@ from capsim.hardware.target import resolve_target
 
 BASES = ("auto", "cloud", "owned")
 FABRIC_NOTE = "fabric switch between nodes not priced"
-
-
-@dataclass(frozen=True)
-class Price:
-    usd_per_h: float | None  # None: unpriced
-    basis: str  # "cloud", "owned", "given" or "unpriced"
-    detail: str  # the source, or why there is no price
 
 
 class Pricer:

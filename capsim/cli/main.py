@@ -10,8 +10,16 @@ from capsim import __version__
 from capsim.cli.oneline import CapsimGroup
 from capsim.errors import CapsimError
 
+COMMANDS = {  # name -> the module and attribute of its click command (imported when used)
+    "cap": "capsim.cli.cap:cap", "hw": "capsim.cli.hw:hw", "measure": "capsim.cli.measure:measure_cmd",
+    "measure-disk": "capsim.cli.measure_disk:measure_disk_cmd", "model": "capsim.cli.model:model",
+    "predict": "capsim.cli.predict:predict_cmd", "probe": "capsim.cli.probe:probe_cmd", "trace": "capsim.cli.trace:trace",
+    "validate": "capsim.cli.validate:validate_cmd", "sweep": "capsim.cli.sweep:sweep_cmd",
+    "provision": "capsim.cli.provision:provision_cmd",
+}
 
-@click.group(cls=CapsimGroup, context_settings={"help_option_names": ["-h", "--help"]})
+
+@click.group(cls=CapsimGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="capsim")
 @click.option(
     "--hardware-db",
@@ -26,38 +34,6 @@ def cli(ctx: click.Context, hardware_db: str | None) -> None:
     Mixture-of-Experts inference on hardware you may not have."""
     ctx.ensure_object(dict)
     ctx.obj["hardware_db"] = hardware_db
-
-
-def _register() -> None:
-    from capsim.cli.cap import cap
-    from capsim.cli.hw import hw
-    from capsim.cli.measure import measure_cmd
-    from capsim.cli.measure_disk import measure_disk_cmd
-    from capsim.cli.model import model
-    from capsim.cli.predict import predict_cmd
-    from capsim.cli.probe import probe_cmd
-    from capsim.cli.trace import trace
-
-    cli.add_command(cap)
-    cli.add_command(hw)
-    cli.add_command(measure_cmd)
-    cli.add_command(measure_disk_cmd)
-    cli.add_command(model)
-    cli.add_command(predict_cmd)
-    cli.add_command(probe_cmd)
-    cli.add_command(trace)
-    from capsim.cli.validate import validate_cmd
-
-    cli.add_command(validate_cmd)
-    from capsim.cli.sweep import sweep_cmd
-
-    cli.add_command(sweep_cmd)
-    from capsim.cli.provision import provision_cmd
-
-    cli.add_command(provision_cmd)
-
-
-_register()
 
 
 def main() -> None:

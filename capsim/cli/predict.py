@@ -195,7 +195,7 @@ def predict_cmd(ctx: click.Context, model, hardware, devices, nodes, engine, pre
                 input_len, output_len, tp, ep, pp, dp, trace, trace_samples, trace_any_model, usd_per_hour, no_memory_check,
                 allow_dense, offload, expert_cache, cache_policy, expert_tier, host_sockets, as_json) -> None:
     """Predict TTFT, TPOT, throughput, S-MBU / S-MFU, memory and cost of serving MODEL on HARDWARE."""
-    db = hwdb.load(ctx.obj.get("hardware_db") if ctx.obj else None)
+    db = hwdb.load(ctx.obj.get("hardware_db") if ctx.obj else None, lazy=True)  # read only if not cached
     q = Query(model=model, hardware=hardware, devices=devices, nodes=nodes, engine=engine, precision=precision,
               kv_precision=kv_precision, compute_dtype=compute_dtype, batch=batch, input_len=input_len,
               output_len=output_len, tp=tp, ep=ep, pp=pp, dp=dp, trace=trace, trace_samples=trace_samples, trace_any_model=trace_any_model, usd_per_h=usd_per_hour,

@@ -13,22 +13,32 @@ collects all of them, :func:`load` stops at the first.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-
-import yaml
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from typing import TYPE_CHECKING
 
 from capsim.errors import CapsimError
-from capsim.hardware.quantity import Quantity
-from capsim.hardware.schema import ITEM_KINDS, AnyItem, Item, Source, System
+
+if TYPE_CHECKING:  # pydantic, yaml and the schema are imported when the database is read
+    from pydantic import ValidationError
+
+    from capsim.hardware.schema import Item, Source
 
 BUILTIN_DB = Path(__file__).resolve().parents[2] / "hardware_db"
 ENV_VAR = "CAPSIM_HARDWARE_DB"
-_ITEM = TypeAdapter(AnyItem)
-_SOURCES = TypeAdapter(dict[str, Source])
+
+
+@cache
+def _adapters():
+    from pydantic import TypeAdapter
+
+    from capsim.hardware.schema import AnyItem, Source
+
+    return TypeAdapter(AnyItem), TypeAdapter(dict[str, Source])
 
 
 @dataclass(frozen=True)
@@ -41,11 +51,55 @@ class Problem:
         return f"{self.file}: {self.field}: {self.message}" if self.field else f"{self.file}: {self.message}"
 
 
-@dataclass
 class HardwareDB:
-    items: dict[str, Item] = field(default_factory=dict)
-    sources: dict[str, Source] = field(default_factory=dict)
-    files: dict[str, Path] = field(default_factory=dict)
+    """Items by id, the sources they cite and the file each came from. :func:`load` makes one that reads its
+    folders on first use (a prediction whose scenario is cached never reads them); ``fingerprint`` hashes
+    their files' contents."""
+
+    def __init__(self, items: dict | None = None, sources: dict | None = None, files: dict | None = None,
+                 roots: tuple[Path, ...] = ()):
+        self.roots = tuple(roots)
+        self._loaded = items is not None or not self.roots
+        self._items, self._sources, self._files = items or {}, sources or {}, files or {}
+        self._fingerprint: str | None = None
+
+    def _load(self) -> None:
+        if not self._loaded:
+            db, problems = check(*self.roots)
+            if problems:
+                more = f" (and {len(problems) - 1} more problems; run 'capsim hw check')" if len(problems) > 1 else ""
+                raise CapsimError(str(problems[0]) + more)
+            self._items, self._sources, self._files, self._loaded = db.items, db.sources, db.files, True
+
+    @property
+    def items(self) -> dict[str, Item]:
+        self._load()
+        return self._items
+
+    @property
+    def sources(self) -> dict[str, Source]:
+        self._load()
+        return self._sources
+
+    @property
+    def files(self) -> dict[str, Path]:
+        self._load()
+        return self._files
+
+    def fingerprint(self) -> str:
+        """sha256 over the path and contents of every YAML file of the database's folders (in-memory
+        databases: over their items)."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            if self.roots:
+                for root in self.roots:
+                    for path in _yaml_files(Path(root)):
+                        h.update(str(path.relative_to(root) if path != root else path.name).encode() + b"\0")
+                        h.update(path.read_bytes() + b"\0")
+            else:
+                h.update(repr(sorted((k, v.model_dump_json()) for k, v in self._items.items())).encode())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
 
     def list(self, kind: str | None = None) -> list[Item]:
         return [it for _, it in sorted(self.items.items()) if kind is None or it.kind == kind]
@@ -55,8 +109,12 @@ class HardwareDB:
         return self.items[resolve_id(self, name, kind)]
 
 
-def iter_quantities(obj: object, path: str = "") -> Iterator[tuple[str, Quantity]]:
-    """Every numeric leaf of an item, with its dotted field path."""
+def iter_quantities(obj: object, path: str = "") -> Iterator[tuple[str, object]]:
+    """Every numeric leaf (a Quantity) of an item, with its dotted field path."""
+    from pydantic import BaseModel
+
+    from capsim.hardware.quantity import Quantity
+
     if isinstance(obj, Quantity):
         yield path, obj
     elif isinstance(obj, BaseModel):
@@ -71,6 +129,8 @@ def iter_quantities(obj: object, path: str = "") -> Iterator[tuple[str, Quantity
 
 
 def _pydantic_problems(file: str, err: ValidationError, strip_tag: bool) -> list[Problem]:
+    from capsim.hardware.schema import ITEM_KINDS
+
     out = []
     for e in err.errors():
         loc = [str(x) for x in e["loc"]]
@@ -86,16 +146,16 @@ def _pydantic_problems(file: str, err: ValidationError, strip_tag: bool) -> list
     return out
 
 
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: ~10x faster
-
-
 def _read_yaml(path: Path) -> tuple[object, list[Problem]]:
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: ~10x faster
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         return None, [Problem(str(path), "", f"cannot read file: {err.strerror}")]
     try:
-        return yaml.load(text, Loader=_LOADER), []
+        return yaml.load(text, Loader=loader), []
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -115,6 +175,9 @@ def _is_sources_file(path: Path) -> bool:
 
 def read_folder(root: Path) -> tuple[HardwareDB, list[Problem]]:
     """Parse every file below ``root`` (or one file) without cross-checks."""
+    from pydantic import ValidationError
+
+    item_adapter, sources_adapter = _adapters()
     db, problems = HardwareDB(), []
     if not root.exists():
         return db, [Problem(str(root), "", "no such file or directory")]
@@ -125,7 +188,7 @@ def read_folder(root: Path) -> tuple[HardwareDB, list[Problem]]:
             continue
         if _is_sources_file(path):
             try:
-                db.sources.update(_SOURCES.validate_python(data or {}))
+                db.sources.update(sources_adapter.validate_python(data or {}))
             except ValidationError as err:
                 problems += _pydantic_problems(str(path), err, strip_tag=False)
             continue
@@ -133,7 +196,7 @@ def read_folder(root: Path) -> tuple[HardwareDB, list[Problem]]:
             problems.append(Problem(str(path), "", "expected a mapping with id, kind, name, ... at the top"))
             continue
         try:
-            item = _ITEM.validate_python(data)
+            item = item_adapter.validate_python(data)
         except ValidationError as err:
             problems += _pydantic_problems(str(path), err, strip_tag=True)
             continue
@@ -179,7 +242,7 @@ def cross_check(db: HardwareDB) -> list[Problem]:
         ):
             if fld in type(item).model_fields:
                 ref(item, fld, getattr(item, fld), kind)
-        if isinstance(item, System):
+        if item.kind == "system":
             if item.composition_source not in db.sources:
                 problems.append(Problem(f, "composition_source", f"unknown source {item.composition_source!r}"))
             role_kind = {"accelerator": "accelerator", "cpu": "cpu", "dram": "memory", "storage": "storage", "nic": "link"}
@@ -213,18 +276,18 @@ def user_folder(option: str | None = None) -> Path | None:
     return Path(value) if value else None
 
 
-def load(user_db: str | Path | None = None) -> HardwareDB:
-    """The built-in database merged with the user's folder; raises on the first problem."""
+def load(user_db: str | Path | None = None, lazy: bool = False) -> HardwareDB:
+    """The built-in database merged with the user's folder; raises on the first problem. ``lazy``: read and
+    check the folders on first use instead (what a prediction whose scenario is cached may never need)."""
     roots = [BUILTIN_DB]
     user = user_folder(str(user_db) if user_db else None)
     if user is not None:
         if not user.exists():
             raise CapsimError(f"--hardware-db {user}: no such folder")
         roots.append(user)
-    db, problems = check(*roots)
-    if problems:
-        more = f" (and {len(problems) - 1} more problems; run 'capsim hw check')" if len(problems) > 1 else ""
-        raise CapsimError(str(problems[0]) + more)
+    db = HardwareDB(roots=tuple(roots))
+    if not lazy:
+        db._load()
     return db
 
 

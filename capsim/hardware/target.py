@@ -13,19 +13,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from capsim.errors import CapsimError
-from capsim.hardware.db import HardwareDB, resolve_id
-from capsim.hardware.schema import Accelerator, Cpu, Link, Storage, System
-from capsim.hardware.topology import (
-    alltoall_collective,
-    build_cluster,
-    build_graph,
-    devices,
-    path,
-    ring_collective,
-    transfer_collective,
-)
+
+if TYPE_CHECKING:  # the database, its schema and the topology graph are imported when a target is resolved
+    from capsim.hardware.db import HardwareDB
+    from capsim.hardware.schema import Accelerator, Cpu, System
 
 IOPS_REQUEST_BYTES = 4096  # Storage.random_read_4k_iops counts 4 KiB reads
 
@@ -116,7 +110,7 @@ def _bare_accelerator(db: HardwareDB, acc: Accelerator, n: int) -> Target:
     bw, lat = math.inf, 0.0
     if n > 1:
         link = db.items[link_id]
-        assert isinstance(link, Link)
+        assert link.kind == "link"
         bw = link.bandwidth_per_direction_bytes_per_s.value
         lat = link.latency_s.value if link.latency_s else 0.0
         if acc.scale_up_link is None:
@@ -126,7 +120,7 @@ def _bare_accelerator(db: HardwareDB, acc: Accelerator, n: int) -> Target:
     host = None
     if acc.host_link is not None:  # an unknown host behind the device's own host link: enough for gpu-fetch
         hl = db.items[acc.host_link]
-        assert isinstance(hl, Link)
+        assert hl.kind == "link"
         host = HostTier(cpu_id="", sockets=0, cpu_peak_flop_per_s={}, dram_bandwidth_bytes_per_s=math.inf,
                         dram_capacity_bytes=None, to_device_bytes_per_s=hl.bandwidth_per_direction_bytes_per_s.value,
                         to_device_path=f"host DRAM -> {acc.host_link} -> {acc.id} (host not in the database)")
@@ -159,6 +153,14 @@ def _bare_cpu(cpu: Cpu, n: int) -> Target:
 
 
 def _system(db: HardwareDB, sysm: System, n: int | None, nodes: int = 1) -> Target:
+    from capsim.hardware.topology import (
+        alltoall_collective,
+        build_cluster,
+        build_graph,
+        devices,
+        ring_collective,
+    )
+
     g = build_cluster(sysm, db, nodes)
     one = build_graph(sysm, db) if nodes > 1 else g  # one node's graph: per-node figures and host tier
     role = "accelerator" if devices(one, "accelerator") else "cpu"
@@ -181,11 +183,11 @@ def _system(db: HardwareDB, sysm: System, n: int | None, nodes: int = 1) -> Targ
     drams = devices(one, "dram")
     dram_total = sum(one.nodes[d]["capacity_bytes"] or 0.0 for d in drams) or None
     if role == "accelerator":
-        assert isinstance(item, Accelerator)
+        assert item.kind == "accelerator"
         cap, bw = item.memory.capacity_bytes.value, item.memory.bandwidth_bytes_per_s.value
         mem_type = item.memory.type
     else:  # CPU-only system: each socket computes from its own DRAM tier
-        assert isinstance(item, Cpu)
+        assert item.kind == "cpu"
         socket_dram = [d for d in drams if one.has_edge(d, per_node[0])]
         if not socket_dram:
             raise CapsimError(f"--hardware {sysm.id}: {per_node[0]} has no DRAM attached")
@@ -220,16 +222,18 @@ def _system(db: HardwareDB, sysm: System, n: int | None, nodes: int = 1) -> Targ
         power_w=sysm.power_w.value * share * nodes if sysm.power_w else None, notes=notes, nodes=nodes,
         devices_per_node=n, ring_latency_s=ring.latency_s, alltoall_latency_s=a2a.latency_s,
         ring_bottleneck=ring.bottleneck, alltoall_bottleneck=a2a.bottleneck, graph=g, used=tuple(used),
-        page_faults=page_faults(item) if isinstance(item, Cpu) else PageFaults(),
+        page_faults=page_faults(item) if item.kind == "cpu" else PageFaults(),
     )
 
 
 def _host_tier(g, db: HardwareDB, device: str) -> HostTier | None:
+    from capsim.hardware.topology import devices, path
+
     cpus, drams, drives = devices(g, "cpu"), devices(g, "dram"), devices(g, "storage")
     if not cpus or not drams:
         return None
     cpu = db.items[g.nodes[cpus[0]]["item"]]
-    assert isinstance(cpu, Cpu)
+    assert cpu.kind == "cpu"
     peaks = {dt: v * len(cpus) for dt, v in _peaks(cpu).items()}
     dram_bw = sum(g.nodes[d]["bandwidth_bytes_per_s"] for d in drams)
     caps = [g.nodes[d]["capacity_bytes"] for d in drams]
@@ -241,7 +245,7 @@ def _host_tier(g, db: HardwareDB, device: str) -> HostTier | None:
         caps_ssd = [g.nodes[d]["capacity_bytes"] for d in drives]
         ssd_cap = sum(caps_ssd) if all(c is not None for c in caps_ssd) else None
         drive = db.items[g.nodes[drives[0]]["item"]]
-        assert isinstance(drive, Storage)
+        assert drive.kind == "storage"
         ssd_id = drive.id
         if drive.random_read_4k_iops is not None:
             ssd_4k = drive.random_read_4k_iops.value * IOPS_REQUEST_BYTES
@@ -260,23 +264,27 @@ def resolve_target(db: HardwareDB, hardware: str, n_devices: int | None = None, 
         raise CapsimError(f"--devices {n_devices}: expected a positive integer")
     if not isinstance(nodes, int) or nodes < 1:
         raise CapsimError(f"--nodes {nodes}: expected a positive integer")
+    from capsim.hardware.db import HardwareDB, resolve_id
+
     pool = HardwareDB({k: v for k, v in db.items.items() if v.kind in ("system", "accelerator", "cpu")})
     item = db.items[resolve_id(pool, hardware, None)]
-    if nodes > 1 and not (isinstance(item, System) and item.scale_out_link):
-        have = sorted(k for k, v in db.items.items() if isinstance(v, System) and v.scale_out_link)
-        what = (f"system {item.id} has no scale_out_link (the NIC link that joins nodes)" if isinstance(item, System)
+    if nodes > 1 and not (item.kind == "system" and item.scale_out_link):
+        have = sorted(k for k, v in db.items.items() if v.kind == "system" and v.scale_out_link)
+        what = (f"system {item.id} has no scale_out_link (the NIC link that joins nodes)" if item.kind == "system"
                 else f"{item.id} is a bare {item.kind}, not a system with a scale_out_link")
         raise CapsimError(f"--nodes {nodes}: {what}; name a system that has one "
                           f"({', '.join(have) or 'none in this database'})")
-    if isinstance(item, System):
+    if item.kind == "system":
         return _system(db, item, n_devices, nodes)
-    if isinstance(item, Accelerator):
+    if item.kind == "accelerator":
         return _bare_accelerator(db, item, n_devices or 1)
-    assert isinstance(item, Cpu)
+    assert item.kind == "cpu"
     return _bare_cpu(item, n_devices or 1)
 
 
 def _priced(t: Target, used: list[str], rings: list[list[str]], alltoall: list[str]) -> Target:
+    from capsim.hardware.topology import alltoall_collective, ring_collective
+
     ring, a2a = ring_collective(t.graph, rings), alltoall_collective(t.graph, alltoall)
     return replace(t, n_devices=len(used), used=tuple(used), ring_bandwidth_bytes_per_s=ring.bandwidth_bytes_per_s,
                    ring_latency_s=ring.latency_s, ring_bottleneck=ring.bottleneck,
@@ -301,6 +309,8 @@ def stage(t: Target, pp: int) -> tuple[Target, float, str]:
     it. A bare device's stages are joined by its link."""
     if pp == 1:
         return t, math.inf, ""
+    from capsim.hardware.topology import transfer_collective
+
     size = t.n_devices // pp
     if t.graph is None:
         return replace(t, n_devices=size), t.ring_bandwidth_bytes_per_s, t.collective_link

@@ -26,7 +26,6 @@ import pandas as pd
 
 from capsim import capacity, placement, routing
 from capsim.cap.cost import usd_per_million_tokens
-from capsim.cap.hourly import default_pricer
 from capsim.errors import CapsimError
 from capsim.scenario import Query, Scenario, resolve
 from capsim.sim.metrics import request_metrics
@@ -71,13 +70,6 @@ class Configuration:
     labels: dict[str, Any]  # values of the TEXT and LAYOUT columns
 
 
-def _hourly_usd(db, hardware: str, devices: int, nodes: int) -> float | None:
-    try:
-        return default_pricer(db).price(hardware, devices, nodes).usd_per_h
-    except CapsimError:
-        return None
-
-
 def configure(key: tuple, db) -> Configuration:
     """Resolve one configuration (``key``: the CONFIG_COLUMNS values of its rows)."""
     k = dict(zip(CONFIG_COLUMNS, key, strict=True))
@@ -101,7 +93,7 @@ def configure(key: tuple, db) -> Configuration:
     labels = dict(given, model_id=d["model"], device=d["device"], devices=d["devices_per_node"], nodes=d["nodes"],
                   devices_total=d["devices"], precision=d["precision"], kv_precision=d["kv_precision"],
                   compute_dtype=d["compute_dtype"], engine=d["engine"], tp=d["tp"], ep=d["ep"], dp=d["dp"], pp=d["pp"])
-    return Configuration(key, q, sc, _hourly_usd(db, k["hardware"], d["devices_per_node"], d["nodes"]), None, labels)
+    return Configuration(key, q, sc, sc.price.usd_per_h if sc.price is not None else None, None, labels)
 
 
 def _bottleneck(timing, shape) -> np.ndarray:
