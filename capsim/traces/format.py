@@ -162,8 +162,46 @@ class Trace:
             yield {k: v[start:start + tokens] for k, v in self.arrays.items()}
 
     def verify(self) -> None:
+        """Check the arrays against meta.json's content hash. A trace whose files (path, size, modification
+        time, inode) are as they were when it last passed is not hashed again: in this process, nor in
+        another one (a stamp in capsim's cache folder, :mod:`capsim.scenario_cache`)."""
+        stamp = _file_stamp(self)
+        if stamp in _VERIFIED or _stamp_file(stamp, check=True):
+            return
         if content_hash(self.arrays) != self.meta["content_sha256"]:
             raise CapsimError(f"{self.path}: content hash does not match meta.json (corrupted or edited trace)")
+        _VERIFIED.add(stamp)
+        _stamp_file(stamp, check=False)
+
+
+_VERIFIED: set[str] = set()
+
+
+def _file_stamp(trace: Trace) -> str:
+    """A digest of the trace files' identity (resolved path, size, modification time, inode) and its hash."""
+    parts = [str(Path(trace.path).resolve()), trace.meta["content_sha256"]]
+    for name in ("meta.json", *(f"{a}.npy" for a in ARRAYS)):
+        st = os.stat(Path(trace.path) / name)
+        parts.append(f"{name}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _stamp_file(stamp: str, check: bool) -> bool:
+    """Whether the stamp of a verified trace is on disk (check), or write it; never an error."""
+    from capsim.scenario_cache import folder
+
+    where = folder()
+    if where is None:
+        return False
+    f = where / "verified-traces" / stamp
+    if check:
+        return f.is_file()
+    try:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("content hash checked\n")
+    except OSError:
+        pass
+    return False
 
 
 def open_trace(path: str | Path, verify: bool = False) -> Trace:

@@ -22,6 +22,7 @@ trace and process. Everything here is numpy on memory-mapped arrays: no torch.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -30,7 +31,7 @@ from capsim.traces.format import DECODE, PREFILL, Trace
 
 DEFAULT_SAMPLES = 200  # batch compositions drawn per prediction
 PREFILL_SAMPLES = 50  # a prefill pass covers many tokens: fewer compositions suffice
-_CHUNK_TOKENS = 1 << 15
+_PREFILL_CHUNK_TOKENS = 1 << 17  # prompt tokens read from the trace at a time
 _CHUNK_SAMPLES = 16  # compositions drawn at a time (the random stream's unit)
 _MAX_ENTRIES = 1 << 24  # expert ids counted per bincount call (memory: 8 bytes each)
 STATS = ("activated", "rank_activated", "rank_load")
@@ -65,7 +66,12 @@ def _orders(rng, samples: int, n_items: int, bmax: int, draws: bool):
     orders, us = [], []
     for lo in range(0, samples, _CHUNK_SAMPLES):
         c = min(samples, lo + _CHUNK_SAMPLES) - lo
-        order = np.argsort(rng.random((c, n_items)), axis=1)[:, :bmax]
+        keys = rng.random((c, n_items))
+        if bmax < n_items:  # the bmax smallest keys in order: the first bmax of the sorted order, found in O(n)
+            part = np.argpartition(keys, bmax - 1, axis=1)[:, :bmax]
+            order = np.take_along_axis(part, np.argsort(np.take_along_axis(keys, part, axis=1), axis=1), axis=1)
+        else:
+            order = np.argsort(keys, axis=1)
         orders.append(order)
         if draws:
             us.append(np.take_along_axis(rng.random((c, n_items)), order, axis=1))
@@ -82,22 +88,23 @@ def _block(samples_per: int, bins_per: int) -> int:
     return max(1, _MAX_ENTRIES // max(samples_per, bins_per, 1))
 
 
-def _decode_stats(ids: np.ndarray, sizes: np.ndarray, num_experts: int, ep: int) -> dict[str, np.ndarray]:
-    """ids (samples, bmax, layers, k) of the chosen tokens -> stats (samples, len(sizes)) of the prefixes of
-    length ``sizes`` (per block of samples: one bincount per segment between sizes, a running sum over them)."""
-    s, bmax, layers, k = ids.shape
-    nseg, bins = len(sizes), layers * num_experts
-    base = (_segments(bmax, sizes)[:, None, None] * layers + np.arange(layers)[None, :, None]) * num_experts
-    out = {key: np.empty((s, nseg)) for key in STATS}
-    step = _block(bmax * layers * k, nseg * bins)
-    for lo in range(0, s, step):
-        blk = ids[lo:lo + step]
-        n = len(blk)
-        flat = (np.arange(n)[:, None, None, None] * (nseg * bins) + base[None] + blk).ravel()
-        c = np.cumsum(np.bincount(flat, minlength=n * nseg * bins).reshape(n, nseg, layers, num_experts), axis=1)
-        for key, v in _stats_from_counts(c, ep).items():
-            out[key][lo:lo + n] = v
-    return out
+
+def _decode_stats(ids: np.ndarray, row_bin: np.ndarray, samples: int, nseg: int, num_experts: int,
+                  ep: int) -> dict[str, np.ndarray]:
+    """Stats (samples, nseg) of the chosen tokens' routing, averaged over layers: ``ids`` (tokens, layers, k),
+    in any order, and per token the first count bin of its (sample, segment between the asked sizes),
+    (sample x nseg + segment) x E. One layer at a time (its ids contiguous, its counts small enough to stay in
+    cache): one bincount over (sample, segment, expert), a running sum over the segments (the prefixes of the
+    asked sizes), the stats of :func:`_stats_from_counts` for that layer."""
+    layers, e = ids.shape[1], num_experts
+    by_layer = np.ascontiguousarray(ids.transpose(1, 0, 2))  # (layers, tokens, k)
+    base = row_bin[:, None]
+    out = {key: np.zeros((samples, nseg)) for key in STATS}
+    for layer in range(layers):
+        c = np.bincount((base + by_layer[layer]).ravel(), minlength=samples * nseg * e).reshape(samples, nseg, 1, e)
+        for key, v in _stats_from_counts(np.cumsum(c, axis=1) if nseg > 1 else c, ep).items():
+            out[key] += v
+    return {key: v / layers for key, v in out.items()}
 
 
 def _pick(stats: dict[str, np.ndarray], sizes: np.ndarray, asked: np.ndarray) -> dict[str, np.ndarray]:
@@ -127,28 +134,79 @@ def _sequence_index(trace: Trace, phase: int) -> tuple[np.ndarray, np.ndarray, n
     return out
 
 
-_PREFILL_CACHE: dict[tuple[str, str], np.ndarray] = {}
+_PREFILL_CACHE: dict[tuple, np.ndarray] = {}
 
 
 def _prefill_counts(trace: Trace) -> np.ndarray:
-    """Per traced sequence: (layers, E) counts of its prompt tokens' assignments (cached per trace content)."""
+    """Per traced sequence: (layers, E) counts of its prompt tokens' assignments (cached per trace content).
+    Read in file order in chunks; counted one layer at a time into (sequence, expert) bins."""
     key = (str(trace.path), trace.meta["content_sha256"])
     if key in _PREFILL_CACHE:
         return _PREFILL_CACHE[key]
+    stored = _stored_table(trace)
+    if stored is not None:
+        _PREFILL_CACHE.clear()
+        _PREFILL_CACHE[key] = stored
+        return stored
     rows, uniq, start, _ = _sequence_index(trace, PREFILL)
-    layers, e = trace.expert_ids.shape[1], trace.num_experts
-    seq_of_row = np.repeat(np.arange(len(uniq)), np.diff(np.append(start, len(rows))))
-    counts = np.zeros(len(uniq) * layers * e, dtype=np.int64)
-    for lo in range(0, len(rows), _CHUNK_TOKENS):
-        r = rows[lo:lo + _CHUNK_TOKENS]
-        ids = np.asarray(trace.expert_ids[np.sort(r)])  # in-order read of the memory map
-        s = seq_of_row[lo:lo + _CHUNK_TOKENS][np.argsort(np.argsort(r))]
-        flat = (s[:, None, None] * layers + np.arange(layers)[None, :, None]) * e + ids
-        counts += np.bincount(flat.ravel(), minlength=counts.size)
-    out = counts.reshape(len(uniq), layers, e).astype(np.int32)
+    layers, e, n_seq = trace.expert_ids.shape[1], trace.num_experts, len(uniq)
+    seq_of_row = np.repeat(np.arange(n_seq), np.diff(np.append(start, len(rows))))
+    in_file = np.argsort(rows, kind="stable")
+    rows, seq_of_row = rows[in_file], seq_of_row[in_file]
+    counts = np.zeros((layers, n_seq * e), dtype=np.int64)
+    for lo in range(0, len(rows), _PREFILL_CHUNK_TOKENS):
+        by_layer = np.ascontiguousarray(np.asarray(trace.expert_ids[rows[lo:lo + _PREFILL_CHUNK_TOKENS]]).transpose(1, 0, 2))
+        base = (seq_of_row[lo:lo + _PREFILL_CHUNK_TOKENS] * e)[:, None]
+        for layer in range(layers):
+            counts[layer] += np.bincount((base + by_layer[layer]).ravel(), minlength=n_seq * e)
+    out = np.ascontiguousarray(counts.reshape(layers, n_seq, e).transpose(1, 0, 2)).astype(np.int32)
     _PREFILL_CACHE.clear()
     _PREFILL_CACHE[key] = out
+    _store_table(trace, out)
     return out
+
+
+def _table_file(trace: Trace):
+    """Where the per-sequence prompt counts of a trace are kept between processes: capsim's cache folder
+    (:mod:`capsim.scenario_cache`), named by the trace's content hash (a verified trace's contents)."""
+    from capsim.scenario_cache import folder
+
+    where = folder()
+    return None if where is None else where / "trace-tables" / f"{trace.meta['content_sha256']}-prefill.npy"
+
+
+def _stored_table(trace: Trace) -> np.ndarray | None:
+    f = _table_file(trace)
+    try:
+        table = np.load(f) if f is not None and f.is_file() else None
+    except (OSError, ValueError):
+        return None
+    n_seq = len(_sequence_index(trace, PREFILL)[1])
+    ok = table is not None and table.shape == (n_seq, trace.expert_ids.shape[1], trace.num_experts)
+    return table if ok else None
+
+
+def _store_table(trace: Trace, table: np.ndarray) -> None:
+    f = _table_file(trace)
+    if f is None:
+        return
+    try:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        tmp = f.with_name(f".{f.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as fh:
+            np.save(fh, table)
+        os.replace(tmp, f)
+    except OSError:
+        pass
+
+
+def _prefill_table(trace: Trace) -> np.ndarray:
+    """The per-sequence prompt counts as a float32 (sequences, layers x E) matrix (cached with the counts)."""
+    per_seq = _prefill_counts(trace)
+    key = ("table", str(trace.path), trace.meta["content_sha256"])
+    if key not in _PREFILL_CACHE:
+        _PREFILL_CACHE[key] = per_seq.reshape(len(per_seq), -1).astype(np.float32)
+    return _PREFILL_CACHE[key]
 
 
 def prefill_routing_curve(trace: Trace, batch_sizes, ep: int = 1, samples: int = PREFILL_SAMPLES, seed: int = 1):
@@ -165,7 +223,7 @@ def prefill_routing_curve(trace: Trace, batch_sizes, ep: int = 1, samples: int =
     # compositions as 0/1 rows over the sequences, one per (sample, segment between asked sizes): a matrix
     # product with the per-sequence tables sums each segment's counts (exact: float32 holds them)
     seg = _segments(order.shape[1], sizes)
-    table = per_seq.reshape(n_items, layers * e).astype(np.float32)
+    table = _prefill_table(trace)
     out = {key: np.empty((samples, len(sizes))) for key in STATS}
     step = _block(n_items * len(sizes), len(sizes) * layers * e)
     for lo in range(0, samples, step):
@@ -199,11 +257,12 @@ def decode_routing_curve(trace: Trace, batch_sizes, ep: int = 1, samples: int = 
                      "sequence, which may understate the experts it activates")
         order, _ = _orders(rng, samples, rows.size, bmax, draws=False)
         pick = rows[order]
+    # count bin of each chosen token: (sample x segments + its segment) x E; read the tokens in file order
+    row_bin = ((np.arange(samples)[:, None] * len(sizes) + _segments(bmax, sizes)[None, :]) * trace.num_experts).ravel()
     flat = pick.ravel()
     srt = np.argsort(flat, kind="stable")
-    ids = np.empty((flat.size, *trace.expert_ids.shape[1:]), dtype=trace.expert_ids.dtype)
-    ids[srt] = trace.expert_ids[flat[srt]]  # in-order read of the memory map
-    stats = _decode_stats(ids.reshape(*pick.shape, *ids.shape[1:]), sizes, trace.num_experts, ep)
+    ids = np.asarray(trace.expert_ids[flat[srt]])
+    stats = _decode_stats(ids, row_bin[srt], samples, len(sizes), trace.num_experts, ep)
     return _pick(stats, sizes, asked), notes
 
 
