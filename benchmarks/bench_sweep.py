@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import peer_venv  # noqa: E402  (benchmarks/peer_venv.py, beside this script)
 import yaml
 
 from capsim.cli.table import render
@@ -51,7 +52,6 @@ HERE = Path(__file__).resolve().parent
 SCENARIOS_PER_S_TARGET = 100_000
 SPEEDUP_TARGET = 100
 GENZ_SPEC = "genz-llm==0.0.16"
-TORCH_SPEC = "torch==2.13.0"  # the local CPU wheel; never an unpinned torch
 GENZ_VENV = HERE / ".venv-genz"
 
 BIG_GRID = {
@@ -152,43 +152,6 @@ def capsim_cases(db):
     return seconds / len(frame), frame
 
 
-def _pip(venv: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", *args],
-                          capture_output=True, text=True)
-
-
-def ensure_genz(venv: Path, reinstall: bool) -> str:
-    """Create or reuse the GenZ virtual environment; returns a note on what was done."""
-    stamp = venv / ".bench-installed"
-    if stamp.exists() and stamp.read_text().strip() == GENZ_SPEC and not reinstall:
-        return f"reused {venv.relative_to(HERE.parent)}"
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, capture_output=True)
-    dry = _pip(venv, "install", "--dry-run", GENZ_SPEC)
-    if dry.returncode:
-        raise RuntimeError(f"pip cannot resolve {GENZ_SPEC}: {dry.stderr.strip().splitlines()[-1:]}")
-    would = " ".join(line for line in dry.stdout.splitlines() if line.startswith("Would install"))
-    if " torch-" in f" {would.split('install', 1)[-1]}":
-        done = _pip(venv, "install", TORCH_SPEC)  # before anything that depends on torch
-        if done.returncode:
-            raise RuntimeError(f"pip install {TORCH_SPEC} failed: {done.stderr.strip().splitlines()[-1:]}")
-    done = _pip(venv, "install", GENZ_SPEC)
-    if done.returncode:
-        raise RuntimeError(f"pip install {GENZ_SPEC} failed: {done.stderr.strip().splitlines()[-1:]}")
-    stamp.write_text(GENZ_SPEC + "\n")
-    return f"created {venv.relative_to(HERE.parent)} in {time.perf_counter() - t0:.0f} s"
-
-
-def run_genz(venv: Path) -> dict:
-    env = dict(os.environ, MPLBACKEND="Agg", PYTHONWARNINGS="ignore")
-    p = subprocess.run([str(venv / "bin" / "python"), "-c", GENZ_RUNNER, json.dumps(cases())], capture_output=True,
-                       text=True, env=env, timeout=1800)
-    if p.returncode:
-        tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"GenZ run failed (exit {p.returncode}): {tail}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
-
-
 def genz_rows(db, rate: float, use_genz: bool, reinstall: bool) -> list[dict]:
     per_capsim, frame = capsim_cases(db)
     n = len(frame)
@@ -200,8 +163,8 @@ def genz_rows(db, rate: float, use_genz: bool, reinstall: bool) -> list[dict]:
     if not use_genz:
         return rows + [row("genz-llm", "not run (--no-genz)")]
     try:
-        note = ensure_genz(GENZ_VENV, reinstall)
-        g = run_genz(GENZ_VENV)
+        note = peer_venv.ensure(GENZ_VENV, GENZ_SPEC, reinstall)
+        g = peer_venv.run(GENZ_VENV, GENZ_RUNNER, json.dumps(cases()))
     except (RuntimeError, OSError, subprocess.SubprocessError, json.JSONDecodeError) as err:
         return rows + [row("genz-llm", f"NOT RUN: {err}", passed=None, error=str(err)),
                        row("speed-up, GenZ / capsim per scenario", "n/a (GenZ did not run)",

@@ -44,51 +44,60 @@ def per_device(sc: Scenario, batch, input_len, output_len, expert_fraction=1.0) 
 WINDOW = 64  # candidates checked at once around a guess (and per round of the search)
 
 
-def _search(total_of, capacity: float) -> int | None:
-    """Largest x in [1, SEARCH_LIMIT] with total_of(x) <= capacity (total_of: arrays of x -> bytes, growing
-    with x); 0 if none, None if unbounded. Exact: memory is affine in the sequences (or tokens) between the
-    rounding steps of the data-parallel and pipeline splits, so interpolating the totals at the two ends guesses
-    the edge and one window of candidates around it confirms it; otherwise (windowed layers bend the KV cache
-    curve) a search that narrows [lo, hi] WINDOW-fold per round finds it."""
-    t = total_of(np.array([1.0, float(SEARCH_LIMIT)]))
-    if not t[0] <= capacity:
-        return 0
-    if t[1] <= capacity:
-        return None
-    lo, hi = 1, SEARCH_LIMIT  # fits at lo, not at hi
-    slope = (t[1] - t[0]) / (SEARCH_LIMIT - 1)
-    if slope > 0:
-        guess = int(1 + (capacity - t[0]) / slope)
-        xs = np.clip(np.arange(guess - WINDOW // 2, guess + WINDOW // 2), lo, hi)
-        ok = total_of(xs.astype(float)) <= capacity
-        if ok[0] and not ok[-1]:
-            return int(xs[np.flatnonzero(ok)[-1]])
-    while hi - lo > 1:
-        xs = np.unique(np.linspace(lo, hi, WINDOW + 2).astype(np.int64))[1:-1]
-        ok = total_of(xs.astype(float)) <= capacity
-        lo = int(xs[ok][-1]) if ok.any() else lo
-        hi = int(xs[~ok][0]) if (~ok).any() else hi
-    return lo
+def _search(totals, capacity: float, k: int) -> list[int | None]:
+    """k searches at once: per search j the largest x in [1, SEARCH_LIMIT] with totals(xs)[j] <= capacity
+    (``totals``: a (k, m) array of candidates -> their (k, m) memory totals, growing along each row); 0 if none,
+    None if unbounded. Exact: memory is affine in the sequences (or tokens) between the rounding steps of the
+    data-parallel and pipeline splits, so interpolating the totals at the two ends guesses the edge and one
+    window of candidates around it confirms it; otherwise (windowed layers bend the KV cache curve) a search
+    that narrows [lo, hi] WINDOW-fold per round finds it."""
+    t = totals(np.tile([1.0, float(SEARCH_LIMIT)], (k, 1)))
+    out: list[int | None] = [None] * k
+    lo, hi = np.ones(k, np.int64), np.full(k, SEARCH_LIMIT, np.int64)  # fits at lo, not at hi
+    open_ = np.zeros(k, bool)
+    guess = np.ones(k, np.int64)
+    for j in range(k):
+        if not t[j, 0] <= capacity:
+            out[j] = 0
+        elif not t[j, 1] <= capacity:
+            open_[j] = True
+            slope = (t[j, 1] - t[j, 0]) / (SEARCH_LIMIT - 1)
+            guess[j] = int(1 + (capacity - t[j, 0]) / slope) if slope > 0 else 1
+    if open_.any():
+        xs = np.clip(guess[:, None] + np.arange(-(WINDOW // 2), WINDOW // 2)[None, :], lo[:, None], hi[:, None])
+        ok = totals(xs.astype(float)) <= capacity
+        for j in np.flatnonzero(open_):
+            if ok[j, 0] and not ok[j, -1]:
+                out[j], open_[j] = int(xs[j][np.flatnonzero(ok[j])[-1]]), False
+    while open_.any() and np.any(hi[open_] - lo[open_] > 1):
+        xs = np.round(lo[:, None] + (hi - lo)[:, None] * np.linspace(0, 1, WINDOW + 2)[None, 1:-1]).astype(np.int64)
+        ok = totals(xs.astype(float)) <= capacity
+        for j in np.flatnonzero(open_):
+            fit, miss = xs[j][ok[j]], xs[j][~ok[j]]
+            lo[j] = max(lo[j], fit.max()) if len(fit) else lo[j]
+            hi[j] = min(hi[j], miss.min()) if len(miss) else hi[j]
+    for j in np.flatnonzero(open_):
+        out[j] = int(lo[j])
+    return out
 
 
 def largest_batch(sc: Scenario, input_len: int, output_len: int, expert_fraction=1.0) -> int | None:
     """The most sequences of ``input_len`` + ``output_len`` tokens that fit (None: no memory limit known)."""
     cap = float(sc.target.memory_capacity_bytes)
-    return _search(lambda b: per_device(sc, b, input_len, output_len, expert_fraction).total, cap)
-
-
-def largest_input(sc: Scenario, batch: int, output_len: int, expert_fraction=1.0) -> int | None:
-    """The longest prompt at ``batch`` sequences and ``output_len`` output tokens that fits."""
-    cap = float(sc.target.memory_capacity_bytes)
-    return _search(lambda i: per_device(sc, batch, i, output_len, expert_fraction).total, cap)
+    return _search(lambda b: per_device(sc, b, input_len, output_len, expert_fraction).total, cap, 1)[0]
 
 
 def limits(sc: Scenario, expert_fraction=1.0) -> dict[str, Any]:
     """{"max_batch": at the query's lengths, "max_input_len": at the query's batch and output length};
-    None means no limit found (a device without a stated memory size)."""
+    None means no limit found (a device without a stated memory size). Both searches share their memory
+    evaluations."""
     q = sc.query
-    return {
-        "max_batch": largest_batch(sc, q.input_len, q.output_len, expert_fraction),
-        "max_input_len": largest_input(sc, q.batch, q.output_len, expert_fraction),
-        "at_input_len": q.input_len, "at_output_len": q.output_len, "at_batch": q.batch,
-    }
+
+    def totals(xs: np.ndarray) -> np.ndarray:  # row 0: batches at the query's prompt; row 1: prompts at its batch
+        b = np.stack([xs[0], np.full(xs.shape[1], float(q.batch))])
+        i = np.stack([np.full(xs.shape[1], float(q.input_len)), xs[1]])
+        return per_device(sc, b, i, q.output_len, expert_fraction).total
+
+    max_batch, max_input = _search(totals, float(sc.target.memory_capacity_bytes), 2)
+    return {"max_batch": max_batch, "max_input_len": max_input,
+            "at_input_len": q.input_len, "at_output_len": q.output_len, "at_batch": q.batch}

@@ -9,6 +9,7 @@ another batch or length reuses the resolved hardware and model).
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -126,15 +127,19 @@ class Scenario:
     def ring_call_latency_s(self) -> float:
         """Link latency of one TP all-reduce: a ring all-reduce (reduce-scatter, then all-gather) takes
         2 (tp - 1) steps, each waiting on the slowest ring hop's route."""
-        tp = np.asarray(self.tp, float)  # an array where a benchmark prices many layouts at once
-        return _scalar(np.where(tp > 1, 2 * (tp - 1) * self.target.ring_latency_s, 0.0))
+        tp, lat = self.tp, self.target.ring_latency_s
+        if isinstance(tp, np.ndarray) or isinstance(lat, np.ndarray):  # a benchmark pricing many layouts at once
+            return _scalar(np.where(np.asarray(tp) > 1, 2 * (np.asarray(tp, float) - 1) * lat, 0.0))
+        return 2 * (tp - 1) * lat if tp > 1 else 0.0
 
     @property
     def alltoall_call_latency_s(self) -> float:
         """Link latency of one EP dispatch or combine: its messages travel at once, so it waits once on the
         longest route."""
-        ep = np.asarray(self.ep, float)
-        return _scalar(np.where((ep > 1) & (self.shape.num_experts > 0), self.target.alltoall_latency_s, 0.0))
+        ep, lat = self.ep, self.target.alltoall_latency_s
+        if isinstance(ep, np.ndarray) or isinstance(lat, np.ndarray):
+            return _scalar(np.where((np.asarray(ep) > 1) & (self.shape.num_experts > 0), lat, 0.0))
+        return lat if ep > 1 and self.shape.num_experts else 0.0
 
     def describe(self) -> dict[str, Any]:
         q, t, w = self.query, self.target, self.whole
@@ -210,7 +215,11 @@ def resolve(q: Query, db, profile: engines.EngineProfile | None = None) -> Scena
         if len(_CACHE) >= _CACHE_SIZE:
             _CACHE.pop(next(iter(_CACHE)))
         _CACHE[key] = (db, sc)
-    return sc if sc.query == q else replace(sc, query=q)
+    if sc.query is q:
+        return sc
+    out = copy.copy(sc)  # the same configuration, this request's lengths (a frozen record: set once, here)
+    object.__setattr__(out, "query", q)
+    return out
 
 
 def _model_stamp(model: str) -> tuple:
@@ -289,7 +298,7 @@ def for_device(shape: Shape, target: Target, profile: engines.EngineProfile, com
 def from_parts(shape: Shape, *, peak_flop_per_s: dict, bandwidth_bytes_per_s, profile: engines.EngineProfile,
                ring_bandwidth_bytes_per_s=math.inf, alltoall_bandwidth_bytes_per_s=math.inf, tp=1, ep=1, n=1,
                kv_bytes: float = 2.0, capacity_bytes=math.inf, page_faults=None, pp: int = 1,
-               hop_bytes_per_s=math.inf) -> Scenario:
+               hop_bytes_per_s=math.inf, ring_latency_s=0.0, alltoall_latency_s=0.0) -> Scenario:
     """A scenario on a device described by its figures alone (peaks per operator class, bandwidths): what-if
     studies, tests, and benchmarks that price many devices in one call (any figure may be an array)."""
     from capsim.hardware.target import PageFaults
@@ -299,7 +308,8 @@ def from_parts(shape: Shape, *, peak_flop_per_s: dict, bandwidth_bytes_per_s, pr
                     memory_bandwidth_bytes_per_s=bandwidth_bytes_per_s, memory_type="custom",
                     peak_flop_per_s={}, ring_bandwidth_bytes_per_s=ring_bandwidth_bytes_per_s,
                     alltoall_bandwidth_bytes_per_s=alltoall_bandwidth_bytes_per_s, collective_link="custom",
-                    page_faults=page_faults or PageFaults())
+                    page_faults=page_faults or PageFaults(), ring_latency_s=ring_latency_s,
+                    alltoall_latency_s=alltoall_latency_s)
     p = peak_flop_per_s
     prec = precision.get("bf16")
     return Scenario(

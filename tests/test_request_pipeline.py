@@ -189,3 +189,28 @@ def test_a_published_row_is_predict():
     row = next(r for r in rows if r.id == "PM045")
     sc = {k: v for k, v in row.scenario.items() if k != "assumptions"}
     assert predict_row(row, DB) == predict(Query(**sc), DB)["output_tokens_per_s_total"]
+
+
+def test_capacity_search_equals_plain_bisection():
+    # The interpolated search (capsim.capacity) against a plain binary search over [1, 2^24], for models with
+    # full attention (GQA, MLA) and with windowed layers (gpt-oss: the KV cache bends), with and without stages.
+    from capsim import capacity
+
+    def bisect(ok):
+        if not ok(1):
+            return 0
+        if ok(capacity.SEARCH_LIMIT):
+            return None
+        lo, hi = 1, capacity.SEARCH_LIMIT
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+        return lo
+
+    for model, hw, kw in (("mixtral", "dgx-h100", {}), ("deepseek-v3", "dgx-h200", {}),
+                          ("gpt-oss-120b", "dgx-h100", {"tp": 2, "pp": 2}), ("qwen3-30b", "dgx-h100", {"tp": 1})):
+        sc = resolve(Query(model=model, hardware=hw, batch=33, input_len=2048, output_len=512, **kw), DB)
+        cap = float(sc.target.memory_capacity_bytes)
+        lim = capacity.limits(sc)
+        assert lim["max_batch"] == bisect(lambda b: float(capacity.per_device(sc, b, 2048, 512).total) <= cap), model
+        assert lim["max_input_len"] == bisect(lambda i: float(capacity.per_device(sc, 33, i, 512).total) <= cap), model

@@ -8,7 +8,9 @@ computed a second way. An :class:`OpCost` adds what the roofline needs to time i
 GEMM multiplies, its weight matrices); :class:`Step` is a step's operators by name, with what the
 utilisation metrics need beside them.
 
-Every field may be a numpy array of scenarios (the formulas broadcast).
+Every field may be a numpy array of scenarios (the formulas broadcast). The records are not changed after they
+are made (``dataclasses.replace`` makes a changed copy); they are not frozen only because a frozen dataclass
+is several times slower to create, and a prediction creates dozens.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ LINKS = ("ring", "alltoall", "hop")
 FAMILIES = ("head", "attention", "experts", "ffn", "collectives")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Cost:
     flops: np.ndarray | float = 0.0
     weight_bytes: np.ndarray | float = 0.0
@@ -43,7 +45,7 @@ class Cost:
         return self.weight_bytes + self.kv_bytes + self.act_bytes
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class OpCost(Cost):
     compute: str = "matmul"  # "matmul", "attention", "vector" or LINK
     family: str = "head"  # one of FAMILIES
@@ -64,7 +66,7 @@ class OpCost(Cost):
         return Cost(*(getattr(self, f.name) for f in fields(Cost)))
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Step:
     """One step's operators on one device, and what the dense utilisation figures need beside them."""
 

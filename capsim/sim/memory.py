@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from capsim.sim.num import ceil, f, where
 from capsim.sim.shape import Shape, weight_bytes
 from capsim.sim.span import cached_tokens_per_layer
 
@@ -41,31 +42,34 @@ class MemoryUse:
 def weights_per_device(s: Shape, tp=1, ep=1, expert_fraction=1.0) -> np.ndarray:
     """``expert_fraction``: the share of the routed experts kept in device memory (offload keeps the rest
     in host DRAM or on SSD)."""
-    tp, ep = np.asarray(tp, float), np.asarray(ep, float)
+    tp, ep = f(tp), f(ep)
     w = weight_bytes(s)
     split_tp = w["embedding"] + w["lm_head"] + w["attention"] + w["dense_ffn"] + w["shared_experts"]
-    routed = np.where(ep > 1, w["routed_experts"] / ep, w["routed_experts"] / tp) * np.asarray(expert_fraction, float)
+    routed = where(ep > 1, w["routed_experts"] / ep, w["routed_experts"] / tp) * f(expert_fraction)
     return split_tp / tp + routed + w["router"] + w["norms"]
 
 
 def kv_bytes_per_token(s: Shape, kv_bytes_per_element, tp=1) -> np.ndarray:
     """KV-cache bytes one token of one sequence takes on one device (all layers)."""
-    tp = np.asarray(tp, float)
-    frac = 1.0 if s.mla else np.ceil(s.num_kv_heads / tp) / s.num_kv_heads
-    return s.kv_elements_per_token_layer * s.layers * frac * np.asarray(kv_bytes_per_element, float)
+    tp = f(tp)
+    frac = 1.0 if s.mla else ceil(s.num_kv_heads / tp) / s.num_kv_heads
+    return s.kv_elements_per_token_layer * s.layers * frac * f(kv_bytes_per_element)
 
 
 def memory_use(s: Shape, *, batch, input_len, output_len, kv_bytes_per_element, capacity_bytes,
                reserve_fraction=0.0, tp=1, ep=1, n=1, expert_fraction=1.0) -> MemoryUse:
-    tp, n = np.asarray(tp, float), np.asarray(n, float)
+    tp, n = f(tp), f(n)
     dp = n / tp
-    b_g = np.ceil(np.asarray(batch, float) / dp - 1e-9)  # the fullest data-parallel group
-    ctx = np.asarray(input_len, float) + np.asarray(output_len, float)
+    b_g = ceil(f(batch) / dp - 1e-9)  # the fullest data-parallel group
+    ctx = f(input_len) + f(output_len)
     kv = b_g * cached_tokens_per_layer(s.windows, s.layers, ctx) * kv_bytes_per_token(s, kv_bytes_per_element, tp)
-    t_g = b_g * np.asarray(input_len, float)
+    t_g = b_g * f(input_len)
     widest = max(s.attn_io_width, s.top_k * s.expert_io_width + s.shared_io_width, s.dense_io_width)
     act = t_g * s.act_bytes * (widest / tp + s.hidden) + b_g * s.vocab * LOGIT_BYTES / tp
-    cap = np.asarray(capacity_bytes, float)
+    cap = f(capacity_bytes)
     w = weights_per_device(s, tp, ep, expert_fraction)
-    reserve = reserve_fraction * np.where(np.isinf(cap), 0.0, cap)
-    return MemoryUse(*np.broadcast_arrays(w, kv, act, reserve, cap))
+    reserve = reserve_fraction * where(cap == np.inf, 0.0, cap)
+    parts = (w, kv, act, reserve, cap)
+    if any(isinstance(x, np.ndarray) for x in parts):
+        parts = np.broadcast_arrays(*parts)
+    return MemoryUse(*parts)

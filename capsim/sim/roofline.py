@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 CATEGORIES = ("compute", "memory", "transfer", "overhead")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Timing:
     op_s: dict[str, np.ndarray]  # per compute operator, overhead included
     op_compute_s: dict[str, np.ndarray]

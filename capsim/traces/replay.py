@@ -89,6 +89,14 @@ def _block(samples_per: int, bins_per: int) -> int:
 
 
 
+def _layer_major(ids: np.ndarray) -> np.ndarray:
+    """(tokens, layers, k) -> a contiguous (layers, tokens, k) copy, moving each token's k ids of a layer as one
+    block (a transpose of k-byte elements is several times faster than one of bytes)."""
+    n, layers, k = ids.shape
+    blocks = np.ascontiguousarray(ids).view(np.dtype((np.void, k * ids.itemsize))).reshape(n, layers)
+    return np.ascontiguousarray(blocks.T).view(ids.dtype).reshape(layers, n, k)
+
+
 def _decode_stats(ids: np.ndarray, row_bin: np.ndarray, samples: int, nseg: int, num_experts: int,
                   ep: int) -> dict[str, np.ndarray]:
     """Stats (samples, nseg) of the chosen tokens' routing, averaged over layers: ``ids`` (tokens, layers, k),
@@ -97,14 +105,30 @@ def _decode_stats(ids: np.ndarray, row_bin: np.ndarray, samples: int, nseg: int,
     cache): one bincount over (sample, segment, expert), a running sum over the segments (the prefixes of the
     asked sizes), the stats of :func:`_stats_from_counts` for that layer."""
     layers, e = ids.shape[1], num_experts
-    by_layer = np.ascontiguousarray(ids.transpose(1, 0, 2))  # (layers, tokens, k)
+    by_layer = _layer_major(ids)
     base = row_bin[:, None]
-    out = {key: np.zeros((samples, nseg)) for key in STATS}
-    for layer in range(layers):
+
+    def one_layer(layer: int) -> dict[str, np.ndarray]:
         c = np.bincount((base + by_layer[layer]).ravel(), minlength=samples * nseg * e).reshape(samples, nseg, 1, e)
-        for key, v in _stats_from_counts(np.cumsum(c, axis=1) if nseg > 1 else c, ep).items():
+        return _stats_from_counts(np.cumsum(c, axis=1) if nseg > 1 else c, ep)
+
+    out = {key: np.zeros((samples, nseg)) for key in STATS}
+    for st in _pool().map(one_layer, range(layers)):  # numpy releases the GIL: layers run side by side
+        for key, v in st.items():
             out[key] += v
     return {key: v / layers for key, v in out.items()}
+
+
+_POOL: list = []
+
+
+def _pool():
+    """Threads for the per-layer counting (one per CPU, at most 4), made on first use."""
+    if not _POOL:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL.append(ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))))
+    return _POOL[0]
 
 
 def _pick(stats: dict[str, np.ndarray], sizes: np.ndarray, asked: np.ndarray) -> dict[str, np.ndarray]:
@@ -155,7 +179,7 @@ def _prefill_counts(trace: Trace) -> np.ndarray:
     rows, seq_of_row = rows[in_file], seq_of_row[in_file]
     counts = np.zeros((layers, n_seq * e), dtype=np.int64)
     for lo in range(0, len(rows), _PREFILL_CHUNK_TOKENS):
-        by_layer = np.ascontiguousarray(np.asarray(trace.expert_ids[rows[lo:lo + _PREFILL_CHUNK_TOKENS]]).transpose(1, 0, 2))
+        by_layer = _layer_major(np.asarray(trace.expert_ids[rows[lo:lo + _PREFILL_CHUNK_TOKENS]]))
         base = (seq_of_row[lo:lo + _PREFILL_CHUNK_TOKENS] * e)[:, None]
         for layer in range(layers):
             counts[layer] += np.bincount((base + by_layer[layer]).ravel(), minlength=n_seq * e)

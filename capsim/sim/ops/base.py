@@ -29,7 +29,7 @@ KERNELS_PER_LAYER = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Work:
     """What one step processes over all devices: ``tokens`` (all sequences), ``seqs`` in the batch, attention
     (query, key) ``pairs`` per layer, ``kv_read_tokens`` cached tokens whose K/V (or latent) are read per layer,
@@ -42,7 +42,7 @@ class Work:
     decode: bool
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Local:
     """A step's work on one device: the busiest data-parallel group's share, and the layout."""
 
