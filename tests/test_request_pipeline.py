@@ -212,5 +212,7 @@ def test_capacity_search_equals_plain_bisection():
         sc = resolve(Query(model=model, hardware=hw, batch=33, input_len=2048, output_len=512, **kw), DB)
         cap = float(sc.target.memory_capacity_bytes)
         lim = capacity.limits(sc)
-        assert lim["max_batch"] == bisect(lambda b: float(capacity.per_device(sc, b, 2048, 512).total) <= cap), model
-        assert lim["max_input_len"] == bisect(lambda i: float(capacity.per_device(sc, 33, i, 512).total) <= cap), model
+        assert lim["max_batch"] == bisect(
+            lambda b, sc=sc, cap=cap: float(capacity.per_device(sc, b, 2048, 512).total) <= cap), model
+        assert lim["max_input_len"] == bisect(
+            lambda i, sc=sc, cap=cap: float(capacity.per_device(sc, 33, i, 512).total) <= cap), model
