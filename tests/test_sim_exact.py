@@ -203,3 +203,44 @@ def test_mixed_expert_parallel_rows_in_one_call():
     w = step.ops["routed_experts"].weight_bytes
     assert w[0] == pytest.approx(w[1])
     assert step.ops["ep_dispatch"].link_bytes[0] == 0 < step.ops["ep_dispatch"].link_bytes[1]
+
+
+def test_costs_add_up_by_operator_family():
+    # The cost records add (after tinygrad's Estimates): a family is the sum of its operators, the step the
+    # sum of its families. Mixtral decode, batch 1, context 100, one device (the FLOPs above): the experts
+    # family is the router (2,097,152) and the routed experts (22,548,578,304); the head family the LM head
+    # (262,144,000) and the norms (1,064,960; the embedding has none).
+    from capsim.sim.cost import FAMILIES, Cost
+
+    step = _mixtral_decode(1, 100)
+    experts = step.family("experts")
+    assert float(experts.flops) == 2_097_152 + 22_548_578_304
+    assert float(step.family("head").flops) == 262_144_000 + 1_064_960
+    assert float(step.family("attention").flops) == 2_684_354_560 + 524_288 * 100
+    total = sum((step.family(f) for f in FAMILIES), Cost())
+    for field in ("flops", "weight_bytes", "kv_bytes", "act_bytes", "kernels", "link_bytes", "calls"):
+        assert float(getattr(total, field)) == pytest.approx(float(getattr(step.total, field)), rel=1e-15), field
+    assert float(step.total.flops) == MIXTRAL_FLOPS_PER_TOKEN_FIXED + MIXTRAL_SCORE_FLOPS_PER_CONTEXT * 100
+    a, b = Cost(flops=1.0, weight_bytes=2.0, calls=3.0), Cost(flops=10.0, kv_bytes=5.0, link_bytes=7.0)
+    assert (a + b) == Cost(flops=11.0, weight_bytes=2.0, kv_bytes=5.0, link_bytes=7.0, calls=3.0)
+
+
+def test_collectives_are_operators_with_bytes_and_calls():
+    # Mixtral decode, batch 8 over 8 devices, TP8 then EP8 (TP1). TP all-reduce: 2 calls per layer x 32 =
+    # 64, each ring sending 2 x 7/8 of the 4096 x 2-byte hidden state of the 8 tokens: 64 x 7/4 x 65,536 =
+    # 7,340,032 bytes. EP8: dispatch and combine, one call per MoE layer each (32), each sending the device's
+    # 1 token's top-2 copies to the 7 of 8 other ranks: 1 x 2 x 8192 x 7/8 x 32 = 458,752 bytes each.
+    spec, _ = load_spec("mixtral")
+    s = shape_of(spec, BF16)
+    tp8 = step_costs(s, tokens=8, seqs=8, pairs=800, kv_read_tokens=800, decode=True, kv_bytes_per_element=2.0,
+                     tp=8, n=8)
+    assert (float(tp8.ops["tp_allreduce"].calls), float(tp8.ops["tp_allreduce"].link_bytes)) == (64, 7_340_032)
+    assert float(tp8.ops["ep_dispatch"].calls) == 0 and tp8.ops["tp_allreduce"].family == "collectives"
+    ep8 = step_costs(s, tokens=8, seqs=8, pairs=800, kv_read_tokens=800, decode=True, kv_bytes_per_element=2.0,
+                     tp=1, ep=8, n=8)
+    for name in ("ep_dispatch", "ep_combine"):
+        assert (float(ep8.ops[name].calls), float(ep8.ops[name].link_bytes)) == (32, 458_752), name
+    assert float(ep8.ops["tp_allreduce"].calls) == 0 and float(ep8.ops["pp_hop"].link_bytes) == 0
+    # a pipeline of 4 stages: 3 hops of the 8 tokens' hidden states, 3 x 8 x 8192 = 196,608 bytes
+    pp4 = step_costs(s, tokens=8, seqs=8, pairs=800, kv_read_tokens=800, decode=True, kv_bytes_per_element=2.0, pp=4)
+    assert (float(pp4.ops["pp_hop"].calls), float(pp4.ops["pp_hop"].link_bytes)) == (3, 196_608)

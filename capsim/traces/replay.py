@@ -34,6 +34,11 @@ PREFILL_SAMPLES = 50  # a prefill pass covers many tokens: fewer compositions su
 _PREFILL_CHUNK_TOKENS = 1 << 17  # prompt tokens read from the trace at a time
 _CHUNK_SAMPLES = 16  # compositions drawn at a time (the random stream's unit)
 _MAX_ENTRIES = 1 << 24  # expert ids counted per bincount call (memory: 8 bytes each)
+# prefill: a matrix product of the compositions with the per-sequence tables while (sizes x sequences) is at
+# most this multiple of the largest composition, else a running sum per composition (measured crossover on
+# bandwidth-bound gather: a product costs ~ sizes x sequences, a running sum ~ the largest composition, and
+# a GEMM does about 30 times more work per second here than the gather)
+_MATMUL_MAX_RATIO = 32
 STATS = ("activated", "rank_activated", "rank_load")
 
 
@@ -244,20 +249,27 @@ def prefill_routing_curve(trace: Trace, batch_sizes, ep: int = 1, samples: int =
     sizes = np.unique(asked)
     n_items, (layers, e) = len(per_seq), per_seq.shape[1:]
     order, _ = _orders(np.random.default_rng(seed), samples, n_items, int(sizes.max()), draws=False)
-    # compositions as 0/1 rows over the sequences, one per (sample, segment between asked sizes): a matrix
-    # product with the per-sequence tables sums each segment's counts (exact: float32 holds them)
     seg = _segments(order.shape[1], sizes)
-    table = _prefill_table(trace)
     out = {key: np.empty((samples, len(sizes))) for key in STATS}
-    step = _block(n_items * len(sizes), len(sizes) * layers * e)
-    for lo in range(0, samples, step):
-        blk = order[lo:lo + step]
-        n = len(blk)
-        sel = np.zeros((n, len(sizes), n_items), dtype=np.float32)
-        sel[np.arange(n)[:, None], seg[None, :], blk] = 1.0
-        counts = np.cumsum((sel.reshape(-1, n_items) @ table).reshape(n, len(sizes), layers, e), axis=1)
-        for key, v in _stats_from_counts(np.rint(counts).astype(np.int64), ep).items():
-            out[key][lo:lo + n] = v
+    if len(sizes) * n_items <= _MATMUL_MAX_RATIO * order.shape[1]:
+        # few sizes: compositions as 0/1 rows over the sequences, one per (sample, segment between asked sizes);
+        # a matrix product with the per-sequence tables sums each segment's counts (exact: float32 holds them)
+        table = _prefill_table(trace)
+        step = _block(n_items * len(sizes), len(sizes) * layers * e)
+        for lo in range(0, samples, step):
+            blk = order[lo:lo + step]
+            n = len(blk)
+            sel = np.zeros((n, len(sizes), n_items), dtype=np.float32)
+            sel[np.arange(n)[:, None], seg[None, :], blk] = 1.0
+            counts = np.cumsum((sel.reshape(-1, n_items) @ table).reshape(n, len(sizes), layers, e), axis=1)
+            for key, v in _stats_from_counts(np.rint(counts).astype(np.int64), ep).items():
+                out[key][lo:lo + n] = v
+    else:  # many sizes: per composition, the sum of each segment of its sequences, then a running sum
+        starts = np.concatenate([[0], sizes[:-1]])
+        for j in range(samples):
+            segs = np.add.reduceat(per_seq[order[j]], starts, axis=0, dtype=np.int64)
+            for key, v in _stats_from_counts(np.cumsum(segs, axis=0), ep).items():
+                out[key][j] = v
     return _pick(out, sizes, asked), notes
 
 
