@@ -33,12 +33,34 @@ class Routing:
     notes: list[str] = field(default_factory=list)
 
 
+_OPEN: dict[str, tuple[str, object]] = {}  # path -> (file stamp, the trace opened): its memory maps stay mapped
+
+
+def _opened(path: str):
+    """The trace at ``path``, verified; the same open trace while its files are unchanged (a fresh memory map
+    would fault its pages in again on every prediction)."""
+    from capsim.traces.format import file_stamp, open_trace
+
+    try:
+        stamp = file_stamp(path)
+    except (OSError, KeyError, ValueError):
+        stamp = None
+    held = _OPEN.get(path)
+    if stamp is not None and held is not None and held[0] == stamp:
+        return held[1]
+    trace = open_trace(path, verify=True)
+    if stamp is not None:
+        if len(_OPEN) >= 4:
+            _OPEN.clear()
+        _OPEN[path] = (stamp, trace)
+    return trace
+
+
 def _open(sc: Scenario):
     from capsim.traces import replay
-    from capsim.traces.format import open_trace
 
     q, spec = sc.query, sc.shape
-    trace = open_trace(q.trace, verify=True)
+    trace = _opened(q.trace)
     replay.check_compatible(trace, spec.num_experts, spec.top_k, sc.ep)
     recorded, ours = trace.meta.get("config_hash"), sc.model_info.get("config_hash")
     if recorded and ours and recorded != ours and not q.trace_any_model:

@@ -177,13 +177,17 @@ class Trace:
 _VERIFIED: set[str] = set()
 
 
-def _file_stamp(trace: Trace) -> str:
-    """A digest of the trace files' identity (resolved path, size, modification time, inode) and its hash."""
-    parts = [str(Path(trace.path).resolve()), trace.meta["content_sha256"]]
+def file_stamp(path: str | Path, content_sha256: str = "") -> str:
+    """A digest of a trace folder's files' identity (resolved path, size, modification time, inode)."""
+    parts = [str(Path(path).resolve()), content_sha256]
     for name in ("meta.json", *(f"{a}.npy" for a in ARRAYS)):
-        st = os.stat(Path(trace.path) / name)
+        st = os.stat(Path(path) / name)
         parts.append(f"{name}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _file_stamp(trace: Trace) -> str:
+    return file_stamp(trace.path, trace.meta["content_sha256"])
 
 
 def _stamp_file(stamp: str, check: bool) -> bool:
