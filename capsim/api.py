@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from capsim import data
+
 __all__ = [
     # data
     "hardware_db",
@@ -29,7 +31,7 @@ __all__ = [
     "provision",
 ]
 
-VALIDATION_CONFIG = Path(__file__).resolve().parents[1] / "validation" / "config.yaml"
+VALIDATION_CONFIG = data.path("validation") / "config.yaml"
 TRACE_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
 
 

@@ -9,14 +9,14 @@ from pathlib import Path
 import click
 import yaml
 
-from capsim import engines
+from capsim import data, engines
 from capsim.atomic import write_text
 from capsim.cli.table import render
 from capsim.errors import CapsimError
 from capsim.hardware import db as hwdb
 from capsim.hardware.target import resolve_target
 
-REPO = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG = data.path("validation") / "config.yaml"  # the shipped validation (capsim.data)
 
 
 def _config(path: Path) -> dict:
@@ -109,7 +109,7 @@ def _probe_sizes(value) -> tuple[int, ...] | None:
 
 
 @click.command("validate")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default=REPO / "validation" / "config.yaml",
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=DEFAULT_CONFIG,
               show_default=True, help="What to validate and the fitting subset.")
 @click.option("--fit", is_flag=True, help="Refit the engine profile on the fitting subset and write it.")
 @click.option("--max-median-error", type=float, default=None,
@@ -166,7 +166,7 @@ def validate_cmd(ctx: click.Context, config_path: Path, fit: bool, max_median_er
             f"{len(fit_set)} measured CPU cases ({', '.join(cpu['fit'])}) on {cpu['hardware']}, "
             f"least squares on log error, rms {info['rms_log_error']:.3f}"), fitted_cases=tuple(info["cases"]))
         path = engines.write(prof, {"not_fitted": how})
-        click.echo(f"wrote {path.relative_to(REPO)} (rms log error {info['rms_log_error']:.3f} on {len(fit_set)} cases)",
+        click.echo(f"wrote {path} (rms log error {info['rms_log_error']:.3f} on {len(fit_set)} cases)",
                    err=True)
     prof = engines.load(cpu["engine"])
     leaked = set(prof.fitted_cases) & {c.id for c in held}

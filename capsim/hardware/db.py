@@ -21,6 +21,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from capsim import data
 from capsim.errors import CapsimError
 
 if TYPE_CHECKING:  # pydantic, yaml and the schema are imported when the database is read
@@ -28,7 +29,7 @@ if TYPE_CHECKING:  # pydantic, yaml and the schema are imported when the databas
 
     from capsim.hardware.schema import Item, Source
 
-BUILTIN_DB = Path(__file__).resolve().parents[2] / "hardware_db"
+BUILTIN_DB = data.path("hardware_db")  # the shipped database (capsim.data: package data, or the checkout's)
 ENV_VAR = "CAPSIM_HARDWARE_DB"
 
 
