@@ -1,12 +1,16 @@
 """Atomic file output: write beside the destination, then rename over it, so that a reader (or a crash) never
-sees a half-written file and a file the user had stays whole until the new one is complete."""
+sees a half-written file and a file the user had stays whole until the new one is complete.
+
+Temporary files are named ``.<name>.<pid>.capsim.tmp``: one left by a process that was killed is removed by the
+next write to the same destination. :func:`lock` makes a second capsim process writing the same output wait
+for nothing: it is refused with a one-line error naming the process that holds it."""
 
 from __future__ import annotations
 
 import os
 import tempfile
 from collections.abc import Callable
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 
@@ -16,17 +20,92 @@ def _umask() -> int:
     return mask
 
 
-def write_with(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` for a temporary file in ``path``'s folder, then rename it to ``path``. The file
-    gets an ordinary file's mode (mkstemp makes 0600); on any error the temporary file is removed."""
+TMP_SUFFIX = ".capsim.tmp"
+LOCK_SUFFIX = ".capsim.lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def clean_stale(path: Path) -> None:
+    """Remove temporary files for ``path`` left by processes that no longer run."""
+    for tmp in path.parent.glob(f".{path.name}.*{TMP_SUFFIX}"):
+        pid = tmp.name[len(path.name) + 2:-len(TMP_SUFFIX)].split(".")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            with suppress(OSError):
+                if tmp.is_dir() and not tmp.is_symlink():
+                    import shutil
+
+                    shutil.rmtree(tmp)
+                else:
+                    tmp.unlink()
+
+
+@contextmanager
+def lock(path: str | Path, what: str = "--out"):
+    """Hold ``.<name>.capsim.lock`` beside ``path`` while a command writes it; a second process is refused (a
+    lock left by a process that no longer runs is taken over)."""
+    from capsim.errors import CapsimError
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    f = path.parent / f".{path.name}{LOCK_SUFFIX}"
+    for _ in range(2):
+        try:
+            fd = os.open(f, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            try:
+                holder = int(f.read_text().strip() or 0)
+            except (OSError, ValueError):
+                holder = 0
+            if holder and _alive(holder) and holder != os.getpid():
+                raise CapsimError(f"{what} {path}: another capsim process (pid {holder}) is writing it; wait for it "
+                                  f"to finish or choose another {what}") from None
+            with suppress(FileNotFoundError):
+                f.unlink()  # a stale lock
+    else:
+        raise CapsimError(f"{what} {path}: cannot take the lock {f}")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"{os.getpid()}\n")
+    try:
+        yield path
+    finally:
+        with suppress(FileNotFoundError):
+            f.unlink()
+
+
+def write_with(path: str | Path, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp_path)`` for a temporary file in ``path``'s folder, then rename it to ``path``. The file
+    gets an ordinary file's mode (mkstemp makes 0600); on any error the temporary file is removed, and temporary
+    files of killed runs for the same ``path`` are removed first."""
+    from capsim.errors import CapsimError
+
+    path = Path(path)
+    if path.is_dir():
+        raise CapsimError(f"{path}: is a folder; give a file name to write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TMP_SUFFIX, dir=path.parent)
+        os.close(fd)
+    except OSError as err:
+        raise CapsimError(f"{path}: cannot write there ({err.strerror or err})") from None
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as err:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise CapsimError(f"{path}: cannot write it ({err.strerror or err})") from None
     except BaseException:
         with suppress(FileNotFoundError):
             os.unlink(tmp)

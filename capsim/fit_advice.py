@@ -66,11 +66,12 @@ def suggestions(sc: Scenario, db: HardwareDB) -> list[str]:
         if _fits(shape_of(sc.spec, p), q, t, reserve, sc.tp, sc.ep, t.n_devices, kv_b):
             out.append(f"--precision {name}")
             break
-    # 3. a smaller batch, when the weights alone fit
-    for b in range(q.batch - 1, 0, -1):
-        if _fits(s, q, t, reserve, sc.tp, sc.ep, t.n_devices, kv_b, batch=b):
-            out.append(f"--batch {b}")
-            break
+    # 3. a smaller batch, when the weights alone fit (an exact search, not a count down from the batch)
+    from capsim.capacity import largest_batch
+
+    most = largest_batch(sc, q.input_len, q.output_len)
+    if most is not None and 1 <= most < q.batch:
+        out.append(f"--batch {most}")
     # 4. routed experts in host DRAM
     routed = weight_bytes(s)["routed_experts"]
     if routed and t.host_dram_bytes and routed <= t.host_dram_bytes:

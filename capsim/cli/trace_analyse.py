@@ -94,6 +94,7 @@ def write_plots(s: dict[str, Any], folder: str | Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     folder = Path(folder)
     try:
@@ -110,6 +111,8 @@ def write_plots(s: dict[str, Any], folder: str | Path) -> list[Path]:
     im = ax.imshow(share, aspect="auto", interpolation="nearest", cmap="viridis")
     fig.colorbar(im, ax=ax, label="share of routed tokens x E (1 = uniform)")
     ax.set(xlabel="expert", ylabel="MoE layer", title=f"expert popularity: {title}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # experts and layers are whole numbers
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     written.append(folder / "popularity.png")
     _save_atomic(fig, written[-1])
     plt.close(fig)
@@ -125,6 +128,8 @@ def write_plots(s: dict[str, Any], folder: str | Path) -> list[Path]:
         ax.plot(b, c["uniform"], "--", color=colour, label=f"{name} uniform routing")
     ax.axhline(e, color="grey", lw=0.8)
     ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:,.0f}" if x >= 1 else f"{x:g}"))  # 1, 2, 4
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="batch size (sequences)", ylabel="activated experts per layer", ylim=(0, e * 1.05),
            title=f"activated experts vs batch: {title}")
     ax.legend(fontsize=8)
@@ -136,10 +141,12 @@ def write_plots(s: dict[str, Any], folder: str | Path) -> list[Path]:
     imb = s["load_imbalance"]["all"]
     layers = np.arange(info["moe_layers"])
     nan = float("nan")
-    ax.plot(layers, [nan if x is None else x for x in imb["experts"]["per_layer"]], label="per expert")
+    mark = {"marker": "o", "markersize": 3} if len(layers) <= 64 else {}  # the layers are discrete
+    ax.plot(layers, [nan if x is None else x for x in imb["experts"]["per_layer"]], label="per expert", **mark)
     for ep, v in imb["ep"].items():
-        ax.plot(layers, [nan if x is None else x for x in v["per_layer"]], label=f"per rank, ep={ep}")
+        ax.plot(layers, [nan if x is None else x for x in v["per_layer"]], label=f"per rank, ep={ep}", **mark)
     ax.axhline(1.0, color="grey", lw=0.8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="MoE layer", ylabel="max / mean tokens", title=f"load imbalance over the trace: {title}")
     ax.legend(fontsize=8)
     written.append(folder / "load_imbalance.png")
@@ -202,6 +209,9 @@ def _model_defaults(model: str, have_all: bool) -> tuple[str, dict[str, int]]:
     return info["id"], {"experts": spec.num_experts, "top_k": spec.top_k, "layers": spec.num_moe_layers}
 
 
+MAX_SYNTH_BYTES = 8e9  # a synthetic trace held in memory while it is made: about a third of this machine's 24 GB
+
+
 @click.command("synth", cls=CapsimCommand)
 @click.option("--out", required=True, metavar="PATH", help="Trace folder to write (replaced atomically).")
 @click.option("--experts", type=int, default=None, help="Routed experts per layer (default: from --model).")
@@ -222,10 +232,12 @@ def _model_defaults(model: str, have_all: bool) -> tuple[str, dict[str, int]]:
 def synth_cmd(out: str, experts: int | None, top_k: int | None, layers: int | None, sequences: int,
               prompt_len: int, decode_len: int, kind: str | None, zipf_s: float | None, fit_batch: int | None,
               fit_activated: float | None, model: str | None, seed: int) -> None:
-    """Write a synthetic routing trace (meta marks it synthetic)."""
-    from capsim.traces.format import write_trace
+    """Write a synthetic routing trace (meta marks it synthetic). --out must be new, an empty folder or a
+    capsim trace (replaced): nothing else is ever removed."""
+    from capsim.traces.format import check_destination, write_trace
     from capsim.traces.synthetic import synthetic_trace
 
+    check_destination(out)
     model_id = "synthetic"
     if model is not None:
         model_id, defaults = _model_defaults(model, None not in (experts, top_k, layers))
@@ -246,6 +258,12 @@ def synth_cmd(out: str, experts: int | None, top_k: int | None, layers: int | No
             raise CapsimError(f"{flag} {v}: must be >= {low}")
     if prompt_len + decode_len < 1:
         raise CapsimError("--prompt-len and --decode-len are both 0: the trace would have no tokens")
+    tokens = sequences * (prompt_len + decode_len)
+    size = tokens * (layers * top_k * (3 if experts <= 256 else 4) + 9)  # ids, fp16 weights, sequence, position, phase
+    if size > MAX_SYNTH_BYTES:
+        raise CapsimError(f"--sequences {sequences} x (--prompt-len {prompt_len} + --decode-len {decode_len}) = "
+                          f"{tokens:,} tokens: the trace would take {size / 1e9:,.1f} GB (limit "
+                          f"{MAX_SYNTH_BYTES / 1e9:.0f} GB); ask for fewer tokens")
     fitting = fit_batch is not None or fit_activated is not None
     if kind is None:
         kind = "fitted" if fitting else "zipf" if zipf_s is not None else "uniform"

@@ -184,7 +184,10 @@ def _system(db: HardwareDB, sysm: System, n: int | None, nodes: int = 1) -> Targ
     dram_total = sum(one.nodes[d]["capacity_bytes"] or 0.0 for d in drams) or None
     if role == "accelerator":
         assert item.kind == "accelerator"
-        cap, bw = item.memory.capacity_bytes.value, item.memory.bandwidth_bytes_per_s.value
+        # the system's own memory where its component states one (a unified-memory SoC sold in several sizes),
+        # else the device's
+        cap = one.nodes[per_node[0]].get("capacity_bytes") or item.memory.capacity_bytes.value
+        bw = item.memory.bandwidth_bytes_per_s.value
         mem_type = item.memory.type
     else:  # CPU-only system: each socket computes from its own DRAM tier
         assert item.kind == "cpu"

@@ -65,9 +65,37 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def write_trace(path: str | Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
-    """Write a trace folder atomically; ``meta`` needs model_id, num_experts, top_k, synthetic and provenance."""
+def is_trace(path: Path) -> bool:
+    """Whether ``path`` is a capsim trace folder (a meta.json of this format), not a link."""
+    meta = path / "meta.json"
+    if path.is_symlink() or not path.is_dir() or not meta.is_file():
+        return False
+    try:
+        return json.loads(meta.read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_destination(path: str | Path, flag: str = "--out") -> None:
+    """A trace may be written to a path that does not exist, an empty folder, or a capsim trace (replaced);
+    anything else (a file, a link, a folder with other contents) is refused: capsim never removes what it did
+    not write."""
     path = Path(path)
+    if path.is_symlink():
+        raise CapsimError(f"{flag} {path}: is a symbolic link; refusing to replace it (choose another {flag})")
+    if not path.exists():
+        return
+    if path.is_dir() and (is_trace(path) or not any(path.iterdir())):
+        return
+    what = "a folder that is not a capsim trace" if path.is_dir() else "a file"
+    raise CapsimError(f"{flag} {path}: exists and is {what}; refusing to replace it (choose another {flag})")
+
+
+def write_trace(path: str | Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
+    """Write a trace folder atomically; ``meta`` needs model_id, num_experts, top_k, synthetic and provenance.
+    The destination must be new, an empty folder or a capsim trace (:func:`check_destination`)."""
+    path = Path(path)
+    check_destination(path)
     for key in ("model_id", "num_experts", "top_k", "synthetic"):
         if key not in meta:
             raise ValueError(f"trace meta needs {key!r}")
@@ -104,10 +132,10 @@ def write_trace(path: str | Path, arrays: dict[str, np.ndarray], meta: dict[str,
             np.save(tmp / f"{name}.npy", a)
         (tmp / "meta.json").write_text(json.dumps(full, indent=1) + "\n")
         old = None
+        check_destination(path)  # again, just before replacing: it may have changed while writing
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            os.replace(path, old / "trace")
         os.replace(tmp, path)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
