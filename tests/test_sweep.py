@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from capsim.cli.main import cli
+from capsim.errors import CapsimError
 from capsim.hardware import db as hwdb
 from capsim.predict import Query, predict
 from capsim.sweep import grid as G
@@ -212,7 +213,7 @@ def test_write_is_atomic(tmp_path, db, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", broken)
-    with pytest.raises(OSError):
+    with pytest.raises(CapsimError, match="r.csv: cannot write it \\(disk full\\)"):
         write_results(frame, out)
     assert out.read_text() == "previous results\n" and os.listdir(tmp_path) == ["r.csv"]
 

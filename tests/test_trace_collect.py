@@ -287,7 +287,7 @@ def test_failed_run_leaves_previous_output_intact(tmp_path, prompts):
     t = open_trace(out, verify=True)
     assert t.meta["content_sha256"] == first.meta["content_sha256"] and t.meta["max_new_tokens"] == 2
     (tmp_path / "not_a_trace").write_text("keep me")
-    with pytest.raises(CapsimError, match="not a capsim trace"):
+    with pytest.raises(CapsimError, match="exists and is a file; refusing to replace it"):
         C.collect(cfg, prompts, 2, 2, tmp_path / "not_a_trace", random_init=True)
     assert (tmp_path / "not_a_trace").read_text() == "keep me"
 

@@ -12,6 +12,8 @@ import sys
 
 import click
 
+from capsim.cli import progress as bars
+
 
 class IntList(click.ParamType):
     """A comma-separated list of positive integers: ``128,1024``."""
@@ -75,26 +77,25 @@ def _table(run: dict) -> str:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the weights and token ids.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Run file to write (JSON).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run file on stdout.")
+@bars.option()
 def measure_cmd(model, random_init, prompt_lens, batches, decode_batches, contexts, repeats, warmup, dtype, device,
                 threads, layers, hidden, experts, intermediate, heads, vocab, max_prefill_tokens, notes, seed, out,
-                as_json) -> None:
+                as_json, progress) -> None:
     """Measure prefill latency (per batch x prompt length) and decode step time (per batch, with the KV cache
     at --context tokens) of a Hugging Face MoE model with torch; warm-up, repeats, median and p10/p90;
     records the activated experts per layer. Progress goes to stderr; the run file to --out."""
     from capsim.measure.run import measure
 
-    def progress(msg: str) -> None:
-        click.echo(msg, err=True)
-
-    run = measure(
-        model, random_init=random_init, prompt_lens=prompt_lens, batches=batches, context=contexts,
-        repeats=repeats, warmup=warmup, dtype=dtype, seed=seed, threads=threads, out=out, device=device,
-        scale={"layers": layers, "hidden": hidden, "experts": experts, "intermediate": intermediate,
-               "heads": heads, "vocab": vocab},
-        decode_batches=decode_batches, max_prefill_tokens=max_prefill_tokens, notes=notes,
-        command=["capsim", *sys.argv[1:]] if sys.argv and sys.argv[0].endswith("capsim") else list(sys.argv),
-        progress=progress,
-    )
+    with bars.Progress(None, "measuring", enabled=bars.wanted(progress, as_json), unit="cases") as bar:
+        run = measure(
+            model, random_init=random_init, prompt_lens=prompt_lens, batches=batches, context=contexts,
+            repeats=repeats, warmup=warmup, dtype=dtype, seed=seed, threads=threads, out=out, device=device,
+            scale={"layers": layers, "hidden": hidden, "experts": experts, "intermediate": intermediate,
+                   "heads": heads, "vocab": vocab},
+            decode_batches=decode_batches, max_prefill_tokens=max_prefill_tokens, notes=notes,
+            command=["capsim", *sys.argv[1:]] if sys.argv and sys.argv[0].endswith("capsim") else list(sys.argv),
+            progress=bar.echo, on_progress=bar.set,
+        )
     if as_json:
         click.echo(json.dumps(run, indent=1))
         return

@@ -10,6 +10,7 @@ import sys
 
 import click
 
+from capsim.cli import progress as bars
 from capsim.cli.measure import INTS
 
 
@@ -59,23 +60,22 @@ def _table(run: dict) -> str:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the weights and token ids.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Run file to write (JSON).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run file on stdout.")
+@bars.option()
 def measure_disk_cmd(model, random_init, batches, context, repeats, warmup, page_batches, page_repeats, dtype,
-                     threads, folder, notes, seed, out, as_json) -> None:
+                     threads, folder, notes, seed, out, as_json, progress) -> None:
     """Time decode steps with the routed experts memory-mapped from a file: cold (file evicted from the page
     cache before each step), cold-4k (also no fault readahead) and warm (file in the page cache); record the
     bytes read, the routing, and the drive's streaming and random-read rates on the same file."""
     from capsim.measure.disk_experts import measure_disk
 
-    def progress(msg: str) -> None:
-        click.echo(msg, err=True)
-
-    run = measure_disk(
-        model, random_init=random_init, batches=batches, context=context, repeats=repeats, warmup=warmup,
-        page_batches=page_batches, page_repeats=page_repeats, dtype=dtype, seed=seed, threads=threads,
-        folder=folder, out=out, notes=notes,
-        command=["capsim", *sys.argv[1:]] if sys.argv and sys.argv[0].endswith("capsim") else list(sys.argv),
-        progress=progress,
-    )
+    with bars.Progress(None, "measuring", enabled=bars.wanted(progress, as_json), unit="cases") as bar:
+        run = measure_disk(
+            model, random_init=random_init, batches=batches, context=context, repeats=repeats, warmup=warmup,
+            page_batches=page_batches, page_repeats=page_repeats, dtype=dtype, seed=seed, threads=threads,
+            folder=folder, out=out, notes=notes,
+            command=["capsim", *sys.argv[1:]] if sys.argv and sys.argv[0].endswith("capsim") else list(sys.argv),
+            progress=bar.echo, on_progress=bar.set,
+        )
     if as_json:
         click.echo(json.dumps(run, indent=1))
         return

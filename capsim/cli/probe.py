@@ -9,10 +9,9 @@ from pathlib import Path
 
 import click
 
+from capsim.cli import progress as bars
 from capsim.errors import CapsimError
 from capsim.hardware.schema import KEBAB
-
-DEFAULT_OUT = Path("validation/hardware")
 
 
 def _command(out: Path, item_id: str, file: Path | None, quick: bool, threads: int | None,
@@ -37,8 +36,9 @@ def _command(out: Path, item_id: str, file: Path | None, quick: bool, threads: i
 
 
 @click.command("probe")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_OUT, show_default=True,
-              help="Folder to write the entry to (usable as --hardware-db).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder to write the entry to (usable as --hardware-db), e.g. my_hw/. Required: the probe "
+                   "writes nowhere else (it no longer defaults to validation/hardware).")
 @click.option("--id", "item_id", default="local-cpu", show_default=True,
               help="Id of the CPU entry (kebab-case); a measured GPU is written as ID-gpu.")
 @click.option("--file", "file", type=click.Path(path_type=Path), default=None,
@@ -63,11 +63,15 @@ def _command(out: Path, item_id: str, file: Path | None, quick: bool, threads: i
                    "capsim measured reclaim).")
 @click.option("--quick", is_flag=True, help="Small sizes and few repeats (seconds; for tests, not for numbers).")
 @click.option("--json", "as_json", is_flag=True, help="Print all measurements as JSON on stdout.")
+@bars.option()
 def probe_cmd(out: Path, item_id: str, file: Path | None, threads: int | None, gemm_nk: int | None,
               cold_weights: bool, shapes_of: tuple[str, ...], shapes: tuple[str, ...], add_reclaim: bool,
-              quick: bool, as_json: bool) -> None:
+              quick: bool, as_json: bool, progress: bool | None) -> None:
     """Measure memory read/copy bandwidth, GEMM FLOP/s per dtype as M grows, GPU copies and a file's
     read rate; write OUT/cpus/ID.yaml (kind measured), OUT/sources/ID.yaml and OUT/probe/ID.json.
+
+    --out is required: the probe writes only into the folder it names (there is no default folder).
+    On a terminal a progress bar counts the measurement steps, with the time left.
 
     Check the result with 'capsim hw check OUT' and use it with 'capsim --hardware-db OUT predict -H ID'.
     """
@@ -82,26 +86,33 @@ def probe_cmd(out: Path, item_id: str, file: Path | None, threads: int | None, g
     from capsim.hardware import db as hwdb
     from capsim.measure import probe, probe_entry
 
+    bar = bars.Progress(None, "probe", enabled=bars.wanted(progress, as_json), unit="steps")
+
     def log(msg: str) -> None:
-        click.echo(f"capsim probe: {msg}", err=True)
+        bar.echo(f"capsim probe: {msg}")
 
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-    t0 = time.perf_counter()
     settings = probe.QUICK if quick else probe.FULL
+    with bar:
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+        t0 = time.perf_counter()
+        if add_reclaim:
+            bar.set(0, 1)
+            _add_reclaim(out / "probe" / f"{item_id}.json", settings, threads, quick, log)
+            bar.set(1)
+        else:
+            if gemm_nk is not None:
+                settings = dataclasses.replace(settings, gemm_nk=gemm_nk)
+            if cold_weights:
+                settings = dataclasses.replace(settings, gemm_cold_bytes=settings.memory_bytes)
+            if gemm_shapes:
+                settings = dataclasses.replace(settings, gemm_shapes=gemm_shapes)
+            result = probe.run_probe(settings, file=file, log=log, on_progress=bar.set)
     if add_reclaim:
-        _add_reclaim(out / "probe" / f"{item_id}.json", settings, threads, quick, log)
         log(f"done in {time.perf_counter() - t0:.1f} s")
         return
-    if gemm_nk is not None:
-        settings = dataclasses.replace(settings, gemm_nk=gemm_nk)
-    if cold_weights:
-        settings = dataclasses.replace(settings, gemm_cold_bytes=settings.memory_bytes)
-    if gemm_shapes:
-        settings = dataclasses.replace(settings, gemm_shapes=gemm_shapes)
-    result = probe.run_probe(settings, file=file, log=log)
     command = _command(out, item_id, file, quick, threads, gemm_nk, cold_weights, shapes_of, shapes)
     written = probe_entry.write_entry(result, out, item_id, command)
     _, problems = hwdb.check(hwdb.BUILTIN_DB, out)

@@ -6,12 +6,11 @@ pandas, pyarrow and dask are imported inside the command, so that ``capsim predi
 from __future__ import annotations
 
 import json
-import sys
 import time
-from contextlib import nullcontext
 
 import click
 
+from capsim.cli import progress as bars
 from capsim.cli.table import render
 from capsim.hardware import db as hwdb
 from capsim.units import format_quantity
@@ -103,7 +102,8 @@ def human(s: dict, seconds: float, out: str | None, configurations: int, where: 
               help="Refuse larger grids (the results are held in memory before writing).")
 @click.option("--top", type=int, default=10, show_default=True, help="Configurations in the summary table.")
 @click.option("--progress/--no-progress", default=None,
-              help="Progress bar on stderr [on for a terminal and more than 200,000 scenarios].")
+              help="Progress bar with elapsed time and time left on stderr [on for a terminal and more than "
+                   "200,000 scenarios, off with --json].")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.pass_context
 def sweep_cmd(ctx: click.Context, grid_file, out, scheduler, connect_timeout, chunk_rows, max_scenarios, top, progress, as_json,
@@ -150,13 +150,12 @@ def sweep_cmd(ctx: click.Context, grid_file, out, scheduler, connect_timeout, ch
         io.check_destination(out)
     db = hwdb.load(ctx.obj.get("hardware_db") if ctx.obj else None)
     G.check_names(grid, db)
-    show = progress if progress is not None else (sys.stderr.isatty() and grid.size >= PROGRESS_FROM)
-    bar = (click.progressbar(length=grid.size, label="evaluating", file=sys.stderr, show_pos=True)
-           if show else nullcontext())
+    show = progress if progress is not None else (not as_json and grid.size >= PROGRESS_FROM)
+    bar = bars.Progress(grid.size, "evaluating", enabled=show, unit="scenarios")
     t0 = time.perf_counter()
-    with bar as b:
+    with bar:
         frame = run_sweep(grid, db, scheduler=scheduler, chunk_rows=chunk_rows, timeout=connect_timeout,
-                          progress=b.update if b is not None else None)
+                          progress=bar.update if bar.active else None)
     seconds = time.perf_counter() - t0
     if out:
         io.write_results(frame, out)

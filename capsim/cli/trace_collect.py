@@ -11,6 +11,8 @@ import sys
 
 import click
 
+from capsim.cli import progress as bars
+
 
 @click.command("collect")
 @click.option("--model", "model", required=True, type=click.Path(),
@@ -26,8 +28,9 @@ import click
 @click.option("--max-prompt-tokens", type=int, default=256, show_default=True,
               help="Prompts are truncated to their first N tokens.")
 @click.option("--json", "as_json", is_flag=True, help="Print the written trace's meta.json.")
+@bars.option()
 def collect_cmd(model: str, prompts: str, max_new_tokens: int, batch_size: int, out: str, random_init: bool,
-                seed: int, max_prompt_tokens: int, as_json: bool) -> None:
+                seed: int, max_prompt_tokens: int, as_json: bool, progress: bool | None) -> None:
     """Run prefill and greedy decode with the KV cache on PROMPTS and record, per token and MoE layer,
     the top-k expert ids and routing weights (prefill/decode and sequence marked).
 
@@ -35,8 +38,9 @@ def collect_cmd(model: str, prompts: str, max_new_tokens: int, batch_size: int, 
     only when the whole trace is written, so an interrupted run leaves the previous one intact."""
     from capsim.traces.collect import collect
 
-    res = collect(model, prompts, max_new_tokens, batch_size, out, random_init=random_init, seed=seed,
-                  max_prompt_tokens=max_prompt_tokens, progress=True, command=list(sys.argv))
+    with bars.Progress(None, "collecting", enabled=bars.wanted(progress, as_json), unit="batches") as bar:
+        res = collect(model, prompts, max_new_tokens, batch_size, out, random_init=random_init, seed=seed,
+                      max_prompt_tokens=max_prompt_tokens, command=list(sys.argv), on_progress=bar.set)
     if as_json:
         click.echo(json.dumps(res.meta, indent=1))
         return

@@ -138,10 +138,13 @@ def measure_disk(config_or_path: str | Path, *, random_init: bool = True, batche
                  context: int = 128, repeats: int = 5, warmup: int = 1, page_batches: Iterable[int] = (1,),
                  page_repeats: int = 3, dtype: str = "float32", seed: int = 0, threads: int | None = 1,
                  folder: str | Path | None = None, out: str | Path | None = None, notes: str | None = None,
-                 command: list[str] | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                 command: list[str] | None = None, progress: Callable[[str], None] | None = None,
+                 on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Decode step times with the routed experts read from a file (cold, cold-4k, warm), the bytes read, and
     the drive's read rates; returns the run dict (written atomically to ``out`` when given). The experts file
-    goes in ``folder`` (default: the temporary directory) and is deleted afterwards."""
+    goes in ``folder`` (default: the temporary directory) and is deleted afterwards. ``progress(line)``: a line
+    per step and measured case; ``on_progress(done, total)``: the cases done (each batch's modes and each read-rate
+    pass) out of all, before the first and after each."""
     from capsim.traces.collect import RoutingRecorder
     from capsim.traces.hf_model import _require_ml, family_of, load_hf_model, model_id_of, read_config
     from capsim.traces.routers import routing_rule
@@ -202,14 +205,30 @@ def measure_disk(config_or_path: str | Path, *, random_init: bool = True, batche
             left = f.evict()
             say(f"page cache: {left} of {f.pages} pages of the file left after eviction")
             rng = np.random.default_rng(seed)
-            passes = [rate_pass(f, rng, "before the steps") for _ in range(RATE_PASSES_BEFORE)]
+            cases = RATE_PASSES_BEFORE + RATE_PASSES_AFTER + sum(
+                3 + (b in page_batches) for b in batches)  # modes and one rate pass per batch
+            done = [0]
+
+            def tick() -> None:
+                done[0] += 1
+                if on_progress is not None:
+                    on_progress(done[0], cases)
+
+            def rate(why: str) -> dict[str, Any]:
+                p = rate_pass(f, rng, why)
+                tick()
+                return p
+
+            if on_progress is not None:
+                on_progress(0, cases)
+            passes = [rate("before the steps") for _ in range(RATE_PASSES_BEFORE)]
 
             def between(b: int) -> None:
-                passes.append(rate_pass(f, rng, f"after batch {b}"))
+                passes.append(rate(f"after batch {b}"))
 
             measurements = _decode_modes(model, f, rule, family, vocab, batches, context, repeats, warmup,
-                                         page_batches, page_repeats, seed, say, RoutingRecorder, between)
-            passes += [rate_pass(f, rng, "after the steps") for _ in range(RATE_PASSES_AFTER)]
+                                         page_batches, page_repeats, seed, say, RoutingRecorder, between, tick)
+            passes += [rate("after the steps") for _ in range(RATE_PASSES_AFTER)]
         finally:
             del tensors
             model = None
@@ -285,7 +304,8 @@ def measure_disk(config_or_path: str | Path, *, random_init: bool = True, batche
 
 def _decode_modes(model, f: MappedFile, rule, family: str, vocab: int, batches: list[int], context: int,
                   repeats: int, warmup: int, page_batches: list[int], page_repeats: int, seed: int, say,
-                  recorder_cls, between: Callable[[int], None]) -> list[dict[str, Any]]:
+                  recorder_cls, between: Callable[[int], None],
+                  tick: Callable[[], None] | None = None) -> list[dict[str, Any]]:
     import torch
 
     def tokens(shape: tuple[int, ...], *key: int):
@@ -327,6 +347,8 @@ def _decode_modes(model, f: MappedFile, rule, family: str, vocab: int, batches: 
                 m = _one_mode(f, mode, step, crop, warmup, page_repeats if mode == "cold-4k" else repeats)
                 m.update(batch=b, context=context, **routed)
                 out.append(m)
+                if tick is not None:
+                    tick()
                 got = m["read_bytes_median"]
                 say(f"  {mode:7s} B={b:<3d} C={context}: median {m['median_s'] * 1e3:8.1f} ms (p10 "
                     f"{m['p10_s'] * 1e3:.1f}, p90 {m['p90_s'] * 1e3:.1f}), read "

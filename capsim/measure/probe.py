@@ -32,6 +32,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -216,8 +217,9 @@ def host_device_copies(s: Settings, log: Log = silent) -> dict[str, Any]:
     }
 
 
-def gpu_probe(s: Settings, log: Log = silent) -> dict[str, Any]:
-    """Everything measured on GPU 0, or ``{"skipped": why}``."""
+def gpu_probe(s: Settings, log: Log = silent, tick: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """Everything measured on GPU 0, or ``{"skipped": why}``. ``tick()`` is called after each of its
+    :func:`gpu_steps` steps."""
     import torch
 
     if not torch.cuda.is_available():
@@ -234,14 +236,23 @@ def gpu_probe(s: Settings, log: Log = silent) -> dict[str, Any]:
     }
     try:
         out["memory"] = memory_bandwidth(s, "cuda", log)
-        out["gemm"] = {dt: gemm_curve(dt, s, "cuda", log) for dt in GPU_DTYPES}
+        tick()
+        out["gemm"] = {dt: (gemm_curve(dt, s, "cuda", log), tick())[0] for dt in GPU_DTYPES}
         _mark_slow_paths(out["gemm"])
         out["transfers"] = host_device_copies(s, log)
+        tick()
     except RuntimeError as err:  # out of memory, a driver error: keep the CPU results
         out["error"] = first_line(err)
     finally:
         torch.cuda.empty_cache()
     return out
+
+
+def gpu_steps() -> int:
+    """Steps of :func:`gpu_probe` (memory, one GEMM curve per dtype, copies); 0 without a GPU."""
+    import torch
+
+    return 2 + len(GPU_DTYPES) if torch.cuda.is_available() else 0
 
 
 # ------------------------------------------------------------------ file read
@@ -305,8 +316,17 @@ def file_read_rate(path: str | Path, s: Settings, log: Log = silent) -> dict[str
 # ------------------------------------------------------------------ the whole probe
 
 
-def run_probe(s: Settings, file: str | Path | None = None, log: Log = silent) -> dict[str, Any]:
-    """Facts, memory, GEMM curves per dtype, the GPU (when present) and the file read rate."""
+def probe_steps(s: Settings, file: str | Path | None = None) -> int:
+    """Measurement steps of :func:`run_probe`: memory bandwidth, first touch, reclaim, attention, one per GEMM
+    curve (CPU dtypes, at two sizes), one per weight shape and dtype, the GPU's (:func:`gpu_steps`), the file."""
+    shapes = len(s.gemm_shapes) * len(s.gemm_shape_dtypes)
+    return 4 + 2 * len(CPU_DTYPES) + shapes + gpu_steps() + (1 if file is not None else 0)
+
+
+def run_probe(s: Settings, file: str | Path | None = None, log: Log = silent,
+              on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Facts, memory, GEMM curves per dtype, the GPU (when present) and the file read rate.
+    ``on_progress(done, total)`` is called as the measurement steps (:func:`probe_steps`) start and finish."""
     import torch
 
     if file is not None:  # fail before minutes of measuring
@@ -319,24 +339,49 @@ def run_probe(s: Settings, file: str | Path | None = None, log: Log = silent) ->
         log(f"warning: other processes kept {busy:.0%} of the CPUs busy before the probe: the numbers may be low")
     log(f"probe: {facts['cpu_model']}, {facts['cores']} cores, {facts['threads']} threads, "
         f"torch {facts['torch']} with {facts['torch_threads']} threads")
+    total, done = probe_steps(s, file), [0]
+
+    def tick(to: int | None = None) -> None:
+        done[0] = done[0] + 1 if to is None else to
+        if on_progress is not None:
+            on_progress(done[0], total)
+
+    tick(0)
     t0 = time.perf_counter()
     snap = _cpu_snapshot()
     with torch.inference_mode():
         memory = memory_bandwidth(s, "cpu", log)
+        tick()
         memory["first_touch"] = first_touch(s, log)
+        tick()
         memory["reclaim"] = memory_reclaim(s, log)
+        tick()
         attention = attention_math(s, log)
-        gemm = {dt: gemm_curve(dt, s, "cpu", log) for dt in CPU_DTYPES}
+        tick()
+        gemm = {}
+        for dt in CPU_DTYPES:
+            gemm[dt] = gemm_curve(dt, s, "cpu", log)
+            tick()
         _mark_slow_paths(gemm)
         small = replace(s, gemm_nk=s.gemm_nk_small)
-        gemm_small = {dt: gemm_curve(dt, small, "cpu", log) for dt in CPU_DTYPES}
-        gemm_linear = {dt: [linear_curve(dt, k, n, s, log) for k, n in s.gemm_shapes]
-                       for dt in s.gemm_shape_dtypes} if s.gemm_shapes else {}
-        gpu = gpu_probe(s, log)
+        gemm_small = {}
+        for dt in CPU_DTYPES:
+            gemm_small[dt] = gemm_curve(dt, small, "cpu", log)
+            tick()
+        gemm_linear: dict[str, list[dict[str, Any]]] = {}
+        for dt in s.gemm_shape_dtypes if s.gemm_shapes else ():
+            gemm_linear[dt] = []
+            for k, n in s.gemm_shapes:
+                gemm_linear[dt].append(linear_curve(dt, k, n, s, log))
+                tick()
+        before_gpu = done[0]
+        gpu = gpu_probe(s, log, tick)
+        tick(before_gpu + gpu_steps())  # the GPU's steps count as done when it stopped early (an error)
     facts["other_processes_cpu_share_during"] = during = other_cpu_share(snap, _cpu_snapshot())
     if during is not None and during > BUSY_WARNING:
         log(f"warning: other processes kept {during:.0%} of the CPUs busy during the probe: the numbers may be low")
     file_read = file_read_rate(file, s, log) if file is not None else None
+    tick(total)
     try:
         facts["load_average_after"] = list(os.getloadavg())
     except (AttributeError, OSError):

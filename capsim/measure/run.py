@@ -72,14 +72,16 @@ def measure(config_or_path: str | Path, *, random_init: bool = True, prompt_lens
             out: str | Path | None = None, scale: dict[str, int | None] | None = None, device: str = "cpu",
             decode_batches: Iterable[int] | None = None, max_prefill_tokens: int | None = None,
             cache_sequences: int = 4, notes: str | None = None, command: list[str] | None = None,
-            progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+            progress: Callable[[str], None] | None = None,
+            on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Measure prefill latency per (batch, prompt length) and decode step time per (batch, context); return the
     run dict (written atomically to ``out`` when given).
 
     ``config_or_path``: a config.json file or a model folder (config.json + weights unless ``random_init``).
     ``scale``: :func:`scale_config` keyword arguments (random initialisation only). ``max_prefill_tokens``:
     prefill points with more than this many tokens (batch x prompt length) are skipped and listed in the
-    notes. ``decode_batches`` defaults to ``batches``.
+    notes. ``decode_batches`` defaults to ``batches``. ``progress(line)``: a line per step and measured case;
+    ``on_progress(done, total)``: the (batch, length) cases measured out of all, before the first and after each.
     """
     from capsim.traces.hf_model import _require_ml, family_of, load_hf_model, model_id_of, read_config
     from capsim.traces.routers import routing_rule
@@ -194,6 +196,14 @@ def measure(config_or_path: str | Path, *, random_init: bool = True, prompt_lens
 
     measurements: list[dict[str, Any]] = []
     skipped: list[str] = []
+    cases = len(contexts) * len(decode_batches) + sum(
+        1 for length in prompt_lens for b in batches if not (max_prefill_tokens and b * length > max_prefill_tokens))
+
+    def count() -> None:
+        if on_progress is not None:
+            on_progress(len(measurements), cases)
+
+    count()
     try:
         with torch.inference_mode():
             for length in prompt_lens:
@@ -209,6 +219,7 @@ def measure(config_or_path: str | Path, *, random_init: bool = True, prompt_lens
                     samples, routed = timed(prefill, b * length)
                     m = {"phase": "prefill", "batch": b, "input_len": length, **_stats(samples), **routed}
                     measurements.append(m)
+                    count()
                     show(m)
                     del ids
                     gc.collect()
@@ -236,6 +247,7 @@ def measure(config_or_path: str | Path, *, random_init: bool = True, prompt_lens
                         raise RuntimeError(f"decode cache holds {past.get_seq_length()} tokens, expected {ctx}")
                     m = {"phase": "decode", "batch": b, "context": ctx, **_stats(samples), **routed}
                     measurements.append(m)
+                    count()
                     show(m)
                     del past
                     gc.collect()

@@ -238,17 +238,18 @@ def _load_npz(path: Path) -> dict[str, np.ndarray] | None:
 
 
 def _check_out(out: Path) -> None:
-    if out.exists() and not (out.is_dir() and ((out / "meta.json").is_file() or not any(out.iterdir()))):
-        raise CapsimError(f"{out}: exists and is not a capsim trace; refusing to replace it (choose another --out)")
+    tfmt.check_destination(out)
 
 
 def collect(model: str | Path, prompts: str | Path, max_new_tokens: int, batch_size: int, out: str | Path, *,
             random_init: bool = False, seed: int = 0, max_prompt_tokens: int = 256, device: str = "cpu",
             stop_at_eos: bool = True, progress: bool = False, command: list[str] | None = None,
             on_model: Callable[[Any], None] | None = None,
-            on_batch: Callable[[int], None] | None = None) -> CollectResult:
+            on_batch: Callable[[int], None] | None = None,
+            on_progress: Callable[[int, int], None] | None = None) -> CollectResult:
     """Collect a trace; see the module docstring. ``on_model``/``on_batch`` are test hooks (called with
-    the loaded model, and with each batch index after that batch is saved)."""
+    the loaded model, and with each batch index after that batch is saved). ``on_progress(done, total)``
+    is called with the batches done (resumed ones included) out of all, before the first and after each."""
     out = Path(out)
     for name, v, lo in (("--max-new-tokens", max_new_tokens, 1), ("--batch-size", batch_size, 1),
                         ("--max-prompt-tokens", max_prompt_tokens, 1), ("--seed", seed, 0)):
@@ -307,6 +308,8 @@ def collect(model: str | Path, prompts: str | Path, max_new_tokens: int, batch_s
         bar = click.progressbar(length=n_batches, label=f"collecting {len(tokens)} prompts in {n_batches} batches",
                                 file=sys.stderr, show_pos=True, show_eta=True)
         bar.__enter__()
+    if on_progress is not None:
+        on_progress(0, n_batches)
     try:
         for i in range(n_batches):
             f = partial / f"batch_{i}.npz"
@@ -324,6 +327,8 @@ def collect(model: str | Path, prompts: str | Path, max_new_tokens: int, batch_s
             batches.append(arrays)
             if bar is not None:
                 bar.update(1)
+            if on_progress is not None:
+                on_progress(i + 1, n_batches)
     finally:
         recorder.remove()
         if bar is not None:
