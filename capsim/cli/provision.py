@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 
 import click
 
+from capsim.cli import progress as bars
 from capsim.cli.oneline import CapsimCommand
 from capsim.cli.table import render
 from capsim.errors import CapsimError
@@ -64,7 +64,9 @@ def _limit(c) -> str:
     if c.binding == "max_batch":
         return "none up to --max-batch"
     if math.isinf(c.binding_ratio):
-        return f"{c.binding} (does not fit at the next batch)" if c.qualifies else f"{c.binding} (cannot run)"
+        if c.qualifies:
+            return f"{c.binding} (does not fit at the next batch)"
+        return "accuracy (no published score at this precision)" if c.binding == "accuracy" else f"{c.binding} (cannot run)"
     return f"{c.binding} ({c.binding_ratio:.0%} of limit at the next batch)" if c.qualifies else (
         f"{c.binding} ({c.binding_ratio:.2f}x the limit)")
 
@@ -155,10 +157,11 @@ def as_dict(res, top: int, plot: str | None) -> dict:
 @click.option("--top", type=int, default=DEFAULT_TOP, show_default=True, help="Rows shown per table.")
 @click.option("--plot", default=None, metavar="FILE", help="Write the cost-throughput Pareto plot (.png or .svg).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (SI units).")
+@bars.option()
 @click.pass_context
 def provision_cmd(ctx, model, hardware, users, tokens_per_s, ttft, tpot, min_accuracy, benchmark,
                   accuracy_any_precision, input_len, output_len, precisions, offloads, engine, max_nodes, max_batch,
-                  ttft_mode, cost_basis, usd_per_hour, prices, utilisation, top, plot, as_json) -> None:
+                  ttft_mode, cost_basis, usd_per_hour, prices, utilisation, top, plot, as_json, progress) -> None:
     """The cheapest hardware that serves MODEL within the limits: a ranked table with each candidate's binding
     constraint, and a cost-throughput Pareto plot.
 
@@ -190,8 +193,7 @@ def provision_cmd(ctx, model, hardware, users, tokens_per_s, ttft, tpot, min_acc
     pricer = Pricer(db, a, cost_basis, _pairs("--price", prices), _pairs("--usd-per-hour", usd_per_hour))
     layouts = enumerate_layouts(db, _split(hardware) or system_ids(db), _split(precisions) or [None], max_nodes,
                                 _split(offloads))
-    show = sys.stderr.isatty() and not as_json
-    with click.progressbar(length=len(layouts), label="searching", file=sys.stderr) if show else _Null() as bar:
+    with bars.Progress(len(layouts), "searching", enabled=bars.wanted(progress, as_json), unit="layouts") as bar:
         res = search(layouts, Workload(model, input_len, output_len, engine), req, db, pricer, max_batch,
                      accuracy_any_precision, progress=bar.update)
     if plot is not None:
@@ -201,14 +203,3 @@ def provision_cmd(ctx, model, hardware, users, tokens_per_s, ttft, tpot, min_acc
     click.echo(json.dumps(as_dict(res, top, plot), indent=2) if as_json else human(res, top))
     if plot is not None and not as_json:
         click.echo(f"plot: {plot}")
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    def update(self, n: int) -> None:
-        return None

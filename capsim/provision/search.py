@@ -46,7 +46,7 @@ class Candidate:
     memory_use: float
     ratios: dict[str, float]  # use of each limit at the operating point (NaN: no limit)
     binding: str  # see the module docstring
-    binding_ratio: float
+    binding_ratio: float  # inf where it has no value (no published score; a batch that cannot run): None in rows
     max_batch: int | None = None  # largest qualifying batch
     max_tokens_per_s: float | None = None
     accuracy: float | None = None
@@ -75,7 +75,7 @@ class Candidate:
             "usd_per_h": self.usd_per_h, "cost_basis": self.price.basis, "cost_detail": self.price.detail,
             "usd_per_million_output_tokens": self.usd_per_million_tokens, "accuracy": self.accuracy,
             "accuracy_note": self.accuracy_note, "binding_constraint": self.binding,
-            "binding_ratio": self.binding_ratio,
+            "binding_ratio": self.binding_ratio if np.isfinite(self.binding_ratio) else None,
             "limits_used": {k: (None if np.isnan(v) else v) for k, v in self.ratios.items()},
         }
 
@@ -123,7 +123,8 @@ def assess(c: Curve, req: Requirements, price: Price, acc: float | None, acc_not
             binding, b_ratio = "max_batch", float(top[j])
     else:
         i = j = int(np.argmin(top))
-        binding, b_ratio = CONSTRAINTS[int(which[i])], float(top[i])
+        binding = CONSTRAINTS[int(which[i])]
+        b_ratio = float(r[binding][i])  # not top[i]: worst() clips an infinite ratio to the float maximum
     return Candidate(
         layout=c.layout, price=price, qualifies=bool(ok.any()), batch=int(c.batch[i]), ttft_s=float(ttft[i]),
         tpot_s=float(c.tpot_s[i]), tokens_per_s=float(c.tokens_per_s[i]), memory_use=float(mem[i]),

@@ -40,17 +40,19 @@ def plot(table: list[dict[str, Any]], path: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 6))
+    colour = {"prefill": "C0", "decode": "C1"}
     for (subset, phase), marker in {("fit", "prefill"): "s", ("fit", "decode"): "o",
                                     ("held-out", "prefill"): "D", ("held-out", "decode"): "^"}.items():
         pts = [r for r in table if r["subset"] == subset and r["phase"] == phase]
-        if pts:
+        if pts:  # fit hollow, held-out filled; the edge colour is explicit, or hollow markers are invisible
             ax.scatter([r["measured_s"] for r in pts], [r["predicted_s"] for r in pts], marker=marker,
-                       label=f"{phase}, {subset}", alpha=0.8, facecolors="none" if subset == "fit" else None)
+                       label=f"{phase}, {subset}", alpha=0.8, edgecolors=colour[phase], linewidths=1.0,
+                       facecolors="none" if subset == "fit" else colour[phase])
     vals = [v for r in table for v in (r["measured_s"], r["predicted_s"])]
     lo, hi = min(vals) / 1.5, max(vals) * 1.5
     ax.plot([lo, hi], [lo, hi], "k-", lw=0.8, label="y = x")
     for f in (0.9, 1.1):
-        ax.plot([lo, hi], [lo * f, hi * f], "k:", lw=0.6)
+        ax.plot([lo, hi], [lo * f, hi * f], "k:", lw=0.6, label="y = x \u00b1 10%" if f < 1 else None)
     ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), xlabel="measured (s)",
            ylabel="predicted (s)", title=title)
     ax.legend(fontsize=8)
