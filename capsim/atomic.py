@@ -55,6 +55,7 @@ def lock(path: str | Path, what: str = "--out"):
     from capsim.errors import CapsimError
 
     path = Path(path)
+    made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]  # removed again if left empty
     path.parent.mkdir(parents=True, exist_ok=True)
     f = path.parent / f".{path.name}{LOCK_SUFFIX}"
     for _ in range(2):
@@ -80,6 +81,9 @@ def lock(path: str | Path, what: str = "--out"):
     finally:
         with suppress(FileNotFoundError):
             f.unlink()
+        for folder in made:  # innermost first: a run that failed before writing leaves no empty folders behind
+            with suppress(OSError):
+                folder.rmdir()
 
 
 def write_with(path: str | Path, write: Callable[[str], None]) -> Path:
@@ -89,6 +93,8 @@ def write_with(path: str | Path, write: Callable[[str], None]) -> Path:
     from capsim.errors import CapsimError
 
     path = Path(path)
+    if path.is_symlink():
+        raise CapsimError(f"{path}: is a symbolic link; refusing to replace it")
     if path.is_dir():
         raise CapsimError(f"{path}: is a folder; give a file name to write")
     try:
@@ -125,7 +131,23 @@ def write_text(path: str | Path, text: str, fsync: bool = False) -> Path:
     return write_with(path, write)
 
 
-def save_figure(fig, path: str | Path, **savefig_kw) -> Path:
-    """A matplotlib figure, in the format of ``path``'s suffix (png, svg, pdf)."""
-    fmt = Path(path).suffix.lstrip(".").lower() or "png"
-    return write_with(path, lambda tmp: fig.savefig(tmp, format=fmt, **savefig_kw))
+def save_figure(fig, path: str | Path, flag: str = "--plot", **savefig_kw) -> Path:
+    """A matplotlib figure, in the format of ``path``'s suffix (png, svg, pdf), stamped as capsim's; an existing
+    file that is not a capsim plot is refused (:func:`capsim.outputs.check_replace`)."""
+    from capsim import outputs
+
+    fmt = figure_format(path, flag)
+    outputs.check_replace(path, "figure", flag)
+    meta = {**savefig_kw.pop("metadata", {}), **outputs.figure_metadata(fmt)}
+    return write_with(path, lambda tmp: fig.savefig(tmp, format=fmt, metadata=meta, **savefig_kw))
+
+
+def figure_format(path: str | Path, flag: str = "--plot") -> str:
+    """The image format a plot path names (png, svg or pdf); a one-line error for any other suffix."""
+    from capsim.errors import CapsimError
+    from capsim.outputs import FIGURE_FORMATS
+
+    fmt = Path(path).suffix.lstrip(".").lower()
+    if fmt not in FIGURE_FORMATS:
+        raise CapsimError(f"{flag} {path}: expected a file name ending in .{', .'.join(FIGURE_FORMATS)}")
+    return fmt

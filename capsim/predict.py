@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from capsim import capacity, placement, report, routing
+from capsim.checks import MAX_SEQUENCES
 from capsim.collectives import collectives_report
 from capsim.errors import CapsimError
 from capsim.scenario import DEFAULT_INPUT_LEN, DEFAULT_OUTPUT_LEN, MAX_BATCH, Query, resolve
@@ -29,6 +30,7 @@ def largest_batch(q: Query, db, profile=None) -> int:
                           "give --batch and --expert-cache")
     sc = resolve(replace(q, batch=1), db, profile)
     most = capacity.largest_batch(sc, q.input_len, q.output_len)
+    most = most if most is None else min(most, MAX_SEQUENCES)  # beyond it: far past any engine's batch
     if most is None:
         raise CapsimError(f"--batch max: {q.hardware} states no memory size, so no batch limit can be found")
     if most == 0:

@@ -48,7 +48,10 @@ def _opened(path: str):
     held = _OPEN.get(path)
     if stamp is not None and held is not None and held[0] == stamp:
         return held[1]
-    trace = open_trace(path, verify=True)
+    try:
+        trace = open_trace(path, verify=True)
+    except CapsimError as err:
+        raise CapsimError(f"--trace {err}") from None
     if stamp is not None:
         if len(_OPEN) >= 4:
             _OPEN.clear()

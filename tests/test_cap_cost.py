@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from capsim.cap import assumptions, cost
+from capsim.cap.parts import hardware_parts, price_date
 from capsim.cap.report import cost_report
 from capsim.cli.main import cli
 from capsim.errors import CapsimError
@@ -139,14 +140,94 @@ def test_dgx_h100_priced_by_hand(db, a):
 
 
 def test_cloud_price_pro_rated(db, a):
-    # AWS p5.48xlarge $98.32/h for 8 GPUs; 2 of 8 devices: $24.58/h; at 1000 tokens/s $24.58 / 3.6 per 1M
+    # like with like: dgx-h100 is a standard host (2 TB DDR5 / 8 GPUs = 233 GiB <= 256 GiB), so its cloud price is
+    # 8 x the H100 SXM per-GPU price (RunPod Secure, host share included, 2026-08-23) = 8 x 3.29 = $26.32/h;
+    # 2 of 8 devices: 2 x 3.29 = $6.58/h; at 1000 tokens/s $6.58 / 3.6 per 1M
     r = cost_report(db, "dgx-h100", a, 1000.0, cloud=True, devices=2)
-    assert close(r["usd_per_h"], 24.58) and close(r["usd_per_million_output_tokens"], 24.58 / 3.6)
-    assert r["cost_basis"]["source"] == "aws-p5-ondemand-secondary" and r["share_of_system"] == 0.25
+    assert close(r["usd_per_h"], 2 * 3.29) and close(r["usd_per_million_output_tokens"], 2 * 3.29 / 3.6)
+    assert r["cost_basis"]["source"] == "runpod-pods-feed-2026-08-23" and r["share_of_system"] == 0.25
+    # the AWS p5.48xlarge instance price ($98.32/h for 8) is shown pro rata as the alternative, not used
+    b = r["cost_basis"]
+    assert close(b["instance_usd_per_h"], 98.32 / 4) and b["instance_source"] == "aws-p5-ondemand-secondary"
+    assert b["instance_used"] is False and b["price_basis"] == "per-device"
     half = cost_report(db, "dgx-h100", a.with_overrides(utilisation=0.5), 1000.0, cloud=True)
-    assert close(half["usd_per_h"], 2 * 98.32)  # paid while idle
+    assert close(half["usd_per_h"], 2 * 8 * 3.29)  # paid while idle: 26.32 / 0.5
     with pytest.raises(CapsimError, match="--cloud"):
         cost_report(db, "cpu-server-epyc-9654", a, 1.0, cloud=True)
+
+
+def test_dgx_b200_and_mi300x_server_priced_per_gpu(db, a):
+    # dgx-b200 has no instance price; standard host (2 TB / 8 = 233 GiB): 8 x 6.79 (RunPod B200) = $54.32/h,
+    # over utilisation 0.5: 54.32 / 0.5 = $108.64 per hour of serving
+    r = cost_report(db, "dgx-b200", a.with_overrides(utilisation=0.5), 1000.0, cloud=True)
+    assert close(r["usd_per_h"], 8 * 6.79 / 0.5) and close(r["cost_basis"]["usd_per_h_listed"], 54.32)
+    b = r["cost_basis"]
+    assert (b["per_device_usd_per_h"], b["devices"], b["item"]) == (6.79, 8, "b200") and "instance_usd_per_h" not in b
+    # server-8x-mi300x: 1536 GiB / 8 = 192 GiB per GPU: 8 x 2.39 (RunPod MI300X) = $19.12/h
+    m = cost_report(db, "server-8x-mi300x", a, 1000.0, cloud=True)
+    assert close(m["usd_per_h"], 8 * 2.39) and m["cloud_prices"]["standard_host"]["standard"]
+    assert close(m["cloud_prices"]["standard_host"]["dram_bytes_per_accelerator"], 1536 * 2**30 / 8)
+
+
+def test_report_carries_source_url_and_date(db, a):
+    b = cost_report(db, "dgx-b200", a, 1000.0, cloud=True)["cost_basis"]
+    assert b["source"] == "runpod-pods-feed-2026-08-23" and b["source_title"].startswith("RunPod Pods per-GPU")
+    assert b["source_url"].startswith("https://github.com/toolshedlabs-hash/gpu-price-feed/")
+    assert (b["price_date"], b["price_date_from"]) == ("2026-08-23", "price note's 'as of'")
+    # the instance alternative carries its own date: the Next Platform article (2023-07-27) in its source title
+    h = cost_report(db, "dgx-h100", a, 1000.0, cloud=True)["cloud_prices"]["instance"]
+    assert (h["price_date"], h["price_date_from"]) == ("2023-07-27", "source title")
+
+
+def test_price_date_rule():
+    # 1. the price note's "as of YYYY-MM-DD"; 2. the last ISO date of the source title; 3. the id's suffix
+    assert price_date("RunPod ..., as of 2026-08-23; raised by 2026-09-25", "x", "t 2020-01-01") == (
+        "2026-08-23", "price note's 'as of'")
+    assert price_date("no date", "x", "feed, snapshot 2026-01-02 collected 2026-08-23") == (
+        "2026-08-23", "source title")
+    assert price_date(None, "feed-2026-10-01", "a title") == ("2026-10-01", "source id")
+    assert price_date("as of 2026-13-45", "feed-2026-02-30", "undated title") == (None, "undated")  # not dates
+
+
+def test_bare_device_cloud_includes_the_host_share(db, a):
+    # -H h100 --devices 2 on the cloud basis: 2 x 3.29 = $6.58/h; the per-GPU price includes the host share
+    r = cost_report(db, "h100", a, 1000.0, cloud=True, devices=2)
+    assert close(r["usd_per_h"], 2 * 3.29) and r["cost_basis"]["per_device_usd_per_h"] == 3.29
+    assert any("includes the host share" in n and "2026-08-23" in n for n in r["notes"])
+    assert not any("not included" in n for n in r["notes"])
+    # owned basis: no purchase price for an H100, and the bare device leaves the host out
+    o = cost_report(db, "h100", a, 1000.0, devices=2)
+    assert o["usd_per_h"] is None and "--cloud" in o["cost_basis"]["missing"]
+    assert any("host (CPU, DRAM, SSD, network) is not included" in n for n in o["notes"])
+
+
+def test_offload_testbed_is_not_priced_per_gpu(db, a):
+    # ktransformers-testbed: 1 TB DDR5 behind one RTX 4090D = 931 GiB > 256 GiB: not a standard host
+    hp = hardware_parts(db, "ktransformers-testbed", a)
+    assert hp.host["standard"] is False and close(hp.host["dram_bytes_per_accelerator"], 1.0e12)
+    assert hp.cloud is None
+    # even if the 4090D had a per-GPU price (the H100's, here), the host rule keeps it off the per-GPU basis;
+    # with an instance price (dgx-h100's, here) that is what the cloud basis uses
+    items = dict(db.items)
+    items["rtx-4090d"] = items["rtx-4090d"].model_copy(update={"price": items["h100-sxm5-80gb"].price})
+    items["ktransformers-testbed"] = items["ktransformers-testbed"].model_copy(
+        update={"price": items["dgx-h100"].price})
+    alt = hwdb.HardwareDB(items=items, sources=dict(db.sources))
+    hp = hardware_parts(alt, "ktransformers-testbed", a)
+    assert hp.cloud.basis == "instance" and hp.cloud.usd_per_h == 98.32
+    assert any("not a standard host" in n and "931 GiB" in n for n in hp.cloud_notes)
+    # a DRAM capacity that is not stated cannot be checked: ik-llama-testbed is not priced per GPU either
+    assert hardware_parts(db, "ik-llama-testbed", a).host["standard"] is False
+
+
+def test_standard_host_limit_and_superchip(db, a):
+    # below dgx-h100's 233 GiB per GPU the rule falls back to the system's own instance price ($98.32/h, AWS p5)
+    r = cost_report(db, "dgx-h100", a.with_overrides(standard_host_dram_bytes_per_accelerator=200 * 2**30), 1.0,
+                    cloud=True)
+    assert close(r["usd_per_h"], 98.32) and r["cost_basis"]["instance_used"] is True
+    # gh200-node: 480 GB LPDDR5X on the superchip itself (NVLink-C2C host link): the 1x GH200 price covers it
+    g = cost_report(db, "gh200-node", a, 1.0, cloud=True)
+    assert close(g["usd_per_h"], 2.29) and g["cost_basis"]["source"] == "lambda-odc-feed-2026-08-23"
 
 
 def test_system_purchase_price_and_parts_basis(db, a):
@@ -195,6 +276,22 @@ def test_cli_json_and_text(db):
     t = run("cap", "cost", "-H", "dgx-h100", "--tokens-per-s", "1000", "--lifetime-years", "4")
     assert t.exit_code == 0, t.output
     assert "no price for gpu, nvswitch, cpu, nic" in t.stdout and "assumptions" in t.stdout
+    assert "cloud (--cloud)     8 x $3.29/h per GPU" in t.stdout and "$98.32/h (aws-p5-ondemand-secondary" in t.stdout
+
+
+def test_cli_cloud_shows_source_url_and_date():
+    t = run("cap", "cost", "-H", "dgx-b200", "--tokens-per-s", "1000", "--cloud")
+    assert t.exit_code == 0, t.output
+    assert "cloud price         8 x $6.79/h per GPU (b200; host share included) = $54.32/h" in t.stdout
+    assert "  price date        2026-08-23" in t.stdout and "<https://github.com/toolshedlabs-hash" in t.stdout
+    j = json.loads(run("cap", "cost", "-H", "h100", "--devices", "2", "--tokens-per-s", "1000", "--cloud",
+                       "--json").stdout)
+    b = j["cost_basis"]
+    assert (b["source"], b["price_date"], b["per_device_usd_per_h"], b["devices"]) == (
+        "runpod-pods-feed-2026-08-23", "2026-08-23", 3.29, 2)
+    assert close(j["usd_per_h"], 6.58) and j["sources"]["runpod-pods-feed-2026-08-23"]["url"] == b["source_url"]
+    k = run("cap", "cost", "-H", "dgx-h100", "--tokens-per-s", "1", "--cloud", "--standard-host-dram-gib", "128")
+    assert "$98.32/h" in k.stdout and "not a standard host" in k.stdout  # 233 GiB > 128 GiB: the instance price
 
 
 def test_cli_runs_a_prediction_for_the_rate():
@@ -213,6 +310,9 @@ def test_cli_runs_a_prediction_for_the_rate():
     ("-H", "dgx-h100", "--tokens-per-s", "-1"),
     ("-H", "no-such-box", "--tokens-per-s", "10"),
     ("-H", "cpu-server-epyc-9654", "--tokens-per-s", "10", "--cloud"),
+    ("-H", "ktransformers-testbed", "--tokens-per-s", "10", "--cloud"),  # not a standard host, no instance price
+    ("-H", "dgx-h100", "--tokens-per-s", "10", "--standard-host-dram-gib", "-1"),
+    ("-H", "dgx-h100", "--tokens-per-s", "inf"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(args):
     r = run("cap", "cost", *args)

@@ -96,10 +96,11 @@ def test_default_layout_keeps_tp_inside_a_node():
     sc = rep["scenario"]
     assert (sc["devices"], sc["nodes"], sc["devices_per_node"], sc["tp"], sc["dp"]) == (16, 2, 8, 8, 2)
     assert rep["collectives"]["tp_allreduce"]["ring_bandwidth_bytes_per_s"] == NVLINK_BYTES_PER_S
-    # --devices counts per node: 4 of each node's 8 GPUs, 8 in all; the cloud price is 2 x 4/8 of one node's.
+    # --devices counts per node: 4 of each node's 8 GPUs, 8 in all; the cloud price is 8 GPUs x the H100's per-GPU
+    # price (hardware_db/accelerators/h100-sxm5-80gb.yaml: 3.29 USD/h, host share included).
     rep = predict(Query(model="mixtral", hardware="dgx-h100", nodes=2, devices=4, batch=32), DB)
     assert (rep["scenario"]["devices"], rep["scenario"]["tp"], rep["scenario"]["dp"]) == (8, 4, 2)
-    assert rep["cost"]["usd_per_h"] == pytest.approx(DB.items["dgx-h100"].price.cloud_usd_per_h.value)
+    assert rep["cost"]["usd_per_h"] == pytest.approx(8 * DB.items["h100-sxm5-80gb"].price.cloud_usd_per_h.value)
 
 
 def _ep_case(nodes: int, ep: int, batch: int) -> dict:

@@ -143,14 +143,36 @@ def test_vectorised_curve_equals_capsim_predict(db):
 
 
 def test_pricing_pro_rata_nodes_and_override(db, pricer):
-    # dgx-h100's listed cloud price is $98.32/h for 8 GPUs (hardware_db, AWS p5.48xlarge): 4 GPUs = $49.16/h,
-    # 2 nodes = $196.64/h (utilisation 1, the default)
-    assert pricer.price("dgx-h100", 4, 1).usd_per_h == pytest.approx(49.16)
-    assert pricer.price("dgx-h100", 8, 2).usd_per_h == pytest.approx(196.64)
+    # dgx-h100 is priced like with like: GPUs x the H100 SXM per-GPU price (RunPod, host share included, $3.29/h):
+    # 4 GPUs = 4 x 3.29 = $13.16/h, 2 nodes of 8 = 16 x 3.29 = $52.64/h (utilisation 1, the default)
+    assert pricer.price("dgx-h100", 4, 1).usd_per_h == pytest.approx(4 * 3.29)
+    assert pricer.price("dgx-h100", 8, 2).usd_per_h == pytest.approx(2 * 8 * 3.29)
+    assert "8 x 3.29 USD/h per GPU" in pricer.price("dgx-h100", 8, 1).detail
     given = Pricer(db, cap_assumptions.load(db), usd_per_h_given={"dgx-h100": 80.0})
     assert given.price("dgx-h100", 8, 3).usd_per_h == pytest.approx(240.0)
     assert given.price("dgx-h100", 2, 1).basis == "given"
-    assert pricer.price("dgx-b200", 8, 1).usd_per_h is None  # no price in the database
+    assert pricer.price("dgx-b200", 8, 1).usd_per_h == pytest.approx(8 * 6.79)  # no instance price: 8 x per-GPU
+    # no stated DRAM capacity: neither a standard host (cloud) nor a complete set of parts (owned)
+    assert pricer.price("workstation-rtx-4090", 1, 1).usd_per_h is None
+
+
+def test_every_accelerator_of_the_acceptance_question_is_priced():
+    # capsim provision -m gpt-oss-120b --users 100 --tpot 50ms -H h100,h200,b200,mi300x,l40s,rtx-5090
+    hw = ["h100", "h200", "b200", "mi300x", "l40s", "rtx-5090"]
+    out = run("provision", "-m", "gpt-oss-120b", "--users", "100", "--tpot", "50ms", "-H", ",".join(hw),
+              "--top", "1000", "--json")
+    assert out.exit_code == 0, out.output
+    d = json.loads(out.output)
+    assert d["qualifying_unpriced"] == [] and d["qualifying"]
+    assert all(r["usd_per_h"] is not None for r in d["qualifying"] + d["closest"])
+    assert {r["hardware"] for r in d["qualifying"]} == set(hw)  # every one qualifies, priced
+    assert all(r["cost_basis"] == "cloud" and "host share included" in r["cost_detail"] for r in d["qualifying"])
+    # systems with no instance price of their own, standard hosts: 8 x 6.79 and 8 x 2.39 per hour
+    d = json.loads(run("provision", "-m", "deepseek-v3", "--users", "1000", "--ttft", "2s", "--tpot", "50ms", "-H",
+                       "dgx-b200,server-8x-mi300x", "--max-nodes", "1", "--json").output)
+    assert d["qualifying_unpriced"] == []
+    per_h = {r["hardware"]: r["usd_per_h"] for r in d["qualifying"] if r["devices"] == 8}
+    assert per_h == pytest.approx({"dgx-b200": 8 * 6.79, "server-8x-mi300x": 8 * 2.39})
 
 
 def test_pareto_front_keeps_only_undominated():
@@ -210,7 +232,7 @@ def test_accuracy_limit_binds_when_no_published_score_is_high_enough():
     (["--min-accuracy", "0.8"], "--min-accuracy needs --benchmark"),
     (["-H", "no-such-box"], "--hardware no-such-box"),
     (["--usd-per-hour", "dgx-h100"], "--usd-per-hour dgx-h100: expected NAME=USD"),
-    (["--plot", "out.pdf"], "--plot out.pdf: expected a file name ending in .png or .svg"),
+    (["--plot", "out.jpg"], "--plot out.jpg: expected a file name ending in .png, .svg, .pdf"),
 ])
 def test_bad_input_is_one_line_exit_2(args, words):
     base = ["provision", "-m", "deepseek-v3"] + ([] if args == [] else ["--users", "8"])

@@ -95,7 +95,7 @@ def test_bad_grids_are_one_line_errors(tmp_path, text, needles):
 
 
 def test_bad_flags_and_limits(tmp_path):
-    one_line_error(run("sweep", tmp_path / "none.yaml"), "none.yaml", "cannot read")
+    one_line_error(run("sweep", tmp_path / "none.yaml"), "none.yaml", "no such grid file")
     one_line_error(run("sweep", "-m", "mixtral", "-H", "h100", "--ep", "most"), "--ep", "'all'")
     one_line_error(run("sweep", "-m", "mixtral", "-H", "h100", "--batch", "1..1000", "--max-scenarios", "999"),
                    "1,000 scenarios", "--max-scenarios 999")
@@ -154,18 +154,16 @@ def test_multinode_rows_equal_predict(db):
 
 
 def test_cost_columns(db):
-    # dgx-h100 lists $98.32/h for its 8 GPUs (hardware_db, AWS p5.48xlarge on-demand): 4 GPUs pro rata $49.16/h,
-    # 2 nodes $196.64/h; $/1M output tokens = $/h / (batch x output_len / request latency x 3600 s/h) x 1e6.
-    # dgx-b200 has no price in the database: NaN.
+    # Cloud prices like with like (capsim.cap.parts): GPUs used x the GPU's per-GPU on-demand price, host share
+    # included (hardware_db/accelerators: H100 SXM 3.29 USD/h, B200 6.79 USD/h); N nodes cost N times one node.
+    # $/1M output tokens = $/h / (batch x output_len / request latency x 3600 s/h) x 1e6.
     g = G.build({"models": ["mixtral"], "hardware": ["dgx-h100", "dgx-b200"], "devices": [4, 8], "nodes": [1, 2],
                  "batch": [8], "input_len": [512], "output_len": [128]})
     out = run_sweep(g, db)
+    per_gpu = {"dgx-h100": 3.29, "dgx-b200": 6.79}
     for _, row in out.iterrows():
-        if row["hardware"] == "dgx-b200":
-            assert math.isnan(row["usd_per_h"]) and math.isnan(row["usd_per_million_output_tokens"])
-            continue
         assert not isinstance(row["error"], str), row["error"]
-        per_h = 98.32 * row["devices"] / 8 * row["nodes"]
+        per_h = per_gpu[row["hardware"]] * row["devices"] * row["nodes"]
         assert math.isclose(row["usd_per_h"], per_h, rel_tol=1e-12)
         tokens_per_s = 8 * 128 / row["request_latency_s"]
         assert math.isclose(row["usd_per_million_output_tokens"], per_h / (tokens_per_s * 3600) * 1e6, rel_tol=1e-12)
@@ -204,8 +202,9 @@ def test_files_round_trip_through_the_cli(tmp_path, db, suffix):
 
 def test_write_is_atomic(tmp_path, db, monkeypatch):
     out = tmp_path / "r.csv"
-    out.write_text("previous results\n")
     frame = run_sweep(G.build({"models": ["mixtral"], "hardware": ["h100"]}), db)
+    write_results(frame, out)  # a previous sweep's results (capsim replaces only its own kind of file)
+    previous = out.read_text()
 
     def broken(self, path, **kw):
         with open(path, "w") as f:
@@ -215,7 +214,7 @@ def test_write_is_atomic(tmp_path, db, monkeypatch):
     monkeypatch.setattr(pd.DataFrame, "to_csv", broken)
     with pytest.raises(CapsimError, match="r.csv: cannot write it \\(disk full\\)"):
         write_results(frame, out)
-    assert out.read_text() == "previous results\n" and os.listdir(tmp_path) == ["r.csv"]
+    assert out.read_text() == previous and os.listdir(tmp_path) == ["r.csv"]
 
 
 def test_json_summary_and_flags_only():

@@ -372,7 +372,7 @@ def test_prompt_files(tmp_path):
     (tmp_path / "empty.txt").write_text("\n  \n")
     with pytest.raises(CapsimError, match="empty.txt: no prompts"):
         C.read_prompts(tmp_path / "empty.txt")
-    with pytest.raises(CapsimError, match="missing.txt: prompts file not found"):
+    with pytest.raises(CapsimError, match="--prompts .*missing.txt: no such file"):
         C.read_prompts(tmp_path / "missing.txt")
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00")
     with pytest.raises(CapsimError, match="bin.txt: unreadable"):
@@ -384,7 +384,7 @@ def test_bad_model_inputs(tmp_path, prompts):
         C.collect(CONFIGS / "meta-llama__Llama-3.1-8B.json", prompts, 2, 1, tmp_path / "x", random_init=True)
     with pytest.raises(CapsimError, match="must be a model folder"):
         C.collect(tmp_path / "nope", prompts, 2, 1, tmp_path / "x", random_init=True)
-    with pytest.raises(CapsimError, match="--batch-size must be >= 1"):
+    with pytest.raises(CapsimError, match="--batch-size 0: expected an integer >= 1"):
         C.collect(write_config(tmp_path, "mixtral"), prompts, 2, 0, tmp_path / "x", random_init=True)
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.partial").exists()
 
@@ -406,4 +406,4 @@ def test_cli_collect(tmp_path, prompts):
     r = CliRunner().invoke(collect_cmd, args)
     assert r.exit_code == 0 and "wrote" in r.stdout and "14 tokens" in r.stdout
     r = CliRunner().invoke(collect_cmd, [*args[:2], "--prompts", str(tmp_path / "none.txt"), *args[4:]])
-    assert isinstance(r.exception, CapsimError) and "none.txt: prompts file not found" in str(r.exception)
+    assert isinstance(r.exception, CapsimError) and "none.txt: no such file" in str(r.exception)

@@ -20,7 +20,7 @@ from capsim.hardware.quantity import evaluate_formula
 
 DEFAULTS_FILE = Path(__file__).with_name("cost_defaults.yaml")
 FIELDS = ("lifetime_s", "utilisation", "pue", "usd_per_kwh", "idle_power_fraction", "dram_usd_per_byte",
-          "ssd_usd_per_byte")
+          "ssd_usd_per_byte", "standard_host_dram_bytes_per_accelerator")
 SECONDS_PER_YEAR = 365.25 * 86400.0
 
 
@@ -46,6 +46,8 @@ class CostAssumptions:
     idle_power_fraction: float  # idle draw / full-load draw, in [0, 1]
     dram_usd_per_byte: float | None
     ssd_usd_per_byte: float | None  # used for drives whose own item has no price
+    # a system is priced per GPU on the cloud basis only with at most this host DRAM per accelerator
+    standard_host_dram_bytes_per_accelerator: float | None
     provenance: dict[str, Provenance] = field(default_factory=dict, compare=False)
 
     def with_overrides(self, flags: dict[str, str] | None = None, **values: float | None) -> CostAssumptions:
@@ -76,13 +78,14 @@ _LIMITS = {  # field: (low, high, low inclusive, what is expected)
     "idle_power_fraction": (0.0, 1.0, True, "a fraction in [0, 1]"),
     "dram_usd_per_byte": (0.0, math.inf, True, "a price >= 0"),
     "ssd_usd_per_byte": (0.0, math.inf, True, "a price >= 0"),
+    "standard_host_dram_bytes_per_accelerator": (0.0, math.inf, True, "a size >= 0 in bytes"),
 }
 
 
 def _check(a: CostAssumptions, flags: dict[str, str] | None = None) -> None:
     for k, (low, high, incl, what) in _LIMITS.items():
         v = getattr(a, k)
-        if v is None and k in ("dram_usd_per_byte", "ssd_usd_per_byte"):
+        if v is None and k in ("dram_usd_per_byte", "ssd_usd_per_byte", "standard_host_dram_bytes_per_accelerator"):
             continue
         ok = isinstance(v, int | float) and math.isfinite(v) and (v >= low if incl else v > low) and v <= high
         if not ok:

@@ -3,7 +3,9 @@
 
 Bases (``basis``):
 
-* ``cloud``: the system's listed on-demand price (hardware_db), over the utilisation assumed;
+* ``cloud``: the on-demand price over the utilisation assumed, like with like: devices x the accelerator's per-GPU
+  price (host share included, one dated snapshot) for a bare device or a standard host, else the system's own
+  instance price (:func:`capsim.cap.parts.cloud_prices`);
 * ``owned``: capital over the lifetime plus energy at the facility, over the utilisation (every part priced;
   a system with an unpriced part has no owned price);
 * ``auto`` (default): cloud where a price is listed, else owned;
@@ -44,8 +46,12 @@ class Pricer:
             missing = rep["cost_basis"].get("missing", "no price")
             return Price(None, "unpriced", missing.replace("pass --price NAME=USD for each",
                                                            "'capsim cap cost --price NAME=USD' prices a part"))
-        src = rep["cost_basis"].get("source") if cloud else rep["capex"].get("source") or "sum of parts"
-        return Price(per_h, "cloud" if cloud else "owned", str(src))
+        if not cloud:
+            return Price(per_h, "owned", str(rep["capex"].get("source") or "sum of parts"))
+        b = rep["cost_basis"]
+        what = (f"{b['devices']:g} x {b['per_device_usd_per_h']:g} USD/h per GPU, host share included"
+                if b["price_basis"] == "per-device" else "the system's instance price")
+        return Price(per_h, "cloud", f"{b['source']} ({b['price_date'] or 'undated'}): {what}")
 
     def node(self, hardware: str, devices: int) -> Price:
         key = (hardware, devices)

@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from capsim import outputs
 from capsim.atomic import save_figure
 from capsim.cap.radar import CEIL, FLOOR
 from capsim.errors import CapsimError
@@ -151,7 +152,7 @@ def _write(fig, path: Path, fmt: str) -> None:
 
     with rc_context({"svg.hashsalt": SVG_SALT}):
         meta = {"Date": None} if fmt == "svg" else {"Software": None}
-        save_figure(fig, path, dpi=PNG_DPI, metadata=meta, facecolor="white")
+        save_figure(fig, path, flag="--out", dpi=PNG_DPI, metadata=meta, facecolor="white")
 
 
 def destination(prefix: str) -> Path:
@@ -165,6 +166,8 @@ def destination(prefix: str) -> Path:
         raise CapsimError(f"--out {prefix}: no folder {base.parent}")
     if not os.access(base.parent, os.W_OK):
         raise CapsimError(f"--out {prefix}: folder {base.parent} is not writable")
+    for fmt in FORMATS:
+        outputs.check_output(base.with_suffix(f".{fmt}"), "figure", "--out")
     return base
 
 

@@ -39,8 +39,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from capsim.errors import CapsimError
 
 TOP_KEYS = ("benchmark", "defaults", "systems")
@@ -200,15 +198,10 @@ def parse_flag(text: str, index: int) -> System:
 
 def read_file(path: str | Path) -> tuple[str | None, list[System]]:
     """The benchmark (or None) and the systems of a systems YAML file."""
+    from capsim import checks
+
     p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise CapsimError(f"cannot read ({err.strerror or err})", where=str(p)) from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise CapsimError(f"malformed YAML{at}", where=str(p)) from None
+    data = checks.read_yaml(p, "systems file")
     if not isinstance(data, dict):
         raise CapsimError(f"expected a mapping with keys {', '.join(TOP_KEYS)}", where=str(p))
     for key in data:

@@ -11,6 +11,26 @@ from capsim.cap import accuracy
 from capsim.cap.lm_eval import load_lm_eval
 from capsim.cli.oneline import CapsimCommand
 from capsim.cli.table import render
+from capsim.errors import CapsimError
+
+
+def _check_names(model: str | None, benchmark: str | None, precision: str | None, rows) -> None:
+    """A model, benchmark or precision that names nothing is an error, not an empty answer."""
+    from capsim import precision as precisions
+    from capsim.model.catalogue import entries
+
+    if model is not None:
+        key = accuracy.model_key(model)
+        if key not in entries() and key not in {r.model for r in rows}:
+            raise CapsimError(f"--model {model!r}: unknown model (not in the catalogue, 'capsim model list', nor in "
+                              "the accuracy table)")
+    if benchmark is not None:
+        names = {accuracy.normalise(r.benchmark): r.benchmark for r in rows}
+        if accuracy.normalise(benchmark) not in names:
+            raise CapsimError(f"--benchmark {benchmark!r}: no such benchmark in the accuracy table (known: "
+                              f"{', '.join(sorted(names.values(), key=str.lower))})")
+    if precision is not None:
+        precisions.get(precision)
 
 
 def _pct(x: float | None) -> str:
@@ -54,8 +74,9 @@ def accuracy_cmd(model, benchmark, precision, imports, as_json) -> None:
     each imported score beside the published one. A file of another format is an error (exit code 2).
     """
     rows, sources = accuracy.load_table()
-    shown = accuracy.rows_for(model, benchmark, rows)
     imported = [r for path in imports for r in load_lm_eval(path)]
+    _check_names(model, benchmark, precision, [*rows, *imported])
+    shown = accuracy.rows_for(model, benchmark, rows)
     if model or benchmark:
         key = accuracy.model_key(model) if model else None
         b = accuracy.normalise(benchmark) if benchmark else None

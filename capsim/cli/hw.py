@@ -106,3 +106,50 @@ def check_cmd(path: Path) -> None:
         raise click.exceptions.Exit(2)
     own = [i for i, f in db.files.items() if Path(f).resolve().is_relative_to(path.resolve())]
     click.echo(f"{path}: {len(own)} items OK")
+
+
+@hw.command("new")
+@click.option("--like", required=True, help="Item to copy (id or alias of an accelerator, CPU or system), e.g. h100.")
+@click.option("--id", "new_id", required=True, help="Id of the new entry (kebab-case), e.g. my-gpu.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("my_hw"), show_default=True,
+              help="Folder of your own hardware (use it with 'capsim --hardware-db FOLDER').")
+@click.pass_context
+def new_cmd(ctx: click.Context, like: str, new_id: str, out: Path) -> None:
+    """Write a what-if entry to edit: a copy of LIKE whose numbers are estimates you change by editing their
+    text (as_published, e.g. "3.35 TB/s" -> "5 TB/s"), with its source entry. Then:
+
+    capsim hw check FOLDER; capsim --hardware-db FOLDER predict -m mixtral -H ID
+    """
+    from capsim import atomic, outputs
+    from capsim.hardware import template
+    from capsim.hardware.schema import KEBAB
+
+    if not KEBAB.match(new_id):
+        raise CapsimError(f"--id {new_id!r}: expected kebab-case (lower-case letters, digits and '-')")
+    db = _load(ctx)
+    item = db.get(like)
+    if item.kind not in template.TEMPLATE_KINDS:
+        raise CapsimError(f"--like {like}: {item.id} is a {item.kind}; expected one of {', '.join(template.TEMPLATE_KINDS)}")
+    if new_id in db.items:
+        raise CapsimError(f"--id {new_id}: already an item of the database ({db.files.get(new_id, 'built in')})")
+    paths = template.destinations(out, item.kind, new_id)
+    for path in paths.values():  # a template, once written, is the user's to edit: never replaced
+        if path.exists() or path.is_symlink():
+            raise CapsimError(f"--out {out}: {path} exists (edit it, or choose another --id or --out)")
+        outputs.check_output(path, "entry", "--out")
+    command = f"capsim hw new --like {like} --id {new_id} --out {out}"
+    entry, sources = template.what_if(item, new_id, command)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:  # the template must load before it is written
+        for key, data in (("entry", entry), ("source", sources)):
+            rel = paths[key].relative_to(out)
+            (Path(tmp) / rel).parent.mkdir(parents=True, exist_ok=True)
+            (Path(tmp) / rel).write_text(template.render(data, command), encoding="utf-8")
+        _, problems = hwdb.check(hwdb.BUILTIN_DB, Path(tmp))
+        if problems:
+            raise CapsimError(f"--like {like}: the template does not load ({problems[0]})")
+    for key, data in (("entry", entry), ("source", sources)):
+        atomic.write_text(paths[key], template.render(data, command))
+    click.echo(f"wrote {paths['entry']} and {paths['source']}\nedit the as_published texts, then:\n"
+               f"  capsim hw check {out}\n  capsim --hardware-db {out} predict -m mixtral -H {new_id}")

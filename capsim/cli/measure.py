@@ -84,9 +84,15 @@ def measure_cmd(model, random_init, prompt_lens, batches, decode_batches, contex
     """Measure prefill latency (per batch x prompt length) and decode step time (per batch, with the KV cache
     at --context tokens) of a Hugging Face MoE model with torch; warm-up, repeats, median and p10/p90;
     records the activated experts per layer. Progress goes to stderr; the run file to --out."""
+    from contextlib import nullcontext
+
+    from capsim import atomic, outputs
     from capsim.measure.run import measure
 
-    with bars.Progress(None, "measuring", enabled=bars.wanted(progress, as_json), unit="cases") as bar:
+    if out:
+        outputs.check_output(out, "run", "--out")
+    lock = atomic.lock(out, "--out") if out else nullcontext()  # a second run into the same --out is refused
+    with lock, bars.Progress(None, "measuring", enabled=bars.wanted(progress, as_json), unit="cases") as bar:
         run = measure(
             model, random_init=random_init, prompt_lens=prompt_lens, batches=batches, context=contexts,
             repeats=repeats, warmup=warmup, dtype=dtype, seed=seed, threads=threads, out=out, device=device,

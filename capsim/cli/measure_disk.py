@@ -66,9 +66,15 @@ def measure_disk_cmd(model, random_init, batches, context, repeats, warmup, page
     """Time decode steps with the routed experts memory-mapped from a file: cold (file evicted from the page
     cache before each step), cold-4k (also no fault readahead) and warm (file in the page cache); record the
     bytes read, the routing, and the drive's streaming and random-read rates on the same file."""
+    from contextlib import nullcontext
+
+    from capsim import atomic, outputs
     from capsim.measure.disk_experts import measure_disk
 
-    with bars.Progress(None, "measuring", enabled=bars.wanted(progress, as_json), unit="cases") as bar:
+    if out:
+        outputs.check_output(out, "run", "--out")
+    lock = atomic.lock(out, "--out") if out else nullcontext()  # a second run into the same --out is refused
+    with lock, bars.Progress(None, "measuring", enabled=bars.wanted(progress, as_json), unit="cases") as bar:
         run = measure_disk(
             model, random_init=random_init, batches=batches, context=context, repeats=repeats, warmup=warmup,
             page_batches=page_batches, page_repeats=page_repeats, dtype=dtype, seed=seed, threads=threads,

@@ -6,6 +6,7 @@ import json
 
 import click
 
+from capsim.cli import choices
 from capsim.cli.table import render
 from capsim.hardware import db as hwdb
 from capsim.predict import DEFAULT_INPUT_LEN, DEFAULT_OUTPUT_LEN, MAX_BATCH, Query, predict
@@ -82,7 +83,12 @@ def _collectives_line(c: dict) -> str:
     return f"collectives over {c['nodes']} nodes: " + ("; ".join(parts) if parts else "none")
 
 
-def human(rep: dict) -> str:
+DENSE_NOTE = ("MBU / MFU: MoE-CAP's dense utilisation, which counts every routed expert as read and computed each "
+              "step; a sparse model's step touches only its activated experts, so these exceed 100% by design. "
+              "S-MBU / S-MFU count what the step uses.")
+
+
+def human(rep: dict, verbose: bool = False) -> str:
     sc, pre, dec = rep["scenario"], rep["phases"]["prefill"], rep["phases"]["decode"]
     par = (f"TP{sc['tp']}" + (f" EP{sc['ep']}" if sc["ep"] > 1 else "") + (f" DP{sc['dp']}" if sc["dp"] > 1 else "")
            + (f" PP{sc['pp']}" if sc.get("pp", 1) > 1 else ""))
@@ -100,9 +106,12 @@ def human(rep: dict) -> str:
     rows = [
         ["step time", _t(pre["step_s"]), _t(dec["step_s"])],
         ["tokens/s (all sequences)", _rate(pre["tokens_per_s"]), _rate(dec["tokens_per_s"])],
-        ["S-MBU / MBU", f"{_pct(pre['s_mbu'])} / {_pct(pre['mbu'])}", f"{_pct(dec['s_mbu'])} / {_pct(dec['mbu'])}"],
-        ["S-MFU / MFU", f"{_pct(pre['s_mfu'])} / {_pct(pre['mfu'])}", f"{_pct(dec['s_mfu'])} / {_pct(dec['mfu'])}"],
+        ["S-MBU", _pct(pre["s_mbu"]), _pct(dec["s_mbu"])],
+        ["S-MFU", _pct(pre["s_mfu"]), _pct(dec["s_mfu"])],
     ]
+    if verbose:
+        rows += [["MBU (every expert counted)", _pct(pre["mbu"]), _pct(dec["mbu"])],
+                 ["MFU (every expert counted)", _pct(pre["mfu"]), _pct(dec["mfu"])]]
     if ne:
         rows.append(["activated experts / layer", f"{pre['activated_experts_per_layer']:.1f} of {ne}",
                      f"{dec['activated_experts_per_layer']:.2f} of {ne}"])
@@ -144,20 +153,27 @@ def human(rep: dict) -> str:
             + ("fetching experts over " + off["link_path"] if off["mode"] == "gpu-fetch" else
                f"on the CPU ({dec_off['host_bound']}-bound)"))
     lines += [f"note: {n}" for n in sc["notes"]]
+    if verbose:
+        lines.append(f"note: {DENSE_NOTE}")
     return "\n".join(lines)
 
 
 @click.command("predict")
-@click.option("--model", "-m", required=True, help="Catalogue id or alias ('capsim model list'), or a config.json / checkpoint folder.")
-@click.option("--hardware", "-H", required=True, help="System or device id ('capsim hw list').")
+@click.option("--model", "-m", required=True, shell_complete=choices.complete_models,
+              help="Catalogue id or alias ('capsim model list'), or a config.json / checkpoint folder.")
+@click.option("--hardware", "-H", required=True, shell_complete=choices.complete_hardware,
+              help="System or device id ('capsim hw list'), e.g. dgx-h100, h100, mi300x, rtx-4090.")
 @click.option("--devices", type=int, default=None,
               help="Devices to use, per node with --nodes [default: all of a system's, 1 for a device].")
 @click.option("--nodes", type=int, default=1, show_default=True,
               help="Copies of a system joined by its scale-out link (InfiniBand / RoCE NICs, one non-blocking "
                    "switch); --devices counts per node, so the devices used are nodes x devices.")
-@click.option("--engine", default="roofline", show_default=True, help="Engine profile.")
-@click.option("--precision", default=None, help="Weight format (bf16, fp16, fp8, int8, int4, gguf-q8_0, gguf-q4_0, gguf-q4_k_m, gguf-q3_k_s, nvfp4, mxfp4) [default: the checkpoint's].")
-@click.option("--kv-precision", default=None, help="KV-cache format (bf16, fp16, fp8, int8) [default: bf16].")
+@click.option("--engine", default="roofline", show_default=True, shell_complete=choices.complete_engines,
+              help=f"Engine profile: {choices.ENGINES_HELP}.")
+@click.option("--precision", default=None, shell_complete=choices.complete_precisions,
+              help=f"Weight format: {choices.PRECISIONS_HELP} [default: the checkpoint's].")
+@click.option("--kv-precision", default=None, shell_complete=choices.complete_kv_precisions,
+              help=f"KV-cache format: {choices.KV_HELP} [default: bf16].")
 @click.option("--compute-dtype", default=None, help="Force the matmul dtype [default: the best the device offers for the weight format].")
 @click.option("--batch", type=BATCH, default="1", show_default=True,
               help="Concurrent sequences, or 'max': the most that fit in device memory at the input + output "
@@ -190,10 +206,12 @@ def human(rep: dict) -> str:
 @click.option("--host-sockets", type=int, default=None,
               help="With --offload cpu: CPU sockets computing experts [default: all of the system's].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (SI units).")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Also show the dense MBU / MFU (every expert counted; in --json always) and what they count.")
 @click.pass_context
 def predict_cmd(ctx: click.Context, model, hardware, devices, nodes, engine, precision, kv_precision, compute_dtype, batch,
                 input_len, output_len, tp, ep, pp, dp, trace, trace_samples, trace_any_model, usd_per_hour, no_memory_check,
-                allow_dense, offload, expert_cache, cache_policy, expert_tier, host_sockets, as_json) -> None:
+                allow_dense, offload, expert_cache, cache_policy, expert_tier, host_sockets, as_json, verbose) -> None:
     """Predict TTFT, TPOT, throughput, S-MBU / S-MFU, memory and cost of serving MODEL on HARDWARE."""
     db = hwdb.load(ctx.obj.get("hardware_db") if ctx.obj else None, lazy=True)  # read only if not cached
     q = Query(model=model, hardware=hardware, devices=devices, nodes=nodes, engine=engine, precision=precision,
@@ -202,4 +220,4 @@ def predict_cmd(ctx: click.Context, model, hardware, devices, nodes, engine, pre
               check_memory=not no_memory_check, allow_dense=allow_dense, offload=offload, expert_cache=expert_cache,
               cache_policy=cache_policy, expert_tier=expert_tier, host_sockets=host_sockets)
     rep = predict(q, db)
-    click.echo(json.dumps(rep, indent=2) if as_json else human(rep))
+    click.echo(json.dumps(rep, indent=2) if as_json else human(rep, verbose))

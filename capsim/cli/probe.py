@@ -81,6 +81,11 @@ def probe_cmd(out: Path, item_id: str, file: Path | None, threads: int | None, g
         raise CapsimError(f"--file {file}: {'not a regular file' if file.exists() else 'no such file'}")
     if out.exists() and not out.is_dir():
         raise CapsimError(f"--out {out}: not a folder")
+    from capsim import outputs
+    from capsim.measure.probe_entry import destinations
+
+    for part, path in destinations(out, item_id).items():  # before minutes of measuring
+        outputs.check_output(path, "run" if part == "json" else "entry", "--out")
 
     gemm_shapes = _gemm_shapes(shapes_of, shapes)
     from capsim.hardware import db as hwdb
@@ -92,35 +97,38 @@ def probe_cmd(out: Path, item_id: str, file: Path | None, threads: int | None, g
         bar.echo(f"capsim probe: {msg}")
 
     settings = probe.QUICK if quick else probe.FULL
-    with bar:
-        if threads is not None:
-            import torch
+    from capsim import atomic
 
-            torch.set_num_threads(threads)
-        t0 = time.perf_counter()
+    with atomic.lock(destinations(out, item_id)["json"], "--out"):  # one probe at a time into one entry
+        with bar:
+            if threads is not None:
+                import torch
+
+                torch.set_num_threads(threads)
+            t0 = time.perf_counter()
+            if add_reclaim:
+                bar.set(0, 1)
+                _add_reclaim(out / "probe" / f"{item_id}.json", settings, threads, quick, log)
+                bar.set(1)
+            else:
+                if gemm_nk is not None:
+                    settings = dataclasses.replace(settings, gemm_nk=gemm_nk)
+                if cold_weights:
+                    settings = dataclasses.replace(settings, gemm_cold_bytes=settings.memory_bytes)
+                if gemm_shapes:
+                    settings = dataclasses.replace(settings, gemm_shapes=gemm_shapes)
+                result = probe.run_probe(settings, file=file, log=log, on_progress=bar.set)
         if add_reclaim:
-            bar.set(0, 1)
-            _add_reclaim(out / "probe" / f"{item_id}.json", settings, threads, quick, log)
-            bar.set(1)
-        else:
-            if gemm_nk is not None:
-                settings = dataclasses.replace(settings, gemm_nk=gemm_nk)
-            if cold_weights:
-                settings = dataclasses.replace(settings, gemm_cold_bytes=settings.memory_bytes)
-            if gemm_shapes:
-                settings = dataclasses.replace(settings, gemm_shapes=gemm_shapes)
-            result = probe.run_probe(settings, file=file, log=log, on_progress=bar.set)
-    if add_reclaim:
-        log(f"done in {time.perf_counter() - t0:.1f} s")
-        return
-    command = _command(out, item_id, file, quick, threads, gemm_nk, cold_weights, shapes_of, shapes)
-    written = probe_entry.write_entry(result, out, item_id, command)
-    _, problems = hwdb.check(hwdb.BUILTIN_DB, out)
-    if problems:
-        raise CapsimError(f"the written entry does not load: {problems[0]}")
-    for line in probe_entry.summary_lines(result):
-        log(line)
-    log(f"wrote {', '.join(str(p) for p in written.values())} in {time.perf_counter() - t0:.1f} s")
+            log(f"done in {time.perf_counter() - t0:.1f} s")
+            return
+        command = _command(out, item_id, file, quick, threads, gemm_nk, cold_weights, shapes_of, shapes)
+        written = probe_entry.write_entry(result, out, item_id, command)
+        _, problems = hwdb.check(hwdb.BUILTIN_DB, out)
+        if problems:
+            raise CapsimError(f"the written entry does not load: {problems[0]}")
+        for line in probe_entry.summary_lines(result):
+            log(line)
+        log(f"wrote {', '.join(str(p) for p in written.values())} in {time.perf_counter() - t0:.1f} s")
     if as_json:
         click.echo(json.dumps(result, indent=1, default=probe_entry.json_default))
 

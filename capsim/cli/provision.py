@@ -7,6 +7,9 @@ import math
 
 import click
 
+from capsim import checks
+from capsim.checks import MAX_SEQUENCES, MAX_TOKENS, MAX_USD
+from capsim.cli import choices
 from capsim.cli import progress as bars
 from capsim.cli.oneline import CapsimCommand
 from capsim.cli.table import render
@@ -17,6 +20,9 @@ from capsim.units import parse_quantity
 DEFAULT_INPUT_LEN = 1024  # tokens: a chat prompt with history
 DEFAULT_OUTPUT_LEN = 256
 DEFAULT_MAX_NODES = 4
+# Node counts tried one by one (each a layout): 256 nodes of an 8-GPU system are 2,048 GPUs, beyond one inference
+# deployment; more would only multiply the search.
+MAX_PROVISION_NODES = 256
 DEFAULT_MAX_BATCH = 4096
 DEFAULT_TOP = 10
 
@@ -29,7 +35,7 @@ def _seconds(flag: str, text: str | None) -> float | None:
         p = parse_quantity(text)
     except CapsimError:
         p = None
-    if p is None or p.dimension not in ("s", "1") or not p.value > 0:
+    if p is None or p.dimension not in ("s", "1") or not 0 < p.value < float("inf"):
         raise CapsimError(f"{flag} {text}: expected a positive time such as 50ms, 2s or 0.05 (seconds)")
     return p.value
 
@@ -42,10 +48,36 @@ def _pairs(flag: str, items: tuple[str, ...]) -> dict[str, float]:
             v = float(value.replace(",", "").lstrip("$"))
         except ValueError:
             sep = ""
-        if not sep or not name.strip() or not v > 0:
-            raise CapsimError(f"{flag} {text}: expected NAME=USD with a positive amount")
+        if not sep or not name.strip() or not 0 < v <= MAX_USD:
+            raise CapsimError(f"{flag} {text}: expected NAME=USD with a positive, finite amount")
         out[name.strip()] = v
     return out
+
+
+def _check_names(db, model: str, engine: str, precisions: list[str], hardware: tuple[str, ...],
+                 given: dict[str, float], req) -> None:
+    """Every name the search would try exists, before it starts (a misspelt one is bad input, not a row of
+    'layouts that cannot run')."""
+    from capsim import engines, precision
+    from capsim.cap import accuracy
+    from capsim.model.catalogue import load_spec
+
+    load_spec(model, allow_dense=True)
+    engines.load(engine)
+    for p in precisions:
+        precision.get(p)
+    if any(not part.strip() for v in hardware for part in v.split(",")):
+        raise CapsimError(f"--hardware {','.join(hardware)!r}: an empty id; expected system or device ids")
+    for name in given:
+        try:
+            hwdb.resolve_id(db, name)
+        except CapsimError as err:
+            raise CapsimError(f"--usd-per-hour {name}={given[name]:g}: {err}") from None
+    if req.benchmark is not None:
+        names = {accuracy.normalise(r.benchmark) for r in accuracy.load_table()[0]}
+        if accuracy.normalise(req.benchmark) not in names:
+            raise CapsimError(f"--benchmark {req.benchmark!r}: no such benchmark in the accuracy table "
+                              "('capsim cap accuracy' lists them)")
 
 
 def _split(values: tuple[str, ...]) -> list[str]:
@@ -124,8 +156,9 @@ def as_dict(res, top: int, plot: str | None) -> dict:
 
 
 @click.command("provision", cls=CapsimCommand)
-@click.option("--model", "-m", required=True, help="Model id, alias or config.json path.")
-@click.option("--hardware", "-H", multiple=True, metavar="IDS",
+@click.option("--model", "-m", required=True, shell_complete=choices.complete_models,
+              help="Model id, alias or config.json path.")
+@click.option("--hardware", "-H", multiple=True, metavar="IDS", shell_complete=choices.complete_hardware,
               help="Systems or devices to consider (repeat or comma-separate) [every system in the database].")
 @click.option("--users", type=int, default=None, help="Concurrent users (sequences decoded together) to serve.")
 @click.option("--tokens-per-s", type=float, default=None, help="Output tokens/s to serve over all users.")
@@ -138,10 +171,13 @@ def as_dict(res, top: int, plot: str | None) -> dict:
 @click.option("--input-len", type=int, default=DEFAULT_INPUT_LEN, show_default=True, help="Prompt tokens.")
 @click.option("--output-len", type=int, default=DEFAULT_OUTPUT_LEN, show_default=True, help="Output tokens.")
 @click.option("--precision", "precisions", multiple=True, metavar="FORMATS",
-              help="Weight formats to try (repeat or comma-separate) [the checkpoint's own].")
+              shell_complete=choices.complete_precisions,
+              help=f"Weight formats to try (repeat or comma-separate): {choices.PRECISIONS_HELP} [the checkpoint's "
+                   "own].")
 @click.option("--offload", "offloads", multiple=True, metavar="MODES", default=("none", "cpu"), show_default=True,
               help="Expert placements to try: none, cpu (experts computed on the host), gpu-fetch.")
-@click.option("--engine", default="roofline", show_default=True, help="Engine profile.")
+@click.option("--engine", default="roofline", show_default=True, shell_complete=choices.complete_engines,
+              help=f"Engine profile: {choices.ENGINES_HELP}.")
 @click.option("--max-nodes", type=int, default=DEFAULT_MAX_NODES, show_default=True,
               help="Most copies of a system joined by its scale-out link.")
 @click.option("--max-batch", type=int, default=DEFAULT_MAX_BATCH, show_default=True,
@@ -183,12 +219,19 @@ def provision_cmd(ctx, model, hardware, users, tokens_per_s, ttft, tpot, min_acc
     req = Requirements(tokens_per_s=tokens_per_s, users=users, ttft_s=_seconds("--ttft", ttft),
                        tpot_s=_seconds("--tpot", tpot), min_accuracy=min_accuracy, benchmark=benchmark,
                        ttft_mode=ttft_mode).check()
-    for flag, v in (("--input-len", input_len), ("--output-len", output_len), ("--top", top)):
-        if v < 1:
-            raise CapsimError(f"{flag} {v}: expected a positive integer")
-    if plot is not None and not plot.lower().endswith((".png", ".svg")):
-        raise CapsimError(f"--plot {plot}: expected a file name ending in .png or .svg")
+    for flag, v, high in (("--input-len", input_len, MAX_TOKENS), ("--output-len", output_len, MAX_TOKENS),
+                          ("--top", top, None), ("--max-batch", max_batch, MAX_SEQUENCES),
+                          ("--max-nodes", max_nodes, MAX_PROVISION_NODES)):
+        checks.integer(v, flag, low=1, high=high)
+    if utilisation is not None:
+        checks.number(utilisation, "--utilisation", positive=True, high=1.0)
+    if plot is not None:
+        from capsim import atomic, outputs
+
+        atomic.figure_format(plot, "--plot")
+        outputs.check_output(plot, "figure", "--plot")
     db = hwdb.load(ctx.obj.get("hardware_db") if ctx.obj else None)
+    _check_names(db, model, engine, _split(precisions), hardware, _pairs("--usd-per-hour", usd_per_hour), req)
     a = cap_assumptions.load(db).with_overrides(flags={"utilisation": "--utilisation"}, utilisation=utilisation)
     pricer = Pricer(db, a, cost_basis, _pairs("--price", prices), _pairs("--usd-per-hour", usd_per_hour))
     layouts = enumerate_layouts(db, _split(hardware) or system_ids(db), _split(precisions) or [None], max_nodes,

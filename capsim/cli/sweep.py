@@ -10,12 +10,13 @@ import time
 
 import click
 
+from capsim.cli import choices
 from capsim.cli import progress as bars
 from capsim.cli.table import render
 from capsim.hardware import db as hwdb
 from capsim.units import format_quantity
 
-DEFAULT_MAX_SCENARIOS = 20_000_000  # about 6 GB of results in memory
+DEFAULT_MAX_SCENARIOS = 2_000_000  # peak memory ~530 B per scenario (20 M took 10.6 GB): about 1 GB
 PROGRESS_FROM = 200_000  # scenarios; smaller sweeps take well under a second
 
 AXIS_FLAGS = (  # (flag, short, grid key, help)
@@ -23,9 +24,10 @@ AXIS_FLAGS = (  # (flag, short, grid key, help)
     ("--hardware", "-H", "hardware", "System or device ids ('capsim hw list')."),
     ("--devices", None, "devices", "Devices per node, or 'all' [grid default: all of a system's, 1 for a device]."),
     ("--nodes", None, "nodes", "Copies of a system joined by its scale-out link [1]."),
-    ("--precision", None, "precisions", "Weight formats, or 'native' [the checkpoint's]."),
-    ("--kv-precision", None, "kv_precisions", "KV-cache formats, or 'auto' [bf16]."),
-    ("--engine", None, "engines", "Engine profiles [roofline]."),
+    ("--precision", None, "precisions", f"Weight formats ({choices.PRECISIONS_HELP}), or 'native' [the "
+     "checkpoint's]."),
+    ("--kv-precision", None, "kv_precisions", f"KV-cache formats ({choices.KV_HELP}), or 'auto' [bf16]."),
+    ("--engine", None, "engines", f"Engine profiles ({choices.ENGINES_HELP}) [roofline]."),
     ("--batch", None, "batch", "Concurrent sequences [1]."),
     ("--input-len", None, "input_len", "Prompt tokens per sequence [512]."),
     ("--output-len", None, "output_len", "Generated tokens per sequence [128]."),
@@ -42,11 +44,16 @@ AXIS_FLAGS = (  # (flag, short, grid key, help)
 )
 
 
+COMPLETERS = {"--model": choices.complete_models, "--hardware": choices.complete_hardware,
+              "--precision": choices.complete_precisions, "--kv-precision": choices.complete_kv_precisions,
+              "--engine": choices.complete_engines}
+
+
 def _axis_options(f):
     for flag, short, _key, text in reversed(AXIS_FLAGS):
         names = [flag, short] if short else [flag]
         f = click.option(*names, f"axis_{flag[2:].replace('-', '_')}", multiple=True, metavar="VALUES",
-                         help=text)(f)
+                         help=text, shell_complete=COMPLETERS.get(flag))(f)
     return f
 
 
@@ -146,6 +153,12 @@ def sweep_cmd(ctx: click.Context, grid_file, out, scheduler, connect_timeout, ch
                           where=grid.source)
     if top < 0:
         raise CapsimError(f"--top {top}: expected an integer >= 0")
+    from capsim import checks
+
+    if connect_timeout is not None:
+        checks.number(connect_timeout, "--connect-timeout", positive=True, high=None)
+    if chunk_rows is not None:
+        checks.integer(chunk_rows, "--chunk-rows", low=1)
     if out:
         io.check_destination(out)
     db = hwdb.load(ctx.obj.get("hardware_db") if ctx.obj else None)
@@ -153,12 +166,17 @@ def sweep_cmd(ctx: click.Context, grid_file, out, scheduler, connect_timeout, ch
     show = progress if progress is not None else (not as_json and grid.size >= PROGRESS_FROM)
     bar = bars.Progress(grid.size, "evaluating", enabled=show, unit="scenarios")
     t0 = time.perf_counter()
-    with bar:
-        frame = run_sweep(grid, db, scheduler=scheduler, chunk_rows=chunk_rows, timeout=connect_timeout,
-                          progress=bar.update if bar.active else None)
-    seconds = time.perf_counter() - t0
-    if out:
-        io.write_results(frame, out)
+    from contextlib import nullcontext
+
+    from capsim import atomic
+
+    with atomic.lock(out, "--out") if out else nullcontext():  # two sweeps into one --out: the second is refused
+        with bar:
+            frame = run_sweep(grid, db, scheduler=scheduler, chunk_rows=chunk_rows, timeout=connect_timeout,
+                              progress=bar.update if bar.active else None)
+        seconds = time.perf_counter() - t0
+        if out:
+            io.write_results(frame, out)
     s = summary(frame, top)
     where = f"on {scheduler}" if scheduler else "here"
     if as_json:

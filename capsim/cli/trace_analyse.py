@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from capsim import checks
 from capsim.atomic import save_figure
 from capsim.cli.oneline import CapsimCommand
 from capsim.cli.table import render
@@ -87,6 +88,23 @@ def _save_atomic(fig, path: Path) -> None:
     save_figure(fig, path, dpi=120, bbox_inches="tight")
 
 
+MAX_SAMPLES = 1 << 16  # random batches per batch size: the sampling error of a mean is 0.4% at 65,536
+
+PLOT_FILES = ("popularity.png", "activated_experts.png", "load_imbalance.png")
+
+
+def check_plot_folder(folder: str | Path) -> Path:
+    """``--plot DIR``: a folder (new or existing) whose plot files are new or capsim's; one-line error otherwise."""
+    from capsim import outputs
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise CapsimError(f"--plot {folder}: exists and is not a folder")
+    for name in PLOT_FILES:
+        outputs.check_output(folder / name, "figure", "--plot")
+    return folder
+
+
 def write_plots(s: dict[str, Any], folder: str | Path) -> list[Path]:
     """popularity.png, activated_experts.png, load_imbalance.png from a :func:`summary` dict."""
     import matplotlib
@@ -96,7 +114,7 @@ def write_plots(s: dict[str, Any], folder: str | Path) -> list[Path]:
     import numpy as np
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-    folder = Path(folder)
+    folder = check_plot_folder(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -113,7 +131,7 @@ def write_plots(s: dict[str, Any], folder: str | Path) -> list[Path]:
     ax.set(xlabel="expert", ylabel="MoE layer", title=f"expert popularity: {title}")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # experts and layers are whole numbers
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    written.append(folder / "popularity.png")
+    written.append(folder / PLOT_FILES[0])
     _save_atomic(fig, written[-1])
     plt.close(fig)
 
@@ -133,7 +151,7 @@ def write_plots(s: dict[str, Any], folder: str | Path) -> list[Path]:
     ax.set(xlabel="batch size (sequences)", ylabel="activated experts per layer", ylim=(0, e * 1.05),
            title=f"activated experts vs batch: {title}")
     ax.legend(fontsize=8)
-    written.append(folder / "activated_experts.png")
+    written.append(folder / PLOT_FILES[1])
     _save_atomic(fig, written[-1])
     plt.close(fig)
 
@@ -149,7 +167,7 @@ def write_plots(s: dict[str, Any], folder: str | Path) -> list[Path]:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="MoE layer", ylabel="max / mean tokens", title=f"load imbalance over the trace: {title}")
     ax.legend(fontsize=8)
-    written.append(folder / "load_imbalance.png")
+    written.append(folder / PLOT_FILES[2])
     _save_atomic(fig, written[-1])
     plt.close(fig)
     return written
@@ -163,7 +181,7 @@ def write_plots(s: dict[str, Any], folder: str | Path) -> list[Path]:
 @click.option("--ep", "ep", type=int, multiple=True, metavar="N",
               help="Expert-parallel size(s) for the per-rank imbalance (repeatable; default 2, 4, 8 where they "
                    "divide the experts).")
-@click.option("--samples", type=click.IntRange(min=1), default=200, show_default=True,
+@click.option("--samples", type=click.IntRange(min=1, max=MAX_SAMPLES), default=200, show_default=True,
               help="Random batches per batch size.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the batch sampling.")
 def stats_cmd(path: str, as_json: bool, plot_dir: str | None, ep: tuple[int, ...], samples: int, seed: int) -> None:
@@ -171,7 +189,9 @@ def stats_cmd(path: str, as_json: bool, plot_dir: str | None, ep: tuple[int, ...
     from capsim.traces import stats
     from capsim.traces.format import open_trace
 
-    trace = open_trace(path)
+    if plot_dir is not None:
+        check_plot_folder(plot_dir)
+    trace = open_trace(path, verify=True)
     if trace.expert_ids.ndim != 3:
         raise CapsimError(f"{path}/expert_ids.npy: expected (tokens, moe_layers, top_k), got shape "
                           f"{tuple(trace.expert_ids.shape)}")
@@ -209,6 +229,7 @@ def _model_defaults(model: str, have_all: bool) -> tuple[str, dict[str, int]]:
     return info["id"], {"experts": spec.num_experts, "top_k": spec.top_k, "layers": spec.num_moe_layers}
 
 
+MAX_ZIPF_S = 100.0  # Zipf exponent: at 100 the hottest expert already takes all but 1e-30 of the tokens
 MAX_SYNTH_BYTES = 8e9  # a synthetic trace held in memory while it is made: about a third of this machine's 24 GB
 
 
@@ -262,8 +283,8 @@ def synth_cmd(out: str, experts: int | None, top_k: int | None, layers: int | No
     size = tokens * (layers * top_k * (3 if experts <= 256 else 4) + 9)  # ids, fp16 weights, sequence, position, phase
     if size > MAX_SYNTH_BYTES:
         raise CapsimError(f"--sequences {sequences} x (--prompt-len {prompt_len} + --decode-len {decode_len}) = "
-                          f"{tokens:,} tokens: the trace would take {size / 1e9:,.1f} GB (limit "
-                          f"{MAX_SYNTH_BYTES / 1e9:.0f} GB); ask for fewer tokens")
+                          f"{tokens:,} tokens x --layers {layers} x --top-k {top_k}: the trace would take "
+                          f"{size / 1e9:,.1f} GB (limit {MAX_SYNTH_BYTES / 1e9:.0f} GB); ask for fewer")
     fitting = fit_batch is not None or fit_activated is not None
     if kind is None:
         kind = "fitted" if fitting else "zipf" if zipf_s is not None else "uniform"
@@ -271,8 +292,10 @@ def synth_cmd(out: str, experts: int | None, top_k: int | None, layers: int | No
         raise CapsimError(f"--zipf-s applies to --kind zipf only (kind is {kind})")
     if fitting and kind != "fitted":
         raise CapsimError(f"--fit-batch/--fit-activated apply to --kind fitted only (kind is {kind})")
-    if kind == "zipf" and zipf_s is not None and not zipf_s >= 0:
-        raise CapsimError(f"--zipf-s {zipf_s}: must be >= 0")
+    if zipf_s is not None:
+        checks.number(zipf_s, "--zipf-s", low=0.0, high=MAX_ZIPF_S)
+    if fit_activated is not None:
+        checks.number(fit_activated, "--fit-activated", positive=True, high=None)
     if kind == "fitted":
         if fit_batch is None or fit_activated is None:
             raise CapsimError("--kind fitted needs both --fit-batch and --fit-activated")
@@ -280,12 +303,15 @@ def synth_cmd(out: str, experts: int | None, top_k: int | None, layers: int | No
             raise CapsimError(f"--fit-batch {fit_batch}: must be >= 2 (one token always activates top-k experts)")
         if not top_k < fit_activated <= experts:
             raise CapsimError(f"--fit-activated {fit_activated:g}: outside (top-k, experts] = ({top_k}, {experts}]")
+    from capsim import atomic
+
     try:
-        arrays, meta = synthetic_trace(kind, num_experts=experts, top_k=top_k, moe_layers=layers,
-                                       sequences=sequences, prompt_len=prompt_len, decode_len=decode_len,
-                                       seed=seed, model_id=model_id, zipf_s=1.0 if zipf_s is None else zipf_s,
-                                       fit_batch=fit_batch, fit_activated=fit_activated)
-        path = write_trace(out, arrays, meta)
+        with atomic.lock(out, "--out"):
+            arrays, meta = synthetic_trace(kind, num_experts=experts, top_k=top_k, moe_layers=layers,
+                                           sequences=sequences, prompt_len=prompt_len, decode_len=decode_len,
+                                           seed=seed, model_id=model_id, zipf_s=1.0 if zipf_s is None else zipf_s,
+                                           fit_batch=fit_batch, fit_activated=fit_activated)
+            path = write_trace(out, arrays, meta)
     except ValueError as err:  # the fit's target out of reach (the other checks ran above)
         raise CapsimError(f"--fit-activated {fit_activated:g}: {err}" if kind == "fitted" else str(err)) from None
     except OSError as err:

@@ -101,7 +101,7 @@ def cache_cmd(path: str, batch: int, capacity_text: str, policy: str, steps: int
     capacities, policies = _capacities(capacity_text), _policies(policy)
     if warmup_steps < 0:
         raise CapsimError(f"--warmup-steps {warmup_steps}: must be >= 0")
-    trace = open_trace(path)
+    trace = open_trace(path, verify=True)
     e = trace.num_experts
     bad = [c for c in capacities if not 0 <= c <= e]
     if bad:

@@ -20,10 +20,26 @@ DEFAULT_CONFIG = data.path("validation") / "config.yaml"  # the shipped validati
 
 
 def _config(path: Path) -> dict:
-    try:
-        return yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise CapsimError(f"{path}: unreadable validation config ({err})") from None
+    from capsim import checks
+
+    return checks.mapping(checks.read_yaml(path, "validation config"), str(path), "a mapping (hardware_db, cpu, ...)")
+
+
+CPU_FIELDS = {"hardware": str, "runs": str, "engine": str, "dtype": str, "fit": list}  # validate config: cpu.*
+
+
+def _cpu(cfg: dict, path: Path) -> dict:
+    """The config's cpu section, with every field the CPU and disk validations read checked."""
+    if not isinstance(cfg.get("hardware_db"), str):
+        raise CapsimError(f"{path}: field hardware_db: expected a folder path (relative to the checkout)")
+    cpu = cfg.get("cpu")
+    if not isinstance(cpu, dict):
+        raise CapsimError(f"{path}: field cpu: expected a mapping ({', '.join(CPU_FIELDS)})")
+    for key, kind in CPU_FIELDS.items():
+        if not isinstance(cpu.get(key), kind):
+            raise CapsimError(f"{path}: field cpu.{key}: expected a {'list' if kind is list else 'string'}, "
+                              f"got {cpu.get(key)!r}")
+    return cpu
 
 
 def _fixed(cpu: dict, db_root: Path, config_path: Path) -> tuple[dict[str, object], dict[str, str]]:
@@ -131,10 +147,18 @@ def validate_cmd(ctx: click.Context, config_path: Path, fit: bool, max_median_er
 
     Exit codes: 0 ok; 1 a median error above --max-median-error; 2 bad input (config, run file, CSV row).
     """
+    from capsim import atomic, checks, outputs
     from capsim.validation import report
     from capsim.validation.cases import load_cases, predict_case
     from capsim.validation.fit import fit_profile, split
 
+    if max_median_error is not None:
+        checks.number(max_median_error, "--max-median-error", low=0.0, high=None)
+    if plot_path is not None:
+        atomic.figure_format(plot_path, "--plot")
+        outputs.check_output(plot_path, "figure", "--plot")
+    if report_path is not None:
+        outputs.check_output(report_path, "report", "--report")
     cfg = _config(config_path)
     root = config_path.resolve().parent.parent
     if published:
@@ -145,9 +169,9 @@ def validate_cmd(ctx: click.Context, config_path: Path, fit: bool, max_median_er
     if disk:
         if fit:
             raise CapsimError("--disk: nothing is fitted to the disk runs (the CPU profile is used as committed)")
-        _disk(cfg, root, max_median_error, report_path, as_json)
+        _disk(cfg, root, max_median_error, report_path, as_json, config_path)
         return
-    cpu = cfg["cpu"]
+    cpu = _cpu(cfg, config_path)
     db = hwdb.load(root / cfg["hardware_db"])
     target = resolve_target(db, cpu["hardware"])
     cases = load_cases(root / cpu["runs"])
@@ -256,12 +280,13 @@ def _published(db, cfg: dict, root: Path, config_path: Path, fit: bool, max_medi
         raise SystemExit(1)
 
 
-def _disk(cfg: dict, root: Path, max_median_error: float | None, report_path: Path | None, as_json: bool) -> None:
+def _disk(cfg: dict, root: Path, max_median_error: float | None, report_path: Path | None, as_json: bool,
+          config_path: Path) -> None:
     """The disk runs predicted with the CPU section's hardware, engine profile and dtype (``disk:`` in the
     config may name others, and ``runs``, default validation/measured/disk)."""
     from capsim.validation.disk import markdown, validate_disk
 
-    cpu, disk = cfg["cpu"], cfg.get("disk") or {}
+    cpu, disk = _cpu(cfg, config_path), cfg.get("disk") or {}
     hardware, engine, dtype = (disk.get(k, cpu[k]) for k in ("hardware", "engine", "dtype"))
     target = resolve_target(hwdb.load(root / cfg["hardware_db"]), hardware)
     prof = engines.load(engine)

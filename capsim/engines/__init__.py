@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -146,13 +147,19 @@ class EngineProfile:
                 "fitted_cases": list(self.fitted_cases)}
 
 
+KEBAB_NAME = re.compile(r"[a-z0-9]+(?:[-_.][a-z0-9]+)*")  # a profile's file stem: no folders, no dots first
+
+
 def available() -> list[str]:
     return sorted(p.stem for p in FOLDER.glob("*.yaml"))
 
 
 def load(name: str) -> EngineProfile:
+    """A shipped profile by its name (``capsim/engines/<name>.yaml``); a path or any other name is refused."""
     path = FOLDER / f"{name}.yaml"
     try:
+        if not isinstance(name, str) or not KEBAB_NAME.fullmatch(name):
+            raise OSError
         st = path.stat()
     except OSError:
         raise CapsimError(f"--engine {name!r}: unknown engine profile (available: {', '.join(available())})") from None

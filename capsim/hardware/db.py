@@ -143,6 +143,13 @@ def _pydantic_problems(file: str, err: ValidationError, strip_tag: bool) -> list
             msg = "required field is missing"
         elif e["type"] == "extra_forbidden":
             msg = "unknown field (not in the schema)"
+        elif e["type"] == "model_type" and "Quantity" in e["msg"]:
+            msg = (f"got {e.get('input')!r}; a number needs its text and source: {{as_published: \"3.35 TB/s\", "
+                   "source: SOURCE-ID, kind: vendor-spec} ('capsim hw new --like ID' writes a template)")
+        elif e["type"] == "model_type":
+            msg = f"got {e.get('input')!r}; expected a mapping of fields"
+        elif e["type"] == "literal_error":
+            msg = f"got {e.get('input')!r}; {msg[0].lower() + msg[1:]}"
         out.append(Problem(file, ".".join(loc), msg))
     return out
 
@@ -155,8 +162,12 @@ def _read_yaml(path: Path) -> tuple[object, list[Problem]]:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         return None, [Problem(str(path), "", f"cannot read file: {err.strerror}")]
+    except UnicodeDecodeError as err:
+        return None, [Problem(str(path), "", f"not UTF-8 text (byte {err.start})")]
     try:
         return yaml.load(text, Loader=loader), []
+    except RecursionError:
+        return None, [Problem(str(path), "", "YAML nested too deeply")]
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -25,6 +25,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, model_validator
 
+from capsim.checks import MAX_SI, MIN_RATE
 from capsim.units import UnitError, parse_quantity
 
 Kind = Literal["vendor-spec", "measured", "derived", "estimate"]
@@ -63,9 +64,17 @@ def evaluate_formula(formula: str, x: float) -> float:
 
     try:
         tree = ast.parse(formula.split("#", 1)[0].strip(), mode="eval")
-    except SyntaxError as err:
+    except (SyntaxError, RecursionError, MemoryError) as err:
         raise ValueError(f"formula {formula!r} is not an arithmetic expression in x") from err
-    return ev(tree)
+    try:
+        out = ev(tree)
+    except ZeroDivisionError:
+        raise ValueError(f"formula {formula!r} divides by zero") from None
+    except (OverflowError, RecursionError):
+        raise ValueError(f"formula {formula!r} overflows (the result is beyond a float)") from None
+    if isinstance(out, complex) or not math.isfinite(out):
+        raise ValueError(f"formula {formula!r} gives {out!r}, not a finite real number")
+    return out
 
 
 class Quantity(BaseModel):
@@ -83,12 +92,26 @@ class Quantity(BaseModel):
     date: str | None = None  # measured: when
     note: str | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _value_from_text(cls, data):
+        """``value`` may be left out: it is then what ``as_published`` (through ``formula``) says."""
+        if isinstance(data, dict) and data.get("value") is None and isinstance(data.get("as_published"), str):
+            try:
+                x = parse_quantity(data["as_published"]).value
+            except UnitError as err:
+                raise ValueError(f"as_published: {err}") from None
+            data = {**data, "value": evaluate_formula(data["formula"], x) if data.get("formula") else x}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> Quantity:
         if not math.isfinite(self.value):
             raise ValueError("value must be a finite number")
         if self.value < 0:
             raise ValueError(f"value must be >= 0, got {self.value!r}")
+        if self.value > MAX_SI:
+            raise ValueError(f"value {self.value:g} is beyond any real part (at most {MAX_SI:g} in SI units)")
         if not self.source.strip():
             raise ValueError("source must name an entry of hardware_db/sources")
         if self.kind == "derived" and not self.formula:
@@ -138,6 +161,9 @@ def _halves(formula: str | None) -> bool:
     return formula is not None and math.isclose(evaluate_formula(formula, 1.0), 0.5)
 
 
+RATES = ("B/s", "FLOP/s", "Hz", "T/s", "IO/s")  # dimensions whose value divides work: zero would mean "never"
+
+
 def _dimension_check(dimension: str):
     def check(q: Quantity) -> Quantity:
         dim = q.dimension()
@@ -145,6 +171,8 @@ def _dimension_check(dimension: str):
             raise ValueError(
                 f"as_published {q.as_published!r} is in {dim!r}, this field needs {dimension!r}"
             )
+        if dimension in RATES and q.value < MIN_RATE:
+            raise ValueError(f"a rate of {q.value:g} {dimension} does no work; expected at least {MIN_RATE:g}")
         return q
 
     return AfterValidator(check)

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from capsim.checks import MAX_COMPONENT_COUNT
 from capsim.hardware.quantity import (
     Bytes,
     BytesPerS,
@@ -28,6 +29,10 @@ from capsim.hardware.quantity import (
     UsdPerH,
     Watts,
 )
+
+# Structural counts (components of a system, parallel links, channels, lanes, bus bits): whole numbers from 1 to
+# MAX_COMPONENT_COUNT, so that expanding a system into graph nodes stays proportional to a real machine.
+Units = Annotated[int, Field(ge=1, le=MAX_COMPONENT_COUNT, strict=True)]
 
 KEBAB = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 
@@ -144,7 +149,7 @@ class Memory(Item):
     kind: Literal["memory"]
     standard: str  # DDR5, LPDDR5X
     transfer_rate_transfers_per_s: TransfersPerS
-    bus_width_bits: int = 64  # per channel (DDR5: 2 x 32-bit subchannels)
+    bus_width_bits: Units = 64  # per channel (DDR5: 2 x 32-bit subchannels)
     bandwidth_per_channel_bytes_per_s: BytesPerS
     latency_s: Seconds | None = None
 
@@ -157,7 +162,7 @@ class Link(Item):
     family: LinkFamily
     bandwidth_per_direction_bytes_per_s: BytesPerS
     signalling_rate_transfers_per_s: TransfersPerS | None = None
-    lanes: int | None = None
+    lanes: Units | None = None
     latency_s: Seconds | None = None
 
 
@@ -181,24 +186,17 @@ class Component(_Strict):
     name: str  # graph nodes are name0, name1, ...
     role: ComponentRole
     item: str | None = None  # item id (none for a switch)
-    count: int = 1
-    channels: int | None = None  # dram: channels per instance
+    count: Units = 1
+    channels: Units | None = None  # dram: channels per instance
     capacity_bytes: Bytes | None = None  # dram: capacity per instance; storage: per drive
     bandwidth_bytes_per_s: BytesPerS | None = None  # dram: when not channels x per-channel
-
-    @field_validator("count")
-    @classmethod
-    def _positive(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError("count must be >= 1")
-        return v
 
 
 class Connection(_Strict):
     a: str  # component name (all its instances) or one instance ("cpu0")
     b: str
     link: str  # link id
-    count: int = 1  # parallel links (bandwidth adds)
+    count: Units = 1  # parallel links (bandwidth adds)
     map: Literal["auto", "one-to-one", "blocked", "all-to-one", "all-pairs"] = "auto"
 
 

@@ -81,9 +81,6 @@ class Target:
     alltoall_bandwidth_bytes_per_s: float
     collective_link: str  # what carries collectives ("nvlink-4", "pcie-gen4-x16 via host", ...)
     host_dram_bytes: float | None = None  # host memory of the system (one node's), when known
-    usd_per_h: float | None = None  # pro-rated
-    usd_per_h_basis: str = ""  # "cloud" or "purchase"
-    purchase_usd: float | None = None  # pro-rated
     power_w: float | None = None  # pro-rated
     notes: list[str] = field(default_factory=list)
     host: HostTier | None = None  # accelerator systems with CPUs and DRAM (offload); None otherwise
@@ -116,7 +113,6 @@ def _bare_accelerator(db: HardwareDB, acc: Accelerator, n: int) -> Target:
         if acc.scale_up_link is None:
             link_id = f"{link_id} via host"
             notes.append(f"{n}x {acc.id} joined through the host ({link_id}); no switch modelled")
-    price = acc.price.purchase_usd.value * n if acc.price and acc.price.purchase_usd else None
     host = None
     if acc.host_link is not None:  # an unknown host behind the device's own host link: enough for gpu-fetch
         hl = db.items[acc.host_link]
@@ -130,8 +126,7 @@ def _bare_accelerator(db: HardwareDB, acc: Accelerator, n: int) -> Target:
         memory_capacity_bytes=acc.memory.capacity_bytes.value,
         memory_bandwidth_bytes_per_s=acc.memory.bandwidth_bytes_per_s.value, memory_type=acc.memory.type,
         peak_flop_per_s=_peaks(acc), ring_bandwidth_bytes_per_s=bw, alltoall_bandwidth_bytes_per_s=bw,
-        collective_link=link_id or "none", purchase_usd=price, usd_per_h_basis="purchase" if price else "",
-        power_w=acc.tdp_w.value * n, notes=notes, ring_latency_s=lat, alltoall_latency_s=lat,
+        collective_link=link_id or "none", power_w=acc.tdp_w.value * n, notes=notes, ring_latency_s=lat, alltoall_latency_s=lat,
         ring_bottleneck=link_id or "", alltoall_bottleneck=link_id or "",
     )
 
@@ -140,13 +135,12 @@ def _bare_cpu(cpu: Cpu, n: int) -> Target:
     if n != 1:
         raise CapsimError(f"--devices {n}: a bare CPU id is one socket; name a system for several sockets")
     cap = cpu.max_memory_bytes.value if cpu.max_memory_bytes else math.inf
-    price = cpu.price.purchase_usd.value if cpu.price and cpu.price.purchase_usd else None
     return Target(
         hardware_id=cpu.id, device_id=cpu.id, device_role="cpu", n_devices=1, n_available=1,
         memory_capacity_bytes=cap, memory_bandwidth_bytes_per_s=cpu.memory_bandwidth_bytes_per_s.value,
         memory_type=cpu.memory_type or "unknown", peak_flop_per_s=_peaks(cpu), ring_bandwidth_bytes_per_s=math.inf,
-        alltoall_bandwidth_bytes_per_s=math.inf, collective_link="none", purchase_usd=price,
-        usd_per_h_basis="purchase" if price else "", power_w=cpu.tdp_w.value if cpu.tdp_w else None,
+        alltoall_bandwidth_bytes_per_s=math.inf, collective_link="none",
+        power_w=cpu.tdp_w.value if cpu.tdp_w else None,
         notes=[] if cpu.max_memory_bytes else ["no maximum memory published: capacity not checked"],
         page_faults=page_faults(cpu),
     )
@@ -204,16 +198,7 @@ def _system(db: HardwareDB, sysm: System, n: int | None, nodes: int = 1) -> Targ
     if nodes > 1:
         links = [*links, sysm.scale_out_link] if sysm.scale_out_link not in links else links
         notes.append(f"{nodes} nodes of {sysm.id} joined by {sysm.scale_out_link} through one non-blocking switch")
-    share = n / len(per_node)
-    usd_h = basis = purchase = None
-    if sysm.price and sysm.price.cloud_usd_per_h:
-        usd_h, basis = sysm.price.cloud_usd_per_h.value * share * nodes, "cloud"
-    elif sysm.price and sysm.price.purchase_usd:
-        purchase, basis = sysm.price.purchase_usd.value * share * nodes, "purchase"
-    if nodes > 1 and basis == "purchase":
-        notes.append("the fabric switch and cables are not in the purchase price")
-    if share < 1 and basis:
-        notes.append(f"price and power pro-rated to {n} of {len(per_node)} {role}s" + (" per node" if nodes > 1 else ""))
+    share = n / len(per_node)  # power pro rata (prices: capsim.cap, through the scenario's Pricer)
     host = _host_tier(one, db, per_node[0]) if role == "accelerator" else None
     return Target(
         host=host,
@@ -221,7 +206,7 @@ def _system(db: HardwareDB, sysm: System, n: int | None, nodes: int = 1) -> Targ
         n_available=len(per_node) * nodes, memory_capacity_bytes=cap, memory_bandwidth_bytes_per_s=bw,
         memory_type=mem_type, peak_flop_per_s=_peaks(item), ring_bandwidth_bytes_per_s=ring.bandwidth_bytes_per_s,
         alltoall_bandwidth_bytes_per_s=a2a.bandwidth_bytes_per_s, collective_link=", ".join(links) or "none",
-        host_dram_bytes=dram_total, usd_per_h=usd_h, usd_per_h_basis=basis or "", purchase_usd=purchase,
+        host_dram_bytes=dram_total,
         power_w=sysm.power_w.value * share * nodes if sysm.power_w else None, notes=notes, nodes=nodes,
         devices_per_node=n, ring_latency_s=ring.latency_s, alltoall_latency_s=a2a.latency_s,
         ring_bottleneck=ring.bottleneck, alltoall_bottleneck=a2a.bottleneck, graph=g, used=tuple(used),

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from capsim import outputs
 from capsim.errors import CapsimError
 from capsim.measure.disk_rates import RATE_PASS_BUDGET_S, MiB, combined_rates, rate_pass
 from capsim.measure.host_load import _cpu_name, _cpu_ticks, _host_load
@@ -166,8 +167,10 @@ def measure_disk(config_or_path: str | Path, *, random_init: bool = True, batche
     page_repeats = _int_list("page repeats", page_repeats)[0]
     warmup = _int_list("warmup (at least 1: the warm steps map the pages)", warmup)[0]
     if dtype not in DTYPES:
-        raise CapsimError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+        raise CapsimError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     _libc()  # fail early off Linux
+    if out is not None:
+        outputs.check_output(out, "run", "--out")  # before minutes of measuring
     folder = Path(folder) if folder is not None else Path(tempfile.gettempdir())
     if not folder.is_dir():
         raise CapsimError(f"--dir {folder}: not a directory")

@@ -202,6 +202,16 @@ def _yaml(header: str, data: dict[str, Any]) -> str:
     return "".join(f"# {line}\n" for line in header.splitlines()) + body
 
 
+PROBE_FORMAT = "capsim-probe"  # the JSON result's "format" (capsim.outputs recognises it as capsim's own)
+
+
+def destinations(out: str | Path, item_id: str) -> dict[str, Path]:
+    """The files a probe writes under ``out``, by part (and their kind for :func:`capsim.outputs.check_output`)."""
+    out = Path(out)
+    return {"source": out / "sources" / f"{item_id}.yaml", "cpu": out / "cpus" / f"{item_id}.yaml",
+            "json": out / "probe" / f"{item_id}.json", "gpu": out / "accelerators" / f"{item_id}-gpu.yaml"}
+
+
 def write_entry(result: dict[str, Any], out: str | Path, item_id: str, command: str) -> dict[str, Path]:
     """Write the entry, its source and the JSON; returns the paths written."""
     out = Path(out)
@@ -219,17 +229,15 @@ def write_entry(result: dict[str, Any], out: str | Path, item_id: str, command: 
         "note": f"{facts['cpu_model']}, {facts['os']}; full results in probe/{item_id}.json",
     }}
     header = f"Written by: {command}\nDate: {facts['date']}; {versions}."
-    written["source"] = out / "sources" / f"{item_id}.yaml"
-    written["cpu"] = out / "cpus" / f"{item_id}.yaml"
-    written["json"] = out / "probe" / f"{item_id}.json"
+    written.update({k: v for k, v in destinations(out, item_id).items() if k != "gpu"})
     _write_atomic(written["source"], _yaml(header, src))
     _write_atomic(written["cpu"], _yaml(header + "\nMeasured on this machine; see probe/" + item_id + ".json.", cpu))
     if gpu is not None:
-        written["gpu"] = out / "accelerators" / f"{gpu_id}.yaml"
+        written["gpu"] = destinations(out, item_id)["gpu"]
         _write_atomic(written["gpu"], _yaml(header, gpu))
     elif "skipped" not in (result.get("gpu") or {"skipped": ""}):
         result["gpu"]["entry_note"] = "no accelerator entry written: the power limit (tdp_w) could not be read"
-    doc = {"command": command, "id": item_id, "source": source, **result}
+    doc = {"format": PROBE_FORMAT, "command": command, "id": item_id, "source": source, **result}
     _write_atomic(written["json"], json.dumps(doc, indent=1, default=json_default) + "\n")
     return written
 

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from capsim import outputs
 from capsim.errors import CapsimError
 from capsim.measure.host_load import _cpu_name, _cpu_ticks, _host_load
 from capsim.measure.run_file import (
@@ -99,15 +100,17 @@ def measure(config_or_path: str | Path, *, random_init: bool = True, prompt_lens
     contexts = _int_list("context", context)
     repeats = _int_list("repeats", repeats)[0]
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise CapsimError(f"warmup: expected an integer >= 0, got {warmup!r}")
+        raise CapsimError(f"--warmup: expected an integer >= 0, got {warmup!r}")
     if dtype not in DTYPES:
-        raise CapsimError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+        raise CapsimError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     if threads is not None:
         _int_list("threads", threads)
     if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
-        raise CapsimError(f"device {device!r}: expected cpu or cuda")
+        raise CapsimError(f"--device {device!r}: expected cpu or cuda")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise CapsimError("device cuda: torch sees no CUDA device")
+    if out is not None:
+        outputs.check_output(out, "run", "--out")  # before minutes of measuring
     scale = {k: v for k, v in (scale or {}).items() if v is not None}
 
     raw, folder = read_config(config_or_path)

@@ -11,8 +11,6 @@ from :func:`_stats`, routing from :func:`_activated`) and ``input_len`` (prefill
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -64,19 +62,13 @@ def _full_config(config: Any, given: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_run(path: str | Path, run: dict[str, Any]) -> Path:
-    """Write a run file atomically (temporary sibling, then one rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(run, f, indent=1, default=_json_default)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write a run file atomically (temporary sibling, then one rename); an existing file is replaced only when it
+    is a capsim JSON result (:mod:`capsim.outputs`)."""
+    from capsim import atomic, outputs
+
+    outputs.check_replace(path, "run", "--out")
+    text = json.dumps(run, indent=1, default=_json_default) + "\n"
+    return atomic.write_text(path, text)
 
 
 def read_run(path: str | Path) -> dict[str, Any]:

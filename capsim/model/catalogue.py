@@ -60,12 +60,11 @@ def _read_config(path: Path) -> dict[str, Any]:
     file = path / "config.json" if path.is_dir() else path
     if not file.is_file():
         raise CapsimError(f"--model {path}: no config.json there")
-    try:
-        cfg = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CapsimError(f"{file}: not a readable JSON config ({err})") from None
+    from capsim import checks
+
+    cfg = checks.read_json(file, "config.json")
     if not isinstance(cfg, dict):
-        raise CapsimError(f"{file}: expected a JSON object")
+        raise CapsimError(f"{file}: expected a JSON object (a Hugging Face config.json)")
     return cfg
 
 
@@ -79,9 +78,9 @@ def load_spec(name: str, allow_dense: bool = True) -> tuple[ModelSpec, dict[str,
     if name.endswith(".json") or path.is_dir() or (path.exists() and path.is_file()):
         cfg = _read_config(path)
         try:
-            spec = spec_from_config(cfg, str(path))
+            spec, native = spec_from_config(cfg, str(path)), native_precision(cfg)
         except CapsimError as err:
-            raise CapsimError(f"{path}: {err}") from None
+            raise CapsimError(f"{path}: {str(err).removeprefix('config.json: ')}") from None
         if not spec.num_experts and not allow_dense:
             raise CapsimError(
                 f"{path}: not a MoE config (none of {', '.join(_SYNONYMS['num_experts'])} is set); "
@@ -89,7 +88,7 @@ def load_spec(name: str, allow_dense: bool = True) -> tuple[ModelSpec, dict[str,
             )
         from capsim.traces.format import config_hash
 
-        return spec, {"id": str(path), "source": "local config.json", "native_precision": native_precision(cfg),
+        return spec, {"id": str(path), "source": "local config.json", "native_precision": native,
                       "config_hash": config_hash(cfg)}
     mid = resolve(name)
     e = entries()[mid]
@@ -97,10 +96,43 @@ def load_spec(name: str, allow_dense: bool = True) -> tuple[ModelSpec, dict[str,
                                        "config_hash": e["config_hash"]}
 
 
+# quantization_config -> capsim weight format: quant_method, then the bit width it states.
+_QUANT_METHODS = {"fp8": "fp8", "mxfp4": "mxfp4", "fbgemm_fp8": "fp8"}
+_INT_BITS = {4: "int4", 8: "int8"}  # AWQ / GPTQ / compressed-tensors integer weights (group-wise scales)
+
+
 def native_precision(cfg: dict[str, Any]) -> str:
-    """The precision of the published checkpoint: its quantization_config, else torch_dtype."""
-    q = (cfg.get("quantization_config") or {}).get("quant_method", "")
-    if q in ("fp8", "mxfp4"):
-        return q
+    """The precision of the published checkpoint: its quantization_config, else torch_dtype. A
+    quantization_config capsim cannot read is an error naming it, never read as 16-bit."""
+    q = cfg.get("quantization_config")
+    if q is None:
+        q = (cfg.get("text_config") or {}).get("quantization_config") if isinstance(cfg.get("text_config"), dict) else None
+    if q is not None:
+        return _quantized(q)
     dtype = cfg.get("torch_dtype") or cfg.get("dtype") or (cfg.get("text_config") or {}).get("torch_dtype")
     return {"float16": "fp16", "float32": "bf16"}.get(str(dtype), "bf16")
+
+
+def _quantized(q: Any) -> str:
+    where = "config.json: field quantization_config"
+    if not isinstance(q, dict):
+        raise CapsimError(f"{where} is {q!r}, expected an object")
+    method = str(q.get("quant_method", ""))
+    if method in _QUANT_METHODS:
+        return _QUANT_METHODS[method]
+    if method in ("awq", "gptq") and q.get("bits") in _INT_BITS:
+        return _INT_BITS[q["bits"]]
+    if method == "compressed-tensors":
+        weights = [g.get("weights") or {} for g in (q.get("config_groups") or {}).values() if isinstance(g, dict)]
+        kinds = {(w.get("type"), w.get("num_bits")) for w in weights if isinstance(w, dict)}
+        if kinds == {("int", 4)} or kinds == {("int", 8)}:
+            return _INT_BITS[next(iter(kinds))[1]]
+        if kinds == {("float", 8)}:
+            return "fp8"
+        if kinds == {("float", 4)}:
+            return "nvfp4"
+        raise CapsimError(f"{where}.config_groups: weights {sorted(map(str, kinds))} are not a format capsim models "
+                          "(int4, int8, fp8, nvfp4); remove quantization_config and pass --precision")
+    raise CapsimError(f"{where}.quant_method {method!r}{' bits ' + str(q.get('bits')) if 'bits' in q else ''} is "
+                      "not a format capsim reads (fp8, mxfp4, awq/gptq 4 or 8 bits, compressed-tensors "
+                      "int4/int8/fp8/nvfp4); remove quantization_config and pass --precision")

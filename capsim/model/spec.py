@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from capsim import checks
+from capsim.checks import MAX_EXPERTS, MAX_LAYERS, MAX_WIDTH
 from capsim.errors import CapsimError
 
 # Facts the config does not carry, from the transformers modelling code (v5.23):
@@ -169,15 +171,46 @@ def _get(cfg: dict[str, Any], name: str, default: Any = None, required: bool = T
     return default
 
 
-def _int(cfg: dict[str, Any], name: str, default: int | None = None, required: bool = True, minimum: int = 1) -> int:
+def _int(cfg: dict[str, Any], name: str, default: int | None = None, required: bool = True, minimum: int = 1,
+         maximum: int = MAX_WIDTH) -> int:
     """An integer field (synonyms allowed), checked: CapsimError naming the field otherwise."""
     raw = _get(cfg, name, default, required)
     keys = "/".join(_SYNONYMS.get(name, (name,)))
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or int(raw) != raw:
-        raise CapsimError(f"config.json: field {keys} is {raw!r}, expected an integer")
-    if raw < minimum:
-        raise CapsimError(f"config.json: field {keys} is {raw}, expected >= {minimum}")
-    return int(raw)
+    return checks.integer(raw, f"config.json: field {keys}", low=minimum, high=maximum)
+
+
+def _opt(cfg: dict[str, Any], key: str, default: int, minimum: int = 0, maximum: int = MAX_WIDTH) -> int:
+    """An optional integer field (absent or null: ``default``), checked like :func:`_int`."""
+    raw = cfg.get(key)
+    return default if raw is None else checks.integer(raw, f"config.json: field {key}", low=minimum, high=maximum)
+
+
+def _int_list(cfg: dict[str, Any], key: str, length: int | None = None, maximum: int = MAX_WIDTH) -> list[int]:
+    """An optional list of integers (absent or null: empty), each checked, of ``length`` items when given."""
+    raw = cfg.get(key)
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise CapsimError(f"config.json: field {key} is {raw!r}, expected a list of integers")
+    if length is not None and len(raw) != length:
+        raise CapsimError(f"config.json: field {key} has {len(raw)} entries, expected one per layer ({length})")
+    return [checks.integer(v, f"config.json: field {key}[{i}]", low=0, high=maximum) for i, v in enumerate(raw)]
+
+
+# Fields of architectures capsim does not model: hybrid linear-attention / state-space layers (Qwen3-Next,
+# MiniMax, Jamba, Nemotron-H, Zamba). Pricing such a model as full attention would be wrong without a word.
+UNMODELLED_FIELDS = ("full_attention_interval", "linear_conv_kernel_dim", "linear_key_head_dim",
+                     "linear_num_key_heads", "linear_num_value_heads", "linear_value_head_dim", "attn_type_list",
+                     "layers_block_type", "hybrid_override_pattern", "attn_layer_period", "mamba_d_state",
+                     "ssm_state_size", "mamba_expand")
+ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention")
+
+
+def _refuse_unmodelled(cfg: dict[str, Any]) -> None:
+    found = [k for k in UNMODELLED_FIELDS if cfg.get(k) is not None]
+    if found:
+        raise CapsimError(f"config.json: field(s) {', '.join(found)} describe linear-attention or state-space "
+                          "layers, which capsim does not model (it models softmax attention only)")
 
 
 def _flatten(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -201,11 +234,21 @@ LLAMA4_NOPE_INTERVAL = 4  # Llama4TextConfig.no_rope_layer_interval: every 4th l
 
 def _attention_windows(cfg: dict[str, Any], model_type: str, layers: int) -> tuple[int, ...]:
     """Per-layer attention span from layer_types / sliding_window / attention_chunk_size (0 = full)."""
-    window = 0 if cfg.get("use_sliding_window") is False else int(cfg.get("sliding_window") or 0)
-    chunk = int(cfg.get("attention_chunk_size") or 0)
+    window = 0 if cfg.get("use_sliding_window") is False else _opt(cfg, "sliding_window", 0)
+    chunk = _opt(cfg, "attention_chunk_size", 0)
     types = cfg.get("layer_types")
+    if types is not None:
+        if not isinstance(types, list) or len(types) != layers:
+            got = f"{len(types)} entries" if isinstance(types, list) else repr(types)
+            raise CapsimError(f"config.json: field layer_types is {got}, expected a list of one entry per layer "
+                              f"({layers})")
+        unknown = sorted({str(t) for t in types} - set(ATTENTION_LAYER_TYPES))
+        if unknown:
+            raise CapsimError(f"config.json: field layer_types: {', '.join(unknown)} layers are not modelled "
+                              f"(capsim models {', '.join(ATTENTION_LAYER_TYPES)})")
     if not types and chunk and model_type.startswith("llama4"):
-        nope = cfg.get("no_rope_layers") or [int((i + 1) % LLAMA4_NOPE_INTERVAL != 0) for i in range(layers)]
+        nope = _int_list(cfg, "no_rope_layers", layers, maximum=1) or [
+            int((i + 1) % LLAMA4_NOPE_INTERVAL != 0) for i in range(layers)]
         types = ["chunked_attention" if rope else "full_attention" for rope in nope]
     if types:
         spans = {"sliding_attention": window, "chunked_attention": chunk}
@@ -217,15 +260,19 @@ def _attention_windows(cfg: dict[str, Any], model_type: str, layers: int) -> tup
 def _moe_layer_mask(cfg: dict[str, Any], layers: int, num_experts: int) -> tuple[bool, ...]:
     if not num_experts:
         return (False,) * layers
-    first_dense = int(cfg.get("first_k_dense_replace") or 0)  # DeepSeek-V2/V3
-    freq = int(cfg.get("moe_layer_freq") or 1)
-    step = int(cfg.get("decoder_sparse_step") or 1)  # Qwen2-MoE / Qwen3-MoE
-    mlp_only = set(cfg.get("mlp_only_layers") or [])
-    interleave = int(cfg.get("interleave_moe_layer_step") or 1)  # Llama-4: every n-th layer is MoE
+    first_dense = _opt(cfg, "first_k_dense_replace", 0, maximum=MAX_LAYERS)  # DeepSeek-V2/V3
+    flags = None  # moe_layer_freq given as one 0/1 flag per layer
+    if isinstance(cfg.get("moe_layer_freq"), list):
+        flags, freq = _int_list(cfg, "moe_layer_freq", layers, maximum=1), 1
+    else:
+        freq = _opt(cfg, "moe_layer_freq", 1, minimum=1, maximum=MAX_LAYERS)
+    step = _opt(cfg, "decoder_sparse_step", 1, minimum=1, maximum=MAX_LAYERS)  # Qwen2-MoE / Qwen3-MoE
+    mlp_only = set(_int_list(cfg, "mlp_only_layers", maximum=MAX_LAYERS))
+    interleave = _opt(cfg, "interleave_moe_layer_step", 1, minimum=1, maximum=MAX_LAYERS)  # Llama-4: every n-th
     mask = []
-    for i in range(layers):
+    for i in range(layers):  # layers <= MAX_LAYERS (checked where read)
         moe = i >= first_dense and i % freq == 0 and (i + 1) % step == 0 and i not in mlp_only
-        moe = moe and (i + 1) % interleave == 0
+        moe = moe and (i + 1) % interleave == 0 and (flags is None or flags[i] == 1)
         mask.append(moe)
     return tuple(mask)
 
@@ -242,22 +289,28 @@ def _top_k(cfg: dict[str, Any], num_experts: int) -> int:
 def spec_from_config(cfg: dict[str, Any], model_id: str = "custom") -> ModelSpec:
     """A ModelSpec from a config.json dict; CapsimError naming the missing field otherwise."""
     cfg = _flatten(cfg)
-    model_type = ALIASED_MODEL_TYPES.get(cfg.get("model_type", ""), cfg.get("model_type", ""))
+    _refuse_unmodelled(cfg)
+    model_type = ALIASED_MODEL_TYPES.get(str(cfg.get("model_type", "")), str(cfg.get("model_type", "")))
     hidden = _int(cfg, "hidden")
-    layers = _int(cfg, "layers")
+    layers = _int(cfg, "layers", maximum=MAX_LAYERS)
     heads = _int(cfg, "heads")
-    num_experts = _int(cfg, "num_experts", 0, required=False, minimum=0)
-    if "kv_lora_rank" in cfg and cfg["kv_lora_rank"]:
+    num_experts = _int(cfg, "num_experts", 0, required=False, minimum=0, maximum=MAX_EXPERTS)
+    if cfg.get("kv_lora_rank"):
         rope, nope = _int(cfg, "qk_rope_head_dim", minimum=0), _int(cfg, "qk_nope_head_dim", minimum=0)
         attn = Attention(
             "mla", heads, heads, rope + nope, _int(cfg, "v_head_dim"),
-            q_lora_rank=cfg.get("q_lora_rank"), kv_lora_rank=_int(cfg, "kv_lora_rank"), qk_rope_head_dim=rope,
+            q_lora_rank=_opt(cfg, "q_lora_rank", 0) or None, kv_lora_rank=_int(cfg, "kv_lora_rank"),
+            qk_rope_head_dim=rope,
         )
     else:
         head_dim = _int(cfg, "head_dim") if cfg.get("head_dim") else hidden // heads
         if head_dim < 1:
             raise CapsimError(f"config.json: hidden_size {hidden} / num_attention_heads {heads} gives no head_dim")
-        kv_heads = int(cfg.get("num_key_value_heads") or cfg.get("kv_n_heads") or heads)
+        kv_key = "num_key_value_heads" if cfg.get("num_key_value_heads") is not None else "kv_n_heads"
+        kv_heads = _opt(cfg, kv_key, heads, minimum=1)
+        if kv_heads > heads or heads % kv_heads:
+            raise CapsimError(f"config.json: field {kv_key} is {kv_heads}, expected a divisor of the {heads} "
+                              "attention heads")
         bias = bool(cfg.get("attention_bias", False))
         attn = Attention(
             "gqa", heads, kv_heads, head_dim, head_dim,
@@ -268,12 +321,12 @@ def spec_from_config(cfg: dict[str, Any], model_id: str = "custom") -> ModelSpec
         )
     inter = _int(cfg, "intermediate_size", 0, required=not num_experts, minimum=0 if num_experts else 1)
     expert_inter = _int(cfg, "expert_intermediate", inter, required=False, minimum=1 if num_experts else 0)
-    shared = int(cfg.get("shared_expert_intermediate_size") or 0)
+    shared = _opt(cfg, "shared_expert_intermediate_size", 0)
     if cfg.get("n_shared_experts"):
-        shared = int(cfg["n_shared_experts"]) * expert_inter
+        shared = _opt(cfg, "n_shared_experts", 0, maximum=MAX_EXPERTS) * expert_inter
     if model_type.startswith("llama4"):  # one shared expert of the expert width in every MoE layer
         shared = expert_inter
-    dense_inter = int(cfg.get("intermediate_size_mlp") or inter)
+    dense_inter = _opt(cfg, "intermediate_size_mlp", 0) or inter
     return ModelSpec(
         id=model_id,
         model_type=model_type,

@@ -36,13 +36,15 @@ class Requirements:
     ttft_mode: str = "arrival"
 
     def check(self) -> Requirements:
+        from capsim import checks
+
         for flag, v in (("--tokens-per-s", self.tokens_per_s), ("--ttft", self.ttft_s), ("--tpot", self.tpot_s)):
-            if v is not None and not v > 0:
-                raise CapsimError(f"{flag} {v}: expected a positive number")
-        if self.users is not None and self.users < 1:
-            raise CapsimError(f"--users {self.users}: expected a positive integer")
+            if v is not None:
+                checks.number(v, flag, positive=True)
+        if self.users is not None:
+            checks.integer(self.users, "--users", low=1, high=checks.MAX_SEQUENCES)
         if self.min_accuracy is not None:
-            if not 0 < self.min_accuracy <= 1:
+            if not (isinstance(self.min_accuracy, (int, float)) and 0 < self.min_accuracy <= 1):
                 raise CapsimError(f"--min-accuracy {self.min_accuracy}: expected a fraction in (0, 1], e.g. 0.85")
             if not self.benchmark:
                 raise CapsimError("--min-accuracy needs --benchmark (e.g. mmlu, gsm8k)")

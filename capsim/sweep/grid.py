@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
+from capsim.checks import MAX_DEVICES, MAX_EXPERTS, MAX_SEQUENCES, MAX_TOKENS
 from capsim.errors import CapsimError
 
 AUTO = 0  # devices 'all', tp 'auto', ep 'all', dp 'auto' in the scenario frame
@@ -61,6 +61,7 @@ class Axis:
     minimum: int = 1
     help: str = ""
     auto: int = AUTO  # the value the word stands for
+    maximum: int = MAX_DEVICES  # capsim.checks: the bound that keeps the work a value sizes real
 
 
 AXES: tuple[Axis, ...] = (
@@ -78,13 +79,13 @@ AXES: tuple[Axis, ...] = (
          "devices / tp)"),
     Axis("offload", "offload", "text", (NONE,), help="expert offload: none, gpu-fetch or cpu"),
     Axis("expert_cache", "expert_cache", "int", (AUTO_CACHE,), word="auto", minimum=0, auto=AUTO_CACHE,
-         help="offload: resident experts per MoE layer ('auto': as many as fit)"),
+         maximum=MAX_EXPERTS, help="offload: resident experts per MoE layer ('auto': as many as fit)"),
     Axis("expert_tier", "expert_tier", "text", ("dram",), help="offload: where the other experts live (dram, ssd)"),
     Axis("cache_policy", "cache_policy", "text", ("lru",), help="offload with a trace: lru, lfu or static"),
     Axis("traces", "trace", "text", (NONE,), help="routing trace folders replayed ('none': uniform routing)"),
-    Axis("batch", "batch", "int", (1,), help="concurrent sequences"),
-    Axis("input_len", "input_len", "int", (512,), help="prompt tokens per sequence"),
-    Axis("output_len", "output_len", "int", (128,), help="generated tokens per sequence"),
+    Axis("batch", "batch", "int", (1,), help="concurrent sequences", maximum=MAX_SEQUENCES),
+    Axis("input_len", "input_len", "int", (512,), help="prompt tokens per sequence", maximum=MAX_TOKENS),
+    Axis("output_len", "output_len", "int", (128,), help="generated tokens per sequence", maximum=MAX_TOKENS),
 )
 BY_KEY = {a.key: a for a in AXES}
 ALLOWED_KEYS = tuple(a.key for a in AXES)
@@ -101,6 +102,7 @@ class Grid:
 
     axes: dict[str, tuple] = field(default_factory=dict)
     source: str = "flags"  # the file it was read from, for messages
+    origins: dict[str, str] = field(default_factory=dict)  # axis key -> where its values came from (flag or file)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -148,6 +150,8 @@ def _check_int(v: int, axis: Axis, where: str) -> int:
     if v < axis.minimum:
         word = f" or '{axis.word}'" if axis.word else ""
         raise CapsimError(f"{v}: expected an integer >= {axis.minimum}{word}", where=where)
+    if v > axis.maximum:
+        raise CapsimError(f"{v}: expected an integer <= {axis.maximum}", where=where)
     return v
 
 
@@ -179,22 +183,13 @@ def parse_values(raw: Any, axis: Axis, where: str) -> tuple:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as err:
-        raise CapsimError(f"cannot read the grid file: {err.strerror}", where=str(p)) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise CapsimError(f"malformed YAML{at}: {getattr(err, 'problem', None) or 'syntax error'}",
-                          where=str(p)) from None
+    from capsim import checks
+
+    data = checks.read_yaml(path, "grid file")
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise CapsimError(f"expected a mapping of axis keys ({', '.join(ALLOWED_KEYS)})", where=str(p))
+        raise CapsimError(f"expected a mapping of axis keys ({', '.join(ALLOWED_KEYS)})", where=str(path))
     return data
 
 
@@ -208,18 +203,21 @@ def build(data: dict[str, Any] | None = None, flags: dict[str, Any] | None = Non
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise CapsimError(f"unknown key {key!r}{hint}; allowed keys: {', '.join(ALLOWED_KEYS)}", where=source)
     axes: dict[str, tuple] = {}
+    origins: dict[str, str] = {}
     for axis in AXES:
         flag = (flags or {}).get(axis.key)
         if flag is not None and len(flag):
-            axes[axis.key] = parse_values(list(flag), axis, f"--{axis.column.replace('_', '-')}")
+            origins[axis.key] = f"--{axis.column.replace('_', '-')}"
+            axes[axis.key] = parse_values(list(flag), axis, origins[axis.key])
         elif axis.key in data:
-            axes[axis.key] = parse_values(data[axis.key], axis, f"{source}: {axis.key}")
+            origins[axis.key] = f"{source}: {axis.key}"
+            axes[axis.key] = parse_values(data[axis.key], axis, origins[axis.key])
         elif axis.key in REQUIRED:
             raise CapsimError(f"no {axis.key} given (a '{axis.key}:' list in the grid file or "
                               f"--{axis.column} flags)", where=source)
         else:
             axes[axis.key] = axis.default
-    return Grid(axes, source)
+    return Grid(axes, source, origins)
 
 
 def load(path: str | Path | None, flags: dict[str, Any] | None = None) -> Grid:
@@ -256,7 +254,7 @@ def check_names(grid: Grid, db) -> None:
                 check(value)
             except CapsimError as err:
                 msg = re.sub(r"^--[\w-]+ ", "", str(err))
-                raise CapsimError(msg, where=f"{grid.source}: {key}") from None
+                raise CapsimError(msg, where=grid.origins.get(key, f"{grid.source}: {key}")) from None
 
 
 def _one_of(value: str, allowed: tuple[str, ...]) -> bool:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from capsim import outputs
 from capsim.atomic import write_with
 from capsim.errors import CapsimError
 from capsim.sweep.evaluate import DTYPES
@@ -31,6 +32,7 @@ def format_of(path: str | Path) -> str:
 def check_destination(path: str | Path) -> str:
     """The format of ``path``; a one-line error before any work when it cannot be written."""
     fmt = format_of(path)
+    outputs.check_replace(path, "sweep", "--out")
     folder = Path(path).parent
     if not folder.is_dir():
         raise CapsimError(f"--out {path}: no folder {folder}")

@@ -54,7 +54,8 @@ from typing import Any
 
 import numpy as np
 
-from capsim import __version__
+from capsim import __version__, atomic, checks
+from capsim.checks import MAX_SEQUENCES, MAX_TOKENS
 from capsim.errors import CapsimError
 from capsim.traces import format as tfmt
 from capsim.traces.hf_model import (
@@ -251,11 +252,30 @@ def collect(model: str | Path, prompts: str | Path, max_new_tokens: int, batch_s
     the loaded model, and with each batch index after that batch is saved). ``on_progress(done, total)``
     is called with the batches done (resumed ones included) out of all, before the first and after each."""
     out = Path(out)
-    for name, v, lo in (("--max-new-tokens", max_new_tokens, 1), ("--batch-size", batch_size, 1),
-                        ("--max-prompt-tokens", max_prompt_tokens, 1), ("--seed", seed, 0)):
-        if int(v) < lo:
-            raise CapsimError(f"{name} must be >= {lo}, got {v}")
+    for name, v, lo, hi in (("--max-new-tokens", max_new_tokens, 1, MAX_TOKENS),
+                            ("--batch-size", batch_size, 1, MAX_SEQUENCES),
+                            ("--max-prompt-tokens", max_prompt_tokens, 1, MAX_TOKENS), ("--seed", seed, 0, None)):
+        checks.integer(v, name, low=lo, high=hi)
     _check_out(out)
+    partial = _partial_folder(out)
+    with atomic.lock(out, "--out"):  # a second run into the same --out is refused, not interleaved
+        return _collect(model, prompts, max_new_tokens, batch_size, out, partial, random_init, seed, max_prompt_tokens,
+                        device, stop_at_eos, progress, command, on_model, on_batch, on_progress)
+
+
+def _partial_folder(out: Path) -> Path:
+    """``OUT.partial``, where finished batches wait: new, or capsim's own (it has progress.json)."""
+    partial = out.with_name(out.name + ".partial")
+    ours = partial.is_dir() and not partial.is_symlink() and (
+        (partial / "progress.json").is_file() or not any(partial.iterdir()))
+    if (partial.exists() or partial.is_symlink()) and not ours:
+        raise CapsimError(f"--out {out}: {partial} exists and is not capsim's unfinished trace; refusing to remove "
+                          "it (move it away or choose another --out)")
+    return partial
+
+
+def _collect(model, prompts, max_new_tokens, batch_size, out, partial, random_init, seed, max_prompt_tokens, device,
+             stop_at_eos, progress, command, on_model, on_batch, on_progress) -> CollectResult:
     texts = read_prompts(prompts)
     raw, folder = read_config(model)
     family_of(raw)
@@ -282,7 +302,6 @@ def collect(model: str | Path, prompts: str | Path, max_new_tokens: int, batch_s
     pad_id = int(pad) if pad is not None and 0 <= int(pad) < vocab else 0
     eos = _eos_ids(m) if stop_at_eos else set()
 
-    partial = out.with_name(out.name + ".partial")
     progress_file = partial / "progress.json"
     if partial.exists():
         try:

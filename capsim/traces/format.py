@@ -198,6 +198,7 @@ class Trace:
             return
         if content_hash(self.arrays) != self.meta["content_sha256"]:
             raise CapsimError(f"{self.path}: content hash does not match meta.json (corrupted or edited trace)")
+        check_values(self)
         _VERIFIED.add(stamp)
         _stamp_file(stamp, check=False)
 
@@ -237,32 +238,72 @@ def _stamp_file(stamp: str, check: bool) -> bool:
 
 
 def open_trace(path: str | Path, verify: bool = False) -> Trace:
-    """Open a trace folder; CapsimError naming the file on anything missing or malformed."""
+    """Open a trace folder; CapsimError naming the file (and field) on anything missing or malformed. The
+    arrays' shapes and types are checked here; their values (expert ids in range) and the content hash by
+    ``verify``."""
+    from capsim import checks
+
     path = Path(path)
     meta_file = path / "meta.json"
     if not meta_file.is_file():
         raise CapsimError(f"{path}: not a capsim trace (no meta.json)")
-    try:
-        meta = json.loads(meta_file.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CapsimError(f"{meta_file}: unreadable ({err})") from None
+    meta = checks.mapping(checks.read_json(meta_file, "trace meta.json"), str(meta_file), "a JSON object")
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:
         raise CapsimError(f"{meta_file}: missing field(s) {', '.join(missing)}")
     if meta["format"] != FORMAT or meta["version"] != VERSION:
         raise CapsimError(f"{meta_file}: format {meta['format']!r} v{meta['version']} (this capsim reads "
                           f"{FORMAT} v{VERSION})")
+    e = checks.integer(meta["num_experts"], f"{meta_file}: num_experts", low=1, high=checks.MAX_EXPERTS)
+    checks.integer(meta["top_k"], f"{meta_file}: top_k", low=1, high=e)
+    checks.integer(meta["moe_layers"], f"{meta_file}: moe_layers", low=1, high=checks.MAX_LAYERS)
+    if not isinstance(meta["content_sha256"], str):
+        raise CapsimError(f"{meta_file}: content_sha256 {meta['content_sha256']!r}: expected a hex digest")
     arrays = {}
     for name in ARRAYS:
         f = path / f"{name}.npy"
         try:
-            arrays[name] = np.load(f, mmap_mode="r")
-        except (OSError, ValueError) as err:
-            raise CapsimError(f"{f}: unreadable ({err})") from None
-    n = len(arrays["expert_ids"])
-    if any(len(a) != n for a in arrays.values()):
-        raise CapsimError(f"{path}: arrays disagree on the number of tokens")
+            arrays[name] = np.load(f, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, EOFError, TypeError) as err:
+            raise CapsimError(f"{f}: unreadable ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+                              ) from None
+    _check_arrays(path, meta, arrays)
     trace = Trace(path, meta, arrays)
     if verify:
         trace.verify()
     return trace
+
+
+def _check_arrays(path: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """Shapes and element types: (tokens, moe_layers, top_k) ids and weights, one value per token otherwise."""
+    ids = arrays["expert_ids"]
+    want = (int(meta["moe_layers"]), int(meta["top_k"]))
+    for name in ("expert_ids", "weights"):
+        a = arrays[name]
+        if a.ndim != 3 or tuple(a.shape[1:]) != want:
+            raise CapsimError(f"{path / (name + '.npy')}: shape {tuple(a.shape)}, expected (tokens, "
+                              f"{want[0]} moe_layers, {want[1]} top_k)")
+    for name in ("sequence", "position", "phase"):
+        if arrays[name].ndim != 1:
+            raise CapsimError(f"{path / (name + '.npy')}: shape {tuple(arrays[name].shape)}, expected (tokens,)")
+    kinds = {"expert_ids": "ui", "weights": "f", "sequence": "ui", "position": "ui", "phase": "ui"}
+    for name, kind in kinds.items():
+        if arrays[name].dtype.kind not in kind:
+            raise CapsimError(f"{path / (name + '.npy')}: element type {arrays[name].dtype}, expected "
+                              f"{'floats' if kind == 'f' else 'integers'}")
+    if any(len(a) != len(ids) for a in arrays.values()):
+        raise CapsimError(f"{path}: arrays disagree on the number of tokens")
+
+
+def check_values(trace: Trace) -> None:
+    """Expert ids in [0, num_experts) and phases prefill/decode, read once in chunks (memory-mapped)."""
+    e = trace.num_experts
+    for chunk in trace.chunks(1 << 18):
+        ids = chunk["expert_ids"]
+        if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= e):
+            raise CapsimError(f"{trace.path / 'expert_ids.npy'}: expert ids from {int(ids.min())} to "
+                              f"{int(ids.max())}, expected 0 to {e - 1} (num_experts {e})")
+        ph = chunk["phase"]
+        if len(ph) and int(ph.max()) > DECODE:
+            raise CapsimError(f"{trace.path / 'phase.npy'}: phase {int(ph.max())}, expected {PREFILL} (prefill) "
+                              f"or {DECODE} (decode)")

@@ -24,7 +24,7 @@ def read_prompts(path: str | Path) -> list[str]:
     """Prompts from a text file (one per line, blank lines skipped) or a .jsonl ("prompt" or "text")."""
     path = Path(path)
     if not path.is_file():
-        raise CapsimError(f"{path}: prompts file not found (expected a text file, one prompt per line, or .jsonl)")
+        raise CapsimError(f"--prompts {path}: no such file (expected a text file, one prompt per line, or .jsonl)")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:

@@ -77,10 +77,12 @@ def fit_engines(rows: list[PublishedRow], db: HardwareDB, cfg: dict[str, Any], c
 def validate_published(db: HardwareDB, cfg: dict[str, Any], root: Path, config_path: Path,
                        fit: bool) -> dict[str, Any]:
     pub = cfg.get("published") or {}
-    try:
-        csv_path, scen_path = root / pub["csv"], root / pub["scenarios"]
-    except KeyError as err:
-        raise CapsimError(f"{config_path}: published.{err.args[0]}: missing") from None
+    if not isinstance(pub, dict):
+        raise CapsimError(f"{config_path}: published: expected a mapping (csv, scenarios, engines)")
+    for key in ("csv", "scenarios"):
+        if not isinstance(pub.get(key), str):
+            raise CapsimError(f"{config_path}: published.{key}: expected a file path, got {pub.get(key)!r}")
+    csv_path, scen_path = root / pub["csv"], root / pub["scenarios"]
     rows = load_rows(csv_path, scen_path)
     log = fit_engines(rows, db, cfg, config_path) if fit else []
     supported = [r for r in rows if r.scenario is not None]
