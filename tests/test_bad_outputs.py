@@ -178,3 +178,35 @@ def test_provision_does_not_rank_the_mac_studio_for_mixtral(fmt, tmp_path):
     out = json.loads(ok(["provision", "-m", "mixtral", "--users", "1", "--tpot", "1s", "-H", "mac-studio-m2-max",
                          fmt], tmp_path))
     assert out["found"] is False and not out["qualifying"] and not out["qualifying_unpriced"]
+
+
+# ------------------------------------------------------------------ truncated checkpoints, outputs under a file
+@pytest.mark.parametrize("command", [
+    "measure --model m --out r.json",
+    "trace collect --model m --prompts p.txt --max-new-tokens 2 --out t",
+    "measure-disk --model m --out d.json",
+])
+def test_a_truncated_checkpoint_is_refused_before_loading(command, tmp_path):
+    """A download cut short (half of model.safetensors) is named with its size, not a reader's traceback."""
+    import shutil
+
+    shutil.copytree(REPO / "traces" / "models" / "tiny-olmoe-stdlib", tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    (tmp_path / "p.txt").write_text("one prompt\n")
+    line = refused(command.split(), tmp_path, "model.safetensors")
+    assert "truncated" in line
+
+
+@pytest.mark.parametrize("command, needle", [
+    ("validate --report pyproject.toml/r.md", "pyproject.toml"),
+    ("sweep -m mixtral -H dgx-h100 --out pyproject.toml/r.csv", "pyproject.toml"),
+    ("provision -m mixtral --users 8 --tpot 50ms -H dgx-h100 --plot pyproject.toml/p.png", "pyproject.toml"),
+    ("trace synth --experts 8 --top-k 2 --layers 2 --sequences 2 --prompt-len 4 --decode-len 4 "
+     "--out pyproject.toml/t", "pyproject.toml"),
+])
+def test_an_output_below_a_file_is_refused(command, needle, tmp_path):
+    """The folder of an output is a user's file: one line naming it, and the file untouched."""
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'mine'\n")
+    refused(command.split(), tmp_path, needle)
+    assert (tmp_path / "pyproject.toml").read_text() == "[project]\nname = 'mine'\n"

@@ -140,3 +140,30 @@ def test_real_entry_point_has_no_traceback():
     p = subprocess.run([str(exe), "hw", "show", "not-a-device"], capture_output=True, text=True)
     assert p.returncode == 2
     assert p.stderr.startswith("capsim: error: unknown hardware id") and "Traceback" not in p.stderr
+
+
+def test_readme_what_if_flow_doubles_bandwidth_halves_tpot(tmp_path, monkeypatch):
+    """The README's what-if flow: `hw new --like h100`, edit one as_published text, `hw check`, predict.
+    At batch 1 every op of qwen3-30b on one H100 is bandwidth-bound (roofline), so 3.35 TB/s -> 6.7 TB/s
+    halves the time per output token exactly: TPOT = bytes / bandwidth."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CAPSIM_CACHE", "off")
+    r = run("hw", "new", "--like", "h100", "--id", "my-gpu")
+    assert r.exit_code == 0, r.output
+    entry = tmp_path / "my_hw" / "accelerators" / "my-gpu.yaml"
+    text = entry.read_text()
+    assert "bandwidth_bytes_per_s: {as_published: 3.35 TB/s" in text
+    entry.write_text(text.replace("bandwidth_bytes_per_s: {as_published: 3.35 TB/s",
+                                  "bandwidth_bytes_per_s: {as_published: 6.7 TB/s"))
+    r = run("hw", "check", "my_hw")
+    assert r.exit_code == 0 and "1 items OK" in r.output, r.output
+    tpot = {}
+    for hw in ("my-gpu", "h100"):
+        r = run("--hardware-db", "my_hw", "predict", "-m", "qwen3-30b", "-H", hw, "--engine", "roofline",
+                "--batch", "1", "--json")
+        assert r.exit_code == 0, r.output
+        tpot[hw] = json.loads(r.stdout)["tpot_s"]
+    assert tpot["my-gpu"] == pytest.approx(tpot["h100"] / 2, rel=1e-9)
+    r = run("hw", "new", "--like", "h100", "--id", "my-gpu")  # never replaces the user's edited file
+    one_line_error(r, "my-gpu")
+    assert "6.7 TB/s" in entry.read_text()

@@ -248,3 +248,32 @@ def test_model_show_committed_config_path(monkeypatch):
 
 def test_model_show_unknown_is_one_line():
     one_line_error(run("model", "show", "mixtrall"), "mixtral")
+
+
+@pytest.mark.parametrize("command", ["predict", "provision", "sweep"])
+def test_help_lists_every_engine_and_weight_format(command):
+    """--help names the accepted values, read from the shipped profiles and the precision table (so a new
+    profile appears without a code change); click wraps lines, so compare with whitespace folded."""
+    import re
+
+    from capsim import engines, precision
+
+    r = CliRunner().invoke(cli, [command, "--help"], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    for name in [*engines.available(), *precision.PRECISIONS, *precision.ALIASES]:
+        assert re.search(rf"[ (]{re.escape(name)}[ ,.)]", text), name
+    assert "awq" in text and "trt-llm" in text
+
+
+def test_completion_offers_engines_hardware_and_models():
+    """Shell completion (click's) offers the names that start with what was typed."""
+    import os
+
+    env = {**os.environ, "_CAPSIM_COMPLETE": "bash_complete", "COMP_WORDS": "capsim predict --engine tr",
+           "COMP_CWORD": "3"}
+    out = subprocess.run([sys.executable, "-m", "capsim"], env=env, capture_output=True, text=True, timeout=120)
+    assert "trt-llm" in out.stdout, out.stdout + out.stderr
+    env["COMP_WORDS"], env["COMP_CWORD"] = "capsim predict -H dgx-h", "3"
+    out = subprocess.run([sys.executable, "-m", "capsim"], env=env, capture_output=True, text=True, timeout=120)
+    assert "dgx-h100" in out.stdout, out.stdout + out.stderr

@@ -204,3 +204,34 @@ def test_prediction_path_does_not_import_torch():
         "bad = [m for m in ('torch', 'transformers') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_moe_layer_freq_as_a_list_marks_exactly_the_layers_it_flags():
+    """moe_layer_freq given as one 0/1 flag per layer (as some configs write it) is read, not a TypeError:
+    Mixtral's 32 layers flagged MoE on even layers only -> 16 MoE layers, 16 dense layers whose FFN has
+    intermediate_size 14336."""
+    cfg = json.loads((CATALOGUE / "configs" / "mistralai__Mixtral-8x7B-v0.1.json").read_text())
+    cfg["moe_layer_freq"] = [1, 0] * 16
+    s = spec_from_config(cfg, "mixtral-alternate")
+    assert s.moe_layers == (True, False) * 16
+    assert s.num_moe_layers == 16
+
+
+@pytest.mark.parametrize("q, expected", [
+    # compressed-tensors (llm-compressor W4A16): every config group stores int weights of 4 bits
+    ({"quant_method": "compressed-tensors", "config_groups": {"group_0": {"weights": {"type": "int", "num_bits": 4,
+                                                                                        "group_size": 128}}}}, "int4"),
+    ({"quant_method": "compressed-tensors", "config_groups": {"group_0": {"weights": {"type": "float", "num_bits": 8}}}},
+     "fp8"),
+    ({"quant_method": "compressed-tensors", "config_groups": {"group_0": {"weights": {"type": "float", "num_bits": 4}}}},
+     "nvfp4"),
+    ({"quant_method": "awq", "bits": 4, "group_size": 128}, "int4"),
+    ({"quant_method": "gptq", "bits": 8}, "int8"),
+    ({"quant_method": "fp8", "weight_block_size": [128, 128]}, "fp8"),  # DeepSeek-V3's block-scaled fp8
+    ({"quant_method": "mxfp4"}, "mxfp4"),  # gpt-oss
+])
+def test_quantization_config_gives_the_checkpoints_own_precision(q, expected):
+    from capsim.model.catalogue import native_precision
+
+    assert native_precision({"torch_dtype": "bfloat16", "quantization_config": q}) == expected
+    assert native_precision({"torch_dtype": "bfloat16"}) == "bf16"

@@ -84,7 +84,14 @@ def measure(config_or_path: str | Path, *, random_init: bool = True, prompt_lens
     notes. ``decode_batches`` defaults to ``batches``. ``progress(line)``: a line per step and measured case;
     ``on_progress(done, total)``: the (batch, length) cases measured out of all, before the first and after each.
     """
-    from capsim.traces.hf_model import _require_ml, family_of, load_hf_model, model_id_of, read_config
+    from capsim.traces.hf_model import (
+        _require_ml,
+        check_weights,
+        family_of,
+        load_hf_model,
+        model_id_of,
+        read_config,
+    )
     from capsim.traces.routers import routing_rule
 
     _require_ml()
@@ -115,6 +122,8 @@ def measure(config_or_path: str | Path, *, random_init: bool = True, prompt_lens
 
     raw, folder = read_config(config_or_path)
     family_of(raw)  # CapsimError now for a non-MoE / unsupported family
+    if not random_init:
+        check_weights(config_or_path, folder)  # a truncated checkpoint: one line, before loading
     model_id = model_id_of(config_or_path, raw)
     used = raw
     if scale:

@@ -69,6 +69,30 @@ def weight_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
 
 
+def check_weights(model: str | Path, folder: Path | None) -> None:
+    """Each safetensors file of the checkpoint is whole: its header parses and the tensors it lists end within
+    the file (a truncated download fails here, in one line, before minutes of loading)."""
+    import json
+    import struct
+
+    for f in weight_files(folder) if folder is not None else ():
+        if not f.name.endswith(".safetensors"):
+            continue
+        size = f.stat().st_size
+        try:
+            with open(f, "rb") as fh:
+                n = struct.unpack("<Q", fh.read(8))[0] if size >= 8 else -1
+                header = json.loads(fh.read(n)) if 0 < n <= size - 8 else None
+            end = max((int(t["data_offsets"][1]) for k, t in (header or {}).items() if k != "__metadata__"), default=0)
+        except (OSError, ValueError, KeyError, TypeError, IndexError, struct.error) as err:
+            raise CapsimError(f"--model {model}: {f.name} is not a safetensors file ({type(err).__name__})") from None
+        if not isinstance(header, dict):
+            raise CapsimError(f"--model {model}: {f.name} is not a safetensors file (bad header)")
+        if 8 + n + end > size:
+            raise CapsimError(f"--model {model}: {f.name} is truncated ({size:,} bytes, its header lists "
+                              f"{8 + n + end:,})")
+
+
 def _require_ml() -> None:
     try:
         import torch  # noqa: F401
@@ -94,6 +118,8 @@ def load_hf_model(model: str | Path, random_init: bool, seed: int = 0, device: s
     elif folder is None or not weight_files(folder):
         raise CapsimError(f"{model}: no weights (*.safetensors, *.bin) next to config.json; pass a checkpoint "
                           "folder, or --random-init to collect from randomly initialised weights")
+    else:
+        check_weights(model, folder)
     from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
@@ -113,8 +139,12 @@ def load_hf_model(model: str | Path, random_init: bool, seed: int = 0, device: s
                 missing = sorted(info["missing_keys"])
                 raise CapsimError(f"{folder}: checkpoint lacks {len(missing)} weight(s) of the {type(m).__name__} "
                                   f"model (e.g. {', '.join(missing[:3])}); they would be random")
-    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as err:
-        raise CapsimError(f"{model}: cannot build the {model_type} model ({type(err).__name__}: {err})") from None
+    except CapsimError:
+        raise
+    except Exception as err:  # noqa: BLE001  a truncated or foreign weights file raises the reader's own types
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CapsimError(f"--model {model}: cannot build the {model_type} model from it ({type(err).__name__}: "
+                          f"{first})") from None
     finally:
         hf_logging.set_verbosity(verbosity)
     m.to(device)
