@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -43,6 +44,7 @@ import numpy as np
 import peer_venv  # noqa: E402  (benchmarks/peer_venv.py, beside this script)
 import yaml
 
+from capsim.cli.sweep import DEFAULT_MAX_SCENARIOS
 from capsim.cli.table import render
 from capsim.hardware import db as hwdb
 from capsim.sweep import grid as G
@@ -50,6 +52,9 @@ from capsim.sweep.run import run_sweep
 
 HERE = Path(__file__).resolve().parent
 SCENARIOS_PER_S_TARGET = 100_000
+# A sweep at the default --max-scenarios must fit beside a notebook on a 24 GB laptop-class machine (issue 19:
+# the old default let a sweep take 10.6 GB).
+MEMORY_AT_DEFAULT_TARGET = 2e9  # B
 SPEEDUP_TARGET = 100
 GENZ_SPEC = "genz-llm==0.0.16"
 GENZ_VENV = HERE / ".venv-genz"
@@ -136,9 +141,18 @@ def cli_sweep() -> dict:
         seconds = time.perf_counter() - t0
         size = out.stat().st_size
     rate = grid.size / seconds
-    return row("`capsim sweep grid.yaml --out results.parquet`: the same grid, fresh process",
-               f"{rate:,.0f}/s ({seconds:.2f} s wall, {size / 1e6:.0f} MB Parquet)", f">= {SCENARIOS_PER_S_TARGET:,}/s",
-               rate >= SCENARIOS_PER_S_TARGET, scenarios_per_s=rate, seconds=seconds)
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # Linux: KiB; the first child run
+    per = peak / grid.size  # includes the interpreter and database (~180 MB), so an upper bound per scenario
+    at_default = per * DEFAULT_MAX_SCENARIOS
+    return [row("`capsim sweep grid.yaml --out results.parquet`: the same grid, fresh process",
+                f"{rate:,.0f}/s ({seconds:.2f} s wall, {size / 1e6:.0f} MB Parquet)",
+                f">= {SCENARIOS_PER_S_TARGET:,}/s", rate >= SCENARIOS_PER_S_TARGET, scenarios_per_s=rate,
+                seconds=seconds),
+            row("peak memory of that process (max RSS)",
+                f"{peak / 1e6:,.0f} MB ({per:,.0f} B per scenario; x {DEFAULT_MAX_SCENARIOS:,} = "
+                f"{at_default / 1e9:.1f} GB at the default --max-scenarios)",
+                f"<= {MEMORY_AT_DEFAULT_TARGET / 1e9:.0f} GB at the default", at_default <= MEMORY_AT_DEFAULT_TARGET,
+                peak_bytes=peak, bytes_per_scenario=per)]
 
 
 def cases() -> list[tuple[int, int, int]]:
@@ -199,7 +213,7 @@ def main() -> int:
     a = ap.parse_args()
     db = hwdb.load()
     big, rate = big_sweep(db)
-    rows = [big, cli_sweep(), *genz_rows(db, rate, not a.no_genz, a.reinstall_genz)]
+    rows = [big, *cli_sweep(), *genz_rows(db, rate, not a.no_genz, a.reinstall_genz)]
     if a.json:
         print(json.dumps(rows, indent=2))
     else:

@@ -16,7 +16,7 @@ from capsim.cli.table import render
 from capsim.hardware import db as hwdb
 from capsim.units import format_quantity
 
-DEFAULT_MAX_SCENARIOS = 2_000_000  # peak memory ~530 B per scenario (20 M took 10.6 GB): about 1 GB
+DEFAULT_MAX_SCENARIOS = 1_048_576  # 2^20; peak RSS 1.18 GB for 2^20 scenarios (benchmarks/bench_sweep.py, 2026-12-07)
 PROGRESS_FROM = 200_000  # scenarios; smaller sweeps take well under a second
 
 AXIS_FLAGS = (  # (flag, short, grid key, help)

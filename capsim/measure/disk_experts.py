@@ -146,15 +146,9 @@ def measure_disk(config_or_path: str | Path, *, random_init: bool = True, batche
     goes in ``folder`` (default: the temporary directory) and is deleted afterwards. ``progress(line)``: a line
     per step and measured case; ``on_progress(done, total)``: the cases done (each batch's modes and each read-rate
     pass) out of all, before the first and after each."""
+    from capsim.traces import hf_model
     from capsim.traces.collect import RoutingRecorder
-    from capsim.traces.hf_model import (
-        _require_ml,
-        check_weights,
-        family_of,
-        load_hf_model,
-        model_id_of,
-        read_config,
-    )
+    from capsim.traces.hf_model import _require_ml, family_of, load_hf_model, model_id_of, read_config
     from capsim.traces.routers import routing_rule
 
     _require_ml()
@@ -186,10 +180,9 @@ def measure_disk(config_or_path: str | Path, *, random_init: bool = True, batche
         torch.set_num_threads(_int_list("threads", threads)[0])
     n_threads = torch.get_num_threads()
 
-    raw, _folder = read_config(config_or_path)
+    raw, folder_ = read_config(config_or_path)
     family_of(raw)
-    if not random_init:
-        check_weights(config_or_path, _folder)  # a truncated checkpoint: one line, before loading
+    hf_model.check_weights(config_or_path, None if random_init else folder_)  # truncated checkpoint: one line, at once
     model_id = model_id_of(config_or_path, raw)
     say(f"building {model_id} ({'random init' if random_init else 'checkpoint weights'}, {dtype})")
     model, _, family = load_hf_model(config_or_path, random_init=random_init, seed=seed, device="cpu")
