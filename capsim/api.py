@@ -59,7 +59,8 @@ def _db(db):
 def predict(model: str, hardware: str, *, hardware_db=None, **options: Any) -> dict[str, Any]:
     """Predict one scenario: the dict of ``capsim predict --json`` (SI units). ``options`` are the fields of
     :class:`capsim.predict.Query` (``devices``, ``batch``, ``input_len``, ``output_len``, ``precision``, ``engine``,
-    ``tp``, ``ep``, ``pp``, ``nodes``, ``trace``: a trace folder replayed instead of uniform routing, ``offload``,
+    ``tp``, ``ep``, ``pp``, ``nodes``, ``routing`` ("real" by default, "uniform", or a trace / routing model path),
+    ``trace``: a trace folder replayed, ``offload``,
     ``check_memory`` ...). ``hardware_db``: a database from :func:`hardware_db` or a folder to merge.
 
     >>> rep = predict("mixtral", "dgx-h100", devices=2, batch=32)
@@ -304,7 +305,8 @@ def provision(model: str, *, users: int | None = None, tokens_per_s: float | Non
               tpot_s: float | None = None, min_accuracy: float | None = None, benchmark: str | None = None,
               hardware: Sequence[str] | None = None, precisions: Sequence[str | None] = (None,),
               offloads: Sequence[str] = ("none", "cpu"), input_len: int = 1024, output_len: int = 256,
-              engine: str = "roofline", max_nodes: int = 4, max_batch: int = 4096, ttft_mode: str = "arrival",
+              engine: str = "roofline", routing: str = "real", max_nodes: int = 4, max_batch: int = 4096,
+              ttft_mode: str = "arrival",
               cost_basis: str = "auto", usd_per_h: Mapping[str, float] | None = None,
               prices: Mapping[str, float] | None = None, hardware_db=None) -> pd.DataFrame:
     """``capsim provision``: every candidate (system or device, device count, nodes, TP/EP, weight format, expert
@@ -328,5 +330,5 @@ def provision(model: str, *, users: int | None = None, tokens_per_s: float | Non
     req = Requirements(tokens_per_s, users, ttft_s, tpot_s, min_accuracy, benchmark, ttft_mode)
     pricer = Pricer(db, assumptions.load(db), cost_basis, dict(prices or {}), dict(usd_per_h or {}))
     layouts = enumerate_layouts(db, list(hardware or system_ids(db)), list(precisions), max_nodes, list(offloads))
-    res = search(layouts, Workload(model, input_len, output_len, engine), req, db, pricer, max_batch)
+    res = search(layouts, Workload(model, input_len, output_len, engine, routing), req, db, pricer, max_batch)
     return pd.DataFrame(rows(res))

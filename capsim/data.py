@@ -1,9 +1,9 @@
-"""Where capsim's shipped data is: the hardware database and the validation data (configuration, measured
-runs, published results).
+"""Where capsim's shipped data is: the hardware database, the validation data (configuration, measured
+runs, published results) and the real routing data (traces/routing: traces, fitted routing models, the prior).
 
 An installed wheel carries them as package data (``capsim/_data/hardware_db``, ``capsim/_data/validation``,
 found with :mod:`importlib.resources`); a checkout (an editable install) reads the repository's top-level
-``hardware_db/`` and ``validation/`` folders, which the wheel's build maps to those package folders
+``hardware_db/``, ``validation/`` and ``traces/routing/`` folders, which the wheel's build maps to those package folders
 (pyproject.toml, ``[tool.setuptools]``). The catalogue, the engine profiles and the cost defaults live inside
 the package in both cases.
 """
@@ -15,7 +15,8 @@ from pathlib import Path
 
 from capsim.errors import CapsimError
 
-NAMES = ("hardware_db", "validation")
+NAMES = ("hardware_db", "validation", "routing")
+IN_CHECKOUT = {"hardware_db": "hardware_db", "validation": "validation", "routing": "traces/routing"}
 CHECKOUT = Path(__file__).resolve().parents[1]  # the repository root when capsim runs from a checkout
 
 
@@ -26,7 +27,7 @@ def path(name: str) -> Path:
     packaged = resources.files("capsim").joinpath("_data", name)
     if packaged.is_dir():
         return Path(str(packaged))
-    checkout = CHECKOUT / name
+    checkout = CHECKOUT / IN_CHECKOUT[name]
     if checkout.is_dir():
         return checkout
     raise CapsimError(f"capsim's {name} data is missing from this installation (looked in {packaged} and "

@@ -50,6 +50,7 @@ class Query:
     tp: int | None = None
     ep: int | None = None
     trace: str | None = None
+    routing: str = "real"  # "uniform", "real" (the best shipped data for the model) or a trace / routing model path
     trace_samples: int = 200  # batch compositions drawn from the trace
     trace_any_model: bool = False  # replay a trace recorded on a model with another config
     usd_per_h: float | None = None
@@ -115,6 +116,7 @@ class Scenario:
     nodes: int
     offload: OffloadSetup | None = None
     routing: str = UNIFORM_ROUTING
+    route: Any = None  # capsim.traces.sources.RoutingChoice (None: uniform)
     # USD per hour of the devices used at the default cost assumptions (capsim.cap.hourly), or why not
     price: Any = None
     price_error: str | None = None
@@ -151,7 +153,9 @@ class Scenario:
             "bits_per_weight": self.precision.bits_per_weight, "precision_scope": self.precision.scope,
             "kv_precision": self.kv_precision, "compute_dtype": self.compute_dtype, "weight_only": self.weight_only,
             "batch": q.batch, "input_len": q.input_len, "output_len": q.output_len, "tp": self.tp, "ep": self.ep,
-            "dp": self.dp, "routing": self.routing, "trace": q.trace, "collective_link": t.collective_link,
+            "dp": self.dp, "routing": self.routing, "routing_kind": self.route.kind if self.route else "uniform",
+            "routing_source": self.route.source if self.route else "independent uniform top-k choices",
+            "trace": q.trace, "collective_link": t.collective_link,
             "pp": self.pp, "nodes": w.nodes, "devices_per_node": w.devices_per_node or w.n_devices,
         }
 
@@ -279,6 +283,7 @@ def _resolve(q: Query, db, profile: engines.EngineProfile | None) -> Scenario:
     shape = shape_of(spec, prec)
     offload = setup_offload(q, shape, target, prec, profile) if q.offload else None
     price, price_error = _price(db, q.hardware, whole)
+    route = _routing(q, shape, info)
     whole, target = replace(whole, graph=None), replace(target, graph=None)  # the graph served the resolution
     return Scenario(
         query=q, model_id=info["id"], model_source=info["source"], model_info=info, spec=spec, shape=shape,
@@ -286,7 +291,20 @@ def _resolve(q: Query, db, profile: engines.EngineProfile | None) -> Scenario:
         weight_only=compute not in prec.compute[:1], profile=profile, whole=whole, target=target,
         hop_bytes_per_s=hop, hop_bottleneck=hop_where, peaks=Peaks.of(target.peak_flop_per_s, compute), tp=tp, ep=ep,
         dp=target.n_devices // tp, pp=q.pp, nodes=whole.nodes, offload=offload, price=price,
-        price_error=price_error)
+        price_error=price_error, routing=route.label, route=route)
+
+
+def _routing(q: Query, shape: Shape, info: dict[str, Any]):
+    """The routing the scenario replays (capsim.traces.sources)."""
+    from capsim.traces import sources
+
+    if q.routing not in sources.CHOICES and (not isinstance(q.routing, str) or not q.routing.strip()):
+        raise CapsimError(f"--routing {q.routing!r}: expected uniform, real or a path")
+    try:
+        return sources.choose(q.routing, q.trace, info["id"], info.get("config_hash"), shape.num_experts,
+                              shape.top_k, shape.moe_layers)
+    except CapsimError as err:
+        raise CapsimError(str(err) if str(err).startswith("--") else f"--routing {q.routing}: {err}") from None
 
 
 def _price(db, hardware: str, whole: Target):

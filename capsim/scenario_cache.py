@@ -41,13 +41,17 @@ def folder() -> Path | None:
 
 @cache
 def code_stamp() -> str:
-    """Size and modification time of every file of the package (code, catalogue, engine profiles)."""
+    """Size and modification time of every file of the package (code, catalogue, engine profiles) and of the
+    shipped routing data."""
+    from capsim import data
+
     h = hashlib.sha256(str(FORMAT).encode())
-    for root, dirs, files in os.walk(PACKAGE):
-        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-        for name in sorted(files):
-            st = os.stat(os.path.join(root, name))
-            h.update(f"{os.path.relpath(os.path.join(root, name), PACKAGE)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    for top in (PACKAGE, data.path("routing")):  # the code, and the shipped routing data a scenario chooses from
+        for root, dirs, files in os.walk(top):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+            for name in sorted(files):
+                st = os.stat(os.path.join(root, name))
+                h.update(f"{os.path.relpath(os.path.join(root, name), top)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 
@@ -64,7 +68,7 @@ def key(q: Query, db, per_request: tuple[str, ...]) -> str | None:
     if not getattr(db, "roots", ()):
         return None
     config = tuple((f.name, getattr(q, f.name)) for f in fields(q) if f.name not in per_request)
-    text = repr((config, db.fingerprint(), code_stamp(), _model_stamp(q.model)))
+    text = repr((config, db.fingerprint(), code_stamp(), _model_stamp(q.model), _model_stamp(q.routing)))
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -87,9 +87,9 @@ def _numbers(d, path=""):
 def test_predict_equals_the_internal_predict():
     from capsim.predict import Query, predict
 
-    got = api.predict("mixtral", "dgx-h100", devices=2, batch=4, input_len=256, output_len=64)
-    want = predict(Query(model="mixtral", hardware="dgx-h100", devices=2, batch=4, input_len=256, output_len=64),
-                   api.hardware_db())
+    got = api.predict("mixtral", "dgx-h100", devices=2, batch=4, input_len=256, output_len=64, routing="uniform")
+    want = predict(Query(model="mixtral", hardware="dgx-h100", devices=2, batch=4, input_len=256, output_len=64,
+                         routing="uniform"), api.hardware_db())
     g, w = dict(_numbers(got)), dict(_numbers(want))
     assert g.keys() == w.keys() and len(g) > 50
     for k in w:
@@ -105,15 +105,19 @@ def test_predict_rejects_unknown_options():
 
 
 def test_sweep_rows_equal_predict():
-    df = api.sweep({"models": ["mixtral"], "hardware": ["dgx-h100"], "devices": [2, 4], "batch": "1..8:x2"})
-    assert isinstance(df, pd.DataFrame) and len(df) == 2 * 4  # devices x batch
-    assert list(df["batch"]) == [1, 2, 4, 8] * 2
     db = api.hardware_db()
-    for row in df.iloc[[0, 5]].itertuples():
-        rep = api.predict("mixtral", "dgx-h100", devices=int(row.devices), batch=int(row.batch),
-                          check_memory=False, hardware_db=db)
-        assert row.tpot_s == pytest.approx(rep["tpot_s"], rel=1e-9)
-        assert row.ttft_s == pytest.approx(rep["ttft_s"], rel=1e-9)
+    # uniform routing: the same closed form, equal to 1e-9; real routing (the default): the sweep prices the mean
+    # of 32 compositions, predict each of 200 (equal to the sampling error, 2%)
+    for routing, rel in (("uniform", 1e-9), ("real", 0.02)):
+        df = api.sweep({"models": ["mixtral"], "hardware": ["dgx-h100"], "devices": [2, 4], "batch": "1..8:x2",
+                        "traces": [routing]})
+        assert isinstance(df, pd.DataFrame) and len(df) == 2 * 4  # devices x batch
+        assert list(df["batch"]) == [1, 2, 4, 8] * 2
+        for row in df.iloc[[0, 5]].itertuples():
+            rep = api.predict("mixtral", "dgx-h100", devices=int(row.devices), batch=int(row.batch),
+                              check_memory=False, hardware_db=db, routing=routing)
+            assert row.tpot_s == pytest.approx(rep["tpot_s"], rel=rel)
+            assert row.ttft_s == pytest.approx(rep["ttft_s"], rel=rel)
     with pytest.raises(CapsimError, match="unknown key"):
         api.sweep({"models": ["mixtral"], "hardware": ["h100"], "batches": [1]})
 

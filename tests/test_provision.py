@@ -41,7 +41,7 @@ def run(*args):
 
 HW = ["dgx-h200", "dgx-h100", "dgx-a100"]
 REQ = Requirements(users=256, ttft_s=2.0, tpot_s=0.05)
-WORK = Workload("deepseek-v3", input_len=512, output_len=128)
+WORK = Workload("deepseek-v3", input_len=512, output_len=128, routing="uniform")  # exact: brute force prices each point
 MAX_BATCH = 512
 
 
@@ -54,7 +54,7 @@ def _brute_force(db, layouts):
         def one(b, lay=lay):
             q = Query(model=WORK.model, hardware=lay.hardware, devices=lay.devices, nodes=lay.nodes,
                       precision=lay.precision, batch=int(b), input_len=WORK.input_len, output_len=WORK.output_len,
-                      tp=lay.tp, ep=lay.ep, offload=lay.offload, check_memory=False)
+                      tp=lay.tp, ep=lay.ep, offload=lay.offload, check_memory=False, routing=WORK.routing)
             return predict(q, db)
         try:
             first = one(1)
@@ -130,15 +130,21 @@ def test_batch_grid_is_powers_of_two_plus_the_users():
     assert batch_grid(8, 1000).tolist() == [1, 2, 4, 8]
 
 
-def test_vectorised_curve_equals_capsim_predict(db):
+@pytest.mark.parametrize("routing, rel", [
+    ("uniform", 1e-9),  # the same closed form: exactly equal
+    # real routing: provision prices the mean of MEAN_SAMPLES compositions, predict each of 200 and takes the
+    # mean time: they differ by the sampling error of the mean and the step's curvature (measured < 0.5%)
+    ("real", 0.02),
+])
+def test_vectorised_curve_equals_capsim_predict(db, routing, rel):
     lay = next(x for x in enumerate_layouts(db, ["dgx-h100"], [None], 1, ["none"])
                if (x.devices, x.tp, x.ep) == (8, 8, 8))
-    c = curve(lay, Workload("mixtral", 512, 128), batch_grid(64, None), db)
+    c = curve(lay, Workload("mixtral", 512, 128, routing=routing), batch_grid(64, None), db)
     for i, b in enumerate(c.batch):
         rep = predict(Query(model="mixtral", hardware="dgx-h100", devices=8, tp=8, ep=8, batch=int(b),
-                            input_len=512, output_len=128, check_memory=False), db)
-        assert c.tpot_s[i] == pytest.approx(rep["tpot_s"], rel=1e-9)
-        assert c.ttft_batch_s[i] == pytest.approx(rep["ttft_s"], rel=1e-9)
+                            input_len=512, output_len=128, check_memory=False, routing=routing), db)
+        assert c.tpot_s[i] == pytest.approx(rep["tpot_s"], rel=rel)
+        assert c.ttft_batch_s[i] == pytest.approx(rep["ttft_s"], rel=rel)
         assert c.memory_bytes[i] == pytest.approx(rep["memory_bytes"]["device"]["total"], rel=1e-9)
 
 

@@ -34,6 +34,8 @@ def _calls(tree: ast.AST, name: str) -> int:
 def _sources():
     for folder in ("capsim", "benchmarks", "scripts"):
         for path in sorted((ROOT / folder).rglob("*.py")):
+            if any(part.startswith(".") for part in path.relative_to(ROOT).parts):  # benchmarks/.venv-genz etc.
+                continue
             yield path.relative_to(ROOT).as_posix(), path.read_text()
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
         cells = json.loads(path.read_text())["cells"]
@@ -104,18 +106,25 @@ def test_prefill_fills_and_drains_the_pipeline_with_m_micro_batches():
 
 # ------------------------------------------------------------------------------------- parity
 
-PARITY = [  # (query, what it exercises)
-    (Query(model="mixtral", hardware="dgx-h100", devices=4, batch=16), "TP4"),
-    (Query(model="qwen3-235b", hardware="dgx-h100", precision="fp8", tp=1, dp=8, ep=8, batch=64), "DP8 + EP8"),
-    (Query(model="mixtral", hardware="dgx-h100", tp=2, pp=4, batch=3, engine="trt-llm"), "PP4, a fitted engine"),
+PARITY = [  # (query, what it exercises); uniform routing where the test is the pipeline's parity alone
+    (Query(model="mixtral", hardware="dgx-h100", devices=4, batch=16, routing="uniform"), "TP4"),
+    (Query(model="qwen3-235b", hardware="dgx-h100", precision="fp8", tp=1, dp=8, ep=8, batch=64, routing="uniform"),
+     "DP8 + EP8"),
+    (Query(model="mixtral", hardware="dgx-h100", tp=2, pp=4, batch=3, engine="trt-llm", routing="uniform"),
+     "PP4, a fitted engine"),
     (Query(model="deepseek-v3", hardware="ktransformers-testbed", precision="gguf-q4_k_m", offload="cpu",
-           expert_cache=0, engine="ktransformers", batch=2), "CPU experts"),
-    (Query(model="mixtral", hardware="workstation-rtx-4090", precision="int4", offload="gpu-fetch", batch=4),
-     "gpu-fetch, as many experts as fit"),
+           expert_cache=0, engine="ktransformers", batch=2, routing="uniform"), "CPU experts"),
+    (Query(model="mixtral", hardware="workstation-rtx-4090", precision="int4", offload="gpu-fetch", batch=4,
+           routing="uniform"), "gpu-fetch, as many experts as fit"),
     (Query(model=TRACE_MODEL, hardware="workstation-rtx-4090", offload="gpu-fetch", expert_cache=4,
            cache_policy="lfu", trace=TRACE, batch=4), "gpu-fetch with an LFU cache replayed over a trace"),
     (Query(model=TRACE_MODEL, hardware="rtx-4090", trace=TRACE, batch=16), "trace replay"),
+    (Query(model="qwen3-235b", hardware="dgx-h100", precision="fp8", tp=1, dp=8, ep=8, batch=64),
+     "DP8 + EP8, real routing (the prior)"),
 ]
+# A replayed routing: the sweep prices the mean of MEAN_SAMPLES compositions, predict each of its 200 and takes
+# the mean time; they differ by the sampling error of the mean and the step's curvature (measured <= 1%).
+REPLAY_REL = 0.02
 SWEPT = ("ttft_s", "tpot_s", "request_latency_s", "decode_tokens_per_s", "s_mbu", "s_mfu", "mbu", "mfu",
          "activated_experts_per_layer", "output_tokens_per_s_total")
 
@@ -127,7 +136,7 @@ def _sweep_row(q: Query) -> pd.Series:
         "precision": [q.precision or "native"], "kv_precision": ["auto"], "engine": [q.engine], "tp": [q.tp or 0],
         "ep": [q.ep or 1], "pp": [q.pp], "dp": [q.dp or 0], "offload": [off],
         "expert_cache": [G.AUTO_CACHE if q.expert_cache is None else q.expert_cache], "expert_tier": [q.expert_tier],
-        "cache_policy": [q.cache_policy], "trace": [q.trace or G.NONE], "batch": [q.batch],
+        "cache_policy": [q.cache_policy], "trace": [q.trace or q.routing], "batch": [q.batch],
         "input_len": [q.input_len], "output_len": [q.output_len]})
     return evaluate(frame, DB).iloc[0]
 
@@ -137,12 +146,13 @@ def test_sweep_row_equals_predict(q, what):
     rep = predict(replace(q, check_memory=False), DB)
     row = _sweep_row(q)
     assert pd.isna(row["error"]), row["error"]
+    rel = 1e-12 if q.routing == "uniform" and q.trace is None else REPLAY_REL
     for key in SWEPT:
-        assert row[key] == pytest.approx(rep[key], rel=1e-12), key
+        assert row[key] == pytest.approx(rep[key], rel=rel), key
     assert row["memory_per_device_bytes"] == pytest.approx(rep["memory_bytes"]["device"]["total"], rel=1e-12)
     cost = rep["cost_usd_per_million_tokens"]
     assert (pd.isna(row["usd_per_million_output_tokens"]) if cost is None
-            else row["usd_per_million_output_tokens"] == pytest.approx(cost, rel=1e-12))
+            else row["usd_per_million_output_tokens"] == pytest.approx(cost, rel=rel))
     if q.offload:
         assert row["experts_resident_per_layer"] == rep["offload"]["experts_resident_per_layer"]
         assert row["hit_rate_decode"] == pytest.approx(rep["offload"]["hit_rate_decode"], rel=1e-12)
@@ -152,11 +162,11 @@ def test_sweep_row_equals_predict(q, what):
 def test_provision_curve_with_offloaded_experts_equals_predict(offload):
     lay = Layout(hardware="workstation-rtx-4090", devices=1, nodes=1, tp=1, ep=1, precision="int4", offload=offload)
     grid = np.array([1, 2, 4, 8])
-    c = curve(lay, Workload("mixtral", 512, 128), grid, DB)
+    c = curve(lay, Workload("mixtral", 512, 128, routing="uniform"), grid, DB)
     assert c.error is None
     for i, b in enumerate(grid):
         rep = predict(Query(model="mixtral", hardware="workstation-rtx-4090", precision="int4", offload=offload,
-                            batch=int(b), check_memory=False), DB)
+                            batch=int(b), check_memory=False, routing="uniform"), DB)
         assert c.tpot_s[i] == pytest.approx(rep["tpot_s"], rel=1e-12)
         assert c.ttft_batch_s[i] == pytest.approx(rep["ttft_s"], rel=1e-12)
         assert c.memory_bytes[i] == pytest.approx(rep["memory_bytes"]["device"]["total"], rel=1e-12)
@@ -177,8 +187,8 @@ def test_a_measured_prefill_case_equals_predict_on_the_probed_cpu():
     pred = predict_case(replace(case, activated=None), target, engines.load("hf-eager"), "fp32")
     rep = predict(Query(model=str(ROOT / "validation/measured/shapes/olmoe-like.json"), hardware="local-cpu-1t",
                         engine="hf-eager", precision="fp32", kv_precision="fp32", compute_dtype="fp32", batch=4,
-                        input_len=128, output_len=1, check_memory=False), vdb)
-    assert pred == pytest.approx(rep["ttft_s"], rel=1e-12)
+                        input_len=128, output_len=1, check_memory=False, routing="uniform"), vdb)
+    assert pred == pytest.approx(rep["ttft_s"], rel=1e-12)  # the case prices uniform routing (activated=None)
 
 
 def test_a_published_row_is_predict():

@@ -75,7 +75,7 @@ def test_batch_larger_than_the_trace_draws_distinct_tokens_and_says_so(disjoint)
 def test_predict_with_trace_replays_and_reports_spread(same, disjoint):
     db = load()
     q = dict(model="mixtral", hardware="dgx-h100", devices=2, batch=4, trace_samples=30)
-    uniform = predict(Query(**q), db)
+    uniform = predict(Query(**q, routing="uniform"), db)
     narrow = predict(Query(**q, trace=str(same.path)), db)
     wide = predict(Query(**q, trace=str(disjoint.path)), db)
     assert narrow["activated_experts_per_layer"] == 2.0 and wide["activated_experts_per_layer"] == 8.0

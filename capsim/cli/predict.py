@@ -138,11 +138,12 @@ def human(rep: dict, verbose: bool = False) -> str:
     ]
     if rep.get("spread"):
         sp = rep["spread"]
+        lines.append(f"routing: {sc['routing']} [{sc.get('routing_source', '')}]")
         lines.append(
-            f"trace replay: TPOT p10 {_t(sp['tpot_s']['p10'])}, p50 {_t(sp['tpot_s']['p50'])}, "
-            f"p90 {_t(sp['tpot_s']['p90'])}; activated experts p10-p90 "
+            f"over the batch compositions: TPOT p10 {_t(sp['tpot_s']['p10'])}, p50 "
+            f"{_t(sp['tpot_s']['p50'])}, p90 {_t(sp['tpot_s']['p90'])}; activated experts per layer p10-p90 "
             f"{sp['activated_experts_per_layer']['p10']:.1f}-{sp['activated_experts_per_layer']['p90']:.1f}"
-            + (" (synthetic trace)" if sc.get("trace_synthetic") else ""))
+            + (" (synthetic trace)" if sc.get("trace_synthetic") and sc.get("routing_kind") == "trace" else ""))
     if rep.get("offload"):
         off = rep["offload"]
         dec_off = off["decode"]
@@ -188,7 +189,11 @@ def human(rep: dict, verbose: bool = False) -> str:
 @click.option("--dp", type=int, default=None,
               help="Attention data-parallel groups inside a stage [default: stage devices / tp]; tp x dp x pp must "
                    "equal the devices used.")
-@click.option("--trace", default=None, help="Replay a routing trace folder (traces/README.md) instead of uniform routing.")
+@click.option("--routing", default="real", show_default=True, metavar="uniform|real|PATH",
+              help="Routing replayed: 'real' (the model's real trace, else a model fitted to its published counts, "
+                   "else the prior fitted across real models; scenario.routing names which), 'uniform' (independent "
+                   "uniform top-k), or a trace folder / routing model file (traces/README.md).")
+@click.option("--trace", default=None, help="Replay this routing trace folder (the same as --routing PATH).")
 @click.option("--trace-samples", type=int, default=200, show_default=True, help="Batch compositions drawn from the trace.")
 @click.option("--trace-any-model", is_flag=True, help="Replay a trace recorded on a model with a different config.")
 @click.option("--usd-per-hour", type=float, default=None, help="Price of the devices used, overriding the database.")
@@ -210,13 +215,13 @@ def human(rep: dict, verbose: bool = False) -> str:
               help="Also show the dense MBU / MFU (every expert counted; in --json always) and what they count.")
 @click.pass_context
 def predict_cmd(ctx: click.Context, model, hardware, devices, nodes, engine, precision, kv_precision, compute_dtype, batch,
-                input_len, output_len, tp, ep, pp, dp, trace, trace_samples, trace_any_model, usd_per_hour, no_memory_check,
+                input_len, output_len, tp, ep, pp, dp, routing, trace, trace_samples, trace_any_model, usd_per_hour, no_memory_check,
                 allow_dense, offload, expert_cache, cache_policy, expert_tier, host_sockets, as_json, verbose) -> None:
     """Predict TTFT, TPOT, throughput, S-MBU / S-MFU, memory and cost of serving MODEL on HARDWARE."""
     db = hwdb.load(ctx.obj.get("hardware_db") if ctx.obj else None, lazy=True)  # read only if not cached
     q = Query(model=model, hardware=hardware, devices=devices, nodes=nodes, engine=engine, precision=precision,
               kv_precision=kv_precision, compute_dtype=compute_dtype, batch=batch, input_len=input_len,
-              output_len=output_len, tp=tp, ep=ep, pp=pp, dp=dp, trace=trace, trace_samples=trace_samples, trace_any_model=trace_any_model, usd_per_h=usd_per_hour,
+              output_len=output_len, tp=tp, ep=ep, pp=pp, dp=dp, routing=routing, trace=trace, trace_samples=trace_samples, trace_any_model=trace_any_model, usd_per_h=usd_per_hour,
               check_memory=not no_memory_check, allow_dense=allow_dense, offload=offload, expert_cache=expert_cache,
               cache_policy=cache_policy, expert_tier=expert_tier, host_sockets=host_sockets)
     rep = predict(q, db)

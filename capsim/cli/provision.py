@@ -178,6 +178,8 @@ def as_dict(res, top: int, plot: str | None) -> dict:
               help="Expert placements to try: none, cpu (experts computed on the host), gpu-fetch.")
 @click.option("--engine", default="roofline", show_default=True, shell_complete=choices.complete_engines,
               help=f"Engine profile: {choices.ENGINES_HELP}.")
+@click.option("--routing", default="real", show_default=True, metavar="uniform|real|PATH",
+              help="Routing replayed (as capsim predict --routing): the model's real routing data by default.")
 @click.option("--max-nodes", type=int, default=DEFAULT_MAX_NODES, show_default=True,
               help="Most copies of a system joined by its scale-out link.")
 @click.option("--max-batch", type=int, default=DEFAULT_MAX_BATCH, show_default=True,
@@ -196,7 +198,8 @@ def as_dict(res, top: int, plot: str | None) -> dict:
 @bars.option()
 @click.pass_context
 def provision_cmd(ctx, model, hardware, users, tokens_per_s, ttft, tpot, min_accuracy, benchmark,
-                  accuracy_any_precision, input_len, output_len, precisions, offloads, engine, max_nodes, max_batch,
+                  accuracy_any_precision, input_len, output_len, precisions, offloads, engine, routing, max_nodes,
+                  max_batch,
                   ttft_mode, cost_basis, usd_per_hour, prices, utilisation, top, plot, as_json, progress) -> None:
     """The cheapest hardware that serves MODEL within the limits: a ranked table with each candidate's binding
     constraint, and a cost-throughput Pareto plot.
@@ -237,7 +240,7 @@ def provision_cmd(ctx, model, hardware, users, tokens_per_s, ttft, tpot, min_acc
     layouts = enumerate_layouts(db, _split(hardware) or system_ids(db), _split(precisions) or [None], max_nodes,
                                 _split(offloads))
     with bars.Progress(len(layouts), "searching", enabled=bars.wanted(progress, as_json), unit="layouts") as bar:
-        res = search(layouts, Workload(model, input_len, output_len, engine), req, db, pricer, max_batch,
+        res = search(layouts, Workload(model, input_len, output_len, engine, routing), req, db, pricer, max_batch,
                      accuracy_any_precision, progress=bar.update)
     if plot is not None:
         from capsim.provision.plot import pareto_plot

@@ -40,7 +40,8 @@ AXIS_FLAGS = (  # (flag, short, grid key, help)
      "as fit]."),
     ("--expert-tier", None, "expert_tier", "With offload: where the other experts live, dram or ssd [dram]."),
     ("--cache-policy", None, "cache_policy", "With offload and a trace: lru, lfu or static [lru]."),
-    ("--trace", None, "traces", "Routing trace folders replayed instead of uniform routing, or 'none' [none]."),
+    ("--trace", None, "traces", "Routing: 'real' (the model's real trace, fitted model or prior), 'uniform' (or "
+                                "'none'), trace folders or routing model files [real]."),
 )
 
 
@@ -116,7 +117,7 @@ def human(s: dict, seconds: float, out: str | None, configurations: int, where: 
 def sweep_cmd(ctx: click.Context, grid_file, out, scheduler, connect_timeout, chunk_rows, max_scenarios, top, progress, as_json,
               **axes) -> None:
     """Evaluate every combination of models x hardware x devices x precisions x engines x layouts (tp, ep,
-    pp, dp) x expert placements (offload, cache) x routing (uniform or traces) x batch x input/output lengths,
+    pp, dp) x expert placements (offload, cache) x routing (real, uniform or traces) x batch x input/output lengths,
     vectorised, and write one row per scenario.
 
     Axes come from GRID.yaml (keys: models, hardware, devices, nodes, precisions, kv_precisions, engines,

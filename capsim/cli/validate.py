@@ -139,10 +139,14 @@ def _probe_sizes(value) -> tuple[int, ...] | None:
               help="Validate the SSD path against the disk runs (validation/measured/disk/: experts memory-mapped "
                    "from a file, cold and warm page cache) instead of the CPU runs; --max-median-error then applies "
                    "to the cold modes.")
+@click.option("--routing", "routing_mode", is_flag=True,
+              help="Put the activated experts per layer that real routing (and uniform) predicts beside the published "
+                   "measurements (validation/published/activated_experts.yaml); --max-median-error applies to real.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def validate_cmd(ctx: click.Context, config_path: Path, fit: bool, max_median_error: float | None,
-                 plot_path: Path | None, report_path: Path | None, published: bool, disk: bool, as_json: bool) -> None:
+                 plot_path: Path | None, report_path: Path | None, published: bool, disk: bool, routing_mode: bool,
+                 as_json: bool) -> None:
     """Predict every measured case and report the error (held-out cases separately from the fitting subset).
 
     Exit codes: 0 ok; 1 a median error above --max-median-error; 2 bad input (config, run file, CSV row).
@@ -159,6 +163,9 @@ def validate_cmd(ctx: click.Context, config_path: Path, fit: bool, max_median_er
         outputs.check_output(plot_path, "figure", "--plot")
     if report_path is not None:
         outputs.check_output(report_path, "report", "--report")
+    if routing_mode:
+        _routing(config_path.resolve().parent, max_median_error, report_path, as_json)
+        return
     cfg = _config(config_path)
     root = config_path.resolve().parent.parent
     if published:
@@ -311,3 +318,26 @@ def _disk(cfg: dict, root: Path, max_median_error: float | None, report_path: Pa
         if worst:
             click.echo(f"capsim: disk median error above {max_median_error}%: {', '.join(worst)}", err=True)
             raise SystemExit(1)
+
+
+def _routing(root: Path, max_median_error: float | None, report_path: Path | None, as_json: bool) -> None:
+    from capsim.validation import routing
+
+    t = routing.table(root)
+    if report_path:
+        write_text(report_path, routing.markdown(t, f"capsim validate --routing --report {report_path}"))
+    if as_json:
+        click.echo(json.dumps(t, indent=1))
+    else:
+        click.echo(render(["id", "model", "batch", "measured", "real (p10-p90)", "routing", "error", "uniform", "error"],
+                          [[r["id"], r["model"], str(r["batch"]), str(r["measured"]), "-", "skipped: " + r["skipped"],
+                            "-", "-", "-"] if "skipped" in r else
+                           [r["id"], r["model"], str(r["batch"]), f"{r['measured']:.1f}",
+                            f"{r['real']:.1f} ({r['real_p10']:.1f}-{r['real_p90']:.1f})", r["routing"],
+                            f"{r['error_real']:+.0%}", f"{r['uniform']:.1f}", f"{r['error_uniform']:+.0%}"]
+                           for r in t["rows"]]))
+        click.echo(f"\nmedian absolute error over {t['priced']} rows: real routing {t['median_abs_error_real']:.0%}, "
+                   f"uniform {t['median_abs_error_uniform']:.0%}")
+    if max_median_error is not None and t["median_abs_error_real"] * 100 > max_median_error:
+        click.echo(f"capsim: routing median error above {max_median_error}%", err=True)
+        raise SystemExit(1)

@@ -25,6 +25,7 @@ class Workload:
     input_len: int
     output_len: int
     engine: str = "roofline"
+    routing: str = "real"  # capsim.traces.sources: "real", "uniform", or a trace / routing model path
 
 
 @dataclass
@@ -86,7 +87,7 @@ def curve(lay: Layout, w: Workload, grid: np.ndarray, db: HardwareDB) -> Curve:
     key = dict(model=w.model, hardware=lay.hardware, devices=lay.devices, nodes=lay.nodes,
                precision=lay.precision or "native", kv_precision="auto", engine=w.engine, tp=lay.tp, ep=lay.ep, pp=1,
                dp=AUTO, offload=lay.offload or NONE, expert_cache=AUTO_CACHE, expert_tier="dram", cache_policy="lru",
-               trace=NONE)
+               trace=w.routing)
     cfg = configure(tuple(key[c] for c in CONFIG_COLUMNS), db)
     if cfg.error is not None:
         return _failed(lay, cfg.error)

@@ -70,6 +70,16 @@ class Configuration:
     labels: dict[str, Any]  # values of the TEXT and LAYOUT columns
 
 
+def _routing(value: str) -> dict[str, Any]:
+    """The Query fields of a ``traces`` axis value: 'real', 'uniform' or 'none' (uniform), a trace folder or a
+    routing model file."""
+    if value in ("real", "uniform"):
+        return {"routing": value}
+    if value == NONE:
+        return {"routing": "uniform"}
+    return {"routing": value} if str(value).endswith(".json") else {"trace": value}
+
+
 def configure(key: tuple, db) -> Configuration:
     """Resolve one configuration (``key``: the CONFIG_COLUMNS values of its rows)."""
     k = dict(zip(CONFIG_COLUMNS, key, strict=True))
@@ -79,7 +89,7 @@ def configure(key: tuple, db) -> Configuration:
               kv_precision=None if kv == "auto" else kv, tp=k["tp"] or None, ep=None if ep == AUTO else ep,
               pp=k["pp"], dp=k["dp"] or None, offload=None if k["offload"] == NONE else k["offload"],
               expert_cache=None if cache == AUTO_CACHE else cache, expert_tier=k["expert_tier"],
-              cache_policy=k["cache_policy"], trace=None if k["trace"] == NONE else k["trace"], check_memory=False)
+              cache_policy=k["cache_policy"], check_memory=False, **_routing(k["trace"]))
     given = dict(k, devices=k["devices"] or None, tp=k["tp"] or None, ep=ep or None, dp=k["dp"] or None,
                  expert_cache=None if cache == AUTO_CACHE else cache)
     try:
@@ -116,7 +126,7 @@ def metrics(cfg: Configuration, batch: np.ndarray, input_len: np.ndarray, output
         place = placement.residency(sc, batch, input_len, output_len)
         errors = placement.problems(sc, place, batch, input_len, output_len)
     frac = place.expert_fraction if place is not None else 1.0
-    res = simulate(sc, batch, input_len, output_len, routing.replay(sc, batch, input_len), place)
+    res = simulate(sc, batch, input_len, output_len, routing.replay(sc, batch, input_len, mean=True), place)
     m = request_metrics(sc, res, batch, input_len, output_len)
     mem = capacity.per_device(sc, batch, input_len, output_len, frac)
     cap = float(sc.target.memory_capacity_bytes)
@@ -154,8 +164,8 @@ def _check_frame(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _blocks(cfg: Configuration, blocks: list) -> list:
-    """A traced configuration's blocks cut so that rows x samples stays within CHUNK_ROWS."""
-    if cfg.sc is None or cfg.sc.query.trace is None:
+    """A traced configuration's blocks cut so that the sampled compositions' tables stay within CHUNK_ROWS."""
+    if cfg.sc is None or routing.trace_path(cfg.sc) is None:
         return blocks
     size = max(1, CHUNK_ROWS // max(1, cfg.sc.query.trace_samples))
     out = []

@@ -82,7 +82,9 @@ AXES: tuple[Axis, ...] = (
          maximum=MAX_EXPERTS, help="offload: resident experts per MoE layer ('auto': as many as fit)"),
     Axis("expert_tier", "expert_tier", "text", ("dram",), help="offload: where the other experts live (dram, ssd)"),
     Axis("cache_policy", "cache_policy", "text", ("lru",), help="offload with a trace: lru, lfu or static"),
-    Axis("traces", "trace", "text", (NONE,), help="routing trace folders replayed ('none': uniform routing)"),
+    Axis("traces", "trace", "text", ("real",),
+         help="routing: 'real' (the model's real trace, fitted model or prior), 'uniform' (or 'none'), a trace "
+              "folder or a routing model file"),
     Axis("batch", "batch", "int", (1,), help="concurrent sequences", maximum=MAX_SEQUENCES),
     Axis("input_len", "input_len", "int", (512,), help="prompt tokens per sequence", maximum=MAX_TOKENS),
     Axis("output_len", "output_len", "int", (128,), help="generated tokens per sequence", maximum=MAX_TOKENS),
@@ -234,6 +236,7 @@ def check_names(grid: Grid, db) -> None:
     from capsim.hardware.db import HardwareDB, resolve_id
     from capsim.model.catalogue import load_spec
     from capsim.placement import POLICIES, TIERS
+    from capsim.traces import fitted
     from capsim.traces.format import open_trace
 
     pool = HardwareDB({k: v for k, v in db.items.items() if v.kind in ("system", "accelerator", "cpu")})
@@ -246,7 +249,8 @@ def check_names(grid: Grid, db) -> None:
         "offload": lambda v: _one_of(v, OFFLOADS),
         "expert_tier": lambda v: _one_of(v, TIERS),
         "cache_policy": lambda v: _one_of(v, POLICIES),
-        "traces": lambda v: v == NONE or open_trace(v),
+        "traces": lambda v: v in (NONE, "uniform", "real") or (str(v).endswith(".json") and fitted.load(v))
+        or open_trace(v),
     }
     for key, check in checks.items():
         for value in grid.axes[key]:

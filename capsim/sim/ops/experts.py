@@ -3,7 +3,8 @@
 Routed-expert weights are read once per step per ACTIVATED expert (:mod:`capsim.sim.experts`: uniform
 routing when no measured routing is given), FLOPs are per token x top-k. With expert parallelism (ep == n)
 every expert sees the whole step's tokens and the slowest rank (its activated experts, its share of the
-assignments: ``rank_load`` over the mean) sets the step.
+assignments: ``rank_load`` over the mean) sets the step: measured by a replayed trace, or under uniform
+routing the expected busiest rank (:func:`capsim.sim.experts.busiest_rank`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import replace
 import numpy as np
 
 from capsim.sim.cost import OpCost
-from capsim.sim.experts import expected_activated
+from capsim.sim.experts import busiest_rank, expected_activated
 from capsim.sim.num import f, maximum, where
 from capsim.sim.ops.base import KERNELS_PER_LAYER, Local, op
 from capsim.sim.shape import Shape
@@ -34,7 +35,11 @@ def expert_ops(s: Shape, w: Local, activated=None, rank_activated=None, rank_loa
     if activated is None:  # ep == 1: each TP group sees its own tokens; ep == n: every expert sees the step
         activated = where(is_ep, expected_activated(e, k, w.all_tokens), expected_activated(e, k, t_g))
     activated = f(activated)
-    on_rank = activated / w.ep if rank_activated is None else f(rank_activated)
+    if rank_activated is None:  # uniform routing: the busiest of the EP ranks, not the mean one
+        on_rank, busy_load = busiest_rank(e, k, w.all_tokens, w.ep)
+        on_rank, rank_load = f(on_rank), f(busy_load)
+    else:
+        on_rank = f(rank_activated)
     load = where(is_ep, f(rank_load), 1.0)
     routed_w = where(is_ep, on_rank * expert_bytes, activated * expert_bytes / tp)
     all_w = where(is_ep, e / w.ep * expert_bytes, e * expert_bytes / tp)
