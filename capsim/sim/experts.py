@@ -86,8 +86,10 @@ def busiest_rank(num_experts, top_k, tokens, ep) -> tuple[np.ndarray, np.ndarray
             act[i], load[i] = 0.0, 1.0
             continue
         q = 1.0 if ki >= ei else -math.expm1(ti * math.log1p(-ki / ei))
-        # floors the independence estimate misses: some rank holds an activated expert (>= 1) and the busiest
+        # bounds the independence estimate misses: some rank holds an activated expert (>= 1) and the busiest
         # rank takes at least its whole share of the assignments, ceil(T k / ep)
         act[i] = max(1.0, max_binomial(ei // ri, q, ri))
-        load[i] = max(float(math.ceil(ti * ki / ri)), max_binomial(ti * ki, 1.0 / ri, ri)) / (ti * ki / ri)
+        busiest = max(float(math.ceil(ti * ki / ri)), max_binomial(ti * ki, 1.0 / ri, ri))
+        # and at most: a token's k distinct experts put at most min(k, E/ep) of its assignments on one rank
+        load[i] = min(busiest, ti * min(ki, ei // ri)) / (ti * ki / ri)
     return act[back.ravel()].reshape(e.shape), load[back.ravel()].reshape(e.shape)
