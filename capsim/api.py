@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from capsim import data
+from capsim import data, engines
 
 __all__ = [
     # data
@@ -65,7 +65,7 @@ def predict(model: str, hardware: str, *, hardware_db=None, **options: Any) -> d
 
     >>> rep = predict("mixtral", "dgx-h100", devices=2, batch=32)
     >>> round(rep["tpot_s"] * 1e3, 1), rep["bottleneck"]["decode"]  # ms per output token
-    (14.4, 'memory')
+    (48.1, 'memory')
     """
     from capsim.predict import Query
     from capsim.predict import predict as _predict
@@ -305,7 +305,7 @@ def provision(model: str, *, users: int | None = None, tokens_per_s: float | Non
               tpot_s: float | None = None, min_accuracy: float | None = None, benchmark: str | None = None,
               hardware: Sequence[str] | None = None, precisions: Sequence[str | None] = (None,),
               offloads: Sequence[str] = ("none", "cpu"), input_len: int = 1024, output_len: int = 256,
-              engine: str = "roofline", routing: str = "real", max_nodes: int = 4, max_batch: int = 4096,
+              engine: str = engines.DEFAULT_ENGINE, routing: str = "real", max_nodes: int = 4, max_batch: int = 4096,
               ttft_mode: str = "arrival",
               cost_basis: str = "auto", usd_per_h: Mapping[str, float] | None = None,
               prices: Mapping[str, float] | None = None, hardware_db=None) -> pd.DataFrame:

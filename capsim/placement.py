@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -140,9 +141,9 @@ def most_resident(sc: Scenario, batch, input_len, output_len) -> np.ndarray:
     return lo
 
 
-def residency(sc: Scenario, batch, input_len, output_len) -> Residency:
+def residency(sc: Scenario, batch, input_len, output_len, steps: int = TRACE_CACHE_STEPS) -> Residency:
     """Resident experts and hit rates for arrays of batches and lengths (the scenario's trace, if any, is
-    replayed through the cache policy once per distinct batch and cache size)."""
+    replayed through the cache policy once per distinct batch and cache size, over ``steps`` decode steps)."""
     off, e = sc.offload, sc.shape.num_experts
     b = np.asarray(batch)
     if off.expert_cache is None:
@@ -163,7 +164,7 @@ def residency(sc: Scenario, batch, input_len, output_len) -> Residency:
                 source = (f"uniform routing: resident / experts at batches above the trace's {seqs} sequences; "
                           "the trace's cache replay below")
                 continue
-            rate, source = _trace_hit_rate(trace, off.policy, batch_i, res_i)
+            rate, source = _trace_hit_rate(trace, off.policy, batch_i, res_i, steps)
             h_dec[(bb == batch_i) & (resident == res_i)] = rate
     host = weight_bytes(sc.shape)["routed_experts"] * (1 - frac)
     return Residency(resident, e, h_dec, frac, source, host)
@@ -177,13 +178,24 @@ def _decode_sequences(trace_path: str) -> int:
     return len(_sequence_index(open_trace(trace_path), DECODE)[1])
 
 
-def _trace_hit_rate(trace_path: str, policy: str, batch: int, resident: int) -> tuple[float, str]:
+def _trace_hit_rate(trace_path: str, policy: str, batch: int, resident: int,
+                    steps: int = TRACE_CACHE_STEPS) -> tuple[float, str]:
+    """The cache policy replayed over the trace's decode steps (kept per process: provision asks the same trace,
+    batch and cache size for many systems)."""
+    from capsim.traces.format import file_stamp
+
+    return _replayed_hit_rate(trace_path, file_stamp(trace_path), policy, batch, resident, steps)
+
+
+@lru_cache(maxsize=1024)
+def _replayed_hit_rate(trace_path: str, stamp: str, policy: str, batch: int, resident: int,
+                       steps: int) -> tuple[float, str]:
     from capsim.offload.cache import simulate
     from capsim.offload.steps import decode_steps
     from capsim.traces.format import open_trace
 
     trace = open_trace(trace_path)
-    touched = decode_steps(trace, batch, steps=TRACE_CACHE_STEPS + TRACE_CACHE_WARMUP)
+    touched = decode_steps(trace, batch, steps=steps + TRACE_CACHE_WARMUP)
     warm = min(TRACE_CACHE_WARMUP, max(0, len(touched) - 1))
     stats = simulate(touched, resident, policy, warmup_steps=warm)
     return float(stats.hit_rate), (f"{policy} cache of {resident} experts per layer replayed over "

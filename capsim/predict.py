@@ -93,4 +93,15 @@ def predict(q: Query, db, profile=None) -> dict[str, Any]:
         "collectives": collectives_report(sc),
         "scenario": scenario,
         "offload": report.offload(sc, place, res) if place is not None else None,
+        "ideal_bound": _ideal_bound(q, db) if profile is None and sc.profile.id != IDEAL else None,
     }
+
+
+IDEAL = "roofline"  # the engine profile whose forecast is the bound: every kernel at the datasheet peaks
+BOUND_KEYS = ("ttft_s", "tpot_s", "decode_tokens_per_s", "output_tokens_per_s_total", "s_mbu", "s_mfu")
+
+
+def _ideal_bound(q: Query, db) -> dict[str, Any]:
+    """The same scenario on the ideal roofline: the bound the engine's forecast is read against."""
+    rep = predict(replace(q, engine=IDEAL), db)
+    return {"engine": IDEAL, **{k: rep[k] for k in BOUND_KEYS}}

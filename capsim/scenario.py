@@ -40,7 +40,7 @@ class Query:
     model: str
     hardware: str
     devices: int | None = None
-    engine: str = "roofline"
+    engine: str = engines.DEFAULT_ENGINE
     precision: str | None = None  # default: the checkpoint's own
     kv_precision: str | None = None  # default: bf16
     compute_dtype: str | None = None  # default: the best the device offers for the precision
@@ -280,6 +280,7 @@ def _resolve(q: Query, db, profile: engines.EngineProfile | None) -> Scenario:
     tp, ep = _parallelism(q, target, spec)
     target = for_layout(target, tp, ep)
     profile = profile or engines.load(q.engine)
+    target = replace(target, notes=[*target.notes, *check_domain(profile, target.device_role, q.offload)])
     shape = shape_of(spec, prec)
     offload = setup_offload(q, shape, target, prec, profile) if q.offload else None
     price, price_error = _price(db, q.hardware, whole)
@@ -292,6 +293,28 @@ def _resolve(q: Query, db, profile: engines.EngineProfile | None) -> Scenario:
         hop_bytes_per_s=hop, hop_bottleneck=hop_where, peaks=Peaks.of(target.peak_flop_per_s, compute), tp=tp, ep=ep,
         dp=target.n_devices // tp, pp=q.pp, nodes=whole.nodes, offload=offload, price=price,
         price_error=price_error, routing=route.label, route=route)
+
+
+def check_domain(profile: engines.EngineProfile, role: str, offload: str | None) -> list[str]:
+    """Notes when the scenario lies outside the profile's fitted domain; a CPU-only or offload-only profile on
+    an accelerator without offload is refused (its fitted overheads would be read as a GPU's)."""
+    placement = offload or "none"
+    devices, places = profile.domain_devices, profile.domain_offload
+    fitted = f" (fitted on {profile.domain_fitted_on})" if profile.domain_fitted_on else ""
+    if role == "accelerator" and placement == "none" and (devices == ("cpu",) or (places and "none" not in places)):
+        kind = "a CPU engine" if devices == ("cpu",) else "an expert-offload engine"
+        raise CapsimError(f"--engine {profile.id}: {kind}{fitted}, not a forecast for an accelerator holding every "
+                          "expert; use --engine vllm, sglang, trt-llm or roofline (or --offload)")
+    out = []
+    if devices and role not in devices:
+        out.append(f"engine {profile.id}: {role} is outside its domain ({', '.join(devices)}){fitted}")
+    elif profile.domain_fitted_devices and role not in profile.domain_fitted_devices:
+        out.append(f"engine {profile.id}: its parameters were fitted on "
+                   f"{profile.domain_fitted_on or ', '.join(profile.domain_fitted_devices)}, not on an {role}")
+    if places and placement not in places:
+        out.append(f"engine {profile.id}: expert placement '{placement}' is outside its fitted domain "
+                   f"({', '.join(places)}){fitted}")
+    return out
 
 
 def _routing(q: Query, shape: Shape, info: dict[str, Any]):

@@ -80,7 +80,8 @@ def test_json_report_has_every_key_and_the_resolved_scenario():
     assert SCENARIO_KEYS <= sc.keys(), SCENARIO_KEYS - sc.keys()
     assert sc["model"] == "mistralai/Mixtral-8x7B-v0.1"
     assert sc["hardware"] == "dgx-h100" and sc["devices"] == 8
-    assert sc["engine"] == "roofline"
+    assert sc["engine"] == "vllm"  # the default: a forecast of a deployed engine, the ideal bound beside it
+    assert rep["ideal_bound"]["engine"] == "roofline" and rep["ideal_bound"]["tpot_s"] <= rep["tpot_s"]
     assert (sc["precision"], sc["kv_precision"], sc["compute_dtype"]) == ("bf16", "bf16", "bf16")
     assert (sc["batch"], sc["input_len"], sc["output_len"], sc["tp"], sc["ep"]) == (16, 512, 128, 8, 1)
     assert rep["decode_tokens_per_s"] == pytest.approx(16 * rep["decode_tokens_per_s_per_user"], rel=1e-12)

@@ -35,7 +35,7 @@ def test_gpu_fetch_miss_bytes_exact():
 def test_deepseek_v3_cpu_experts_are_dram_bound():
     # 1 GPU (RTX 4090D) + 2 Xeon sockets with DDR5 (KTransformers' machine), every routed expert on the CPU.
     rep = predict(Query(model="deepseek-v3", hardware="ktransformers-testbed", precision="gguf-q4_k_m",
-                        offload="cpu", expert_cache=0, input_len=500, output_len=128), DB)
+                        offload="cpu", expert_cache=0, input_len=500, output_len=128, engine="roofline"), DB)
     off = rep["offload"]["decode"]
     assert off["host_bound"] == "memory"
     assert off["offload_s"] > off["device_s"]

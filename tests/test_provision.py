@@ -165,8 +165,9 @@ def test_pricing_pro_rata_nodes_and_override(db, pricer):
 def test_every_accelerator_of_the_acceptance_question_is_priced():
     # capsim provision -m gpt-oss-120b --users 100 --tpot 50ms -H h100,h200,b200,mi300x,l40s,rtx-5090
     hw = ["h100", "h200", "b200", "mi300x", "l40s", "rtx-5090"]
+    # the ideal engine, so that every accelerator qualifies and the test is about their prices
     out = run("provision", "-m", "gpt-oss-120b", "--users", "100", "--tpot", "50ms", "-H", ",".join(hw),
-              "--top", "1000", "--json")
+              "--top", "1000", "--json", "--engine", "roofline")
     assert out.exit_code == 0, out.output
     d = json.loads(out.output)
     assert d["qualifying_unpriced"] == [] and d["qualifying"]
@@ -175,7 +176,7 @@ def test_every_accelerator_of_the_acceptance_question_is_priced():
     assert all(r["cost_basis"] == "cloud" and "host share included" in r["cost_detail"] for r in d["qualifying"])
     # systems with no instance price of their own, standard hosts: 8 x 6.79 and 8 x 2.39 per hour
     d = json.loads(run("provision", "-m", "deepseek-v3", "--users", "1000", "--ttft", "2s", "--tpot", "50ms", "-H",
-                       "dgx-b200,server-8x-mi300x", "--max-nodes", "1", "--json").output)
+                       "dgx-b200,server-8x-mi300x", "--max-nodes", "1", "--json", "--engine", "roofline").output)
     assert d["qualifying_unpriced"] == []
     per_h = {r["hardware"]: r["usd_per_h"] for r in d["qualifying"] if r["devices"] == 8}
     assert per_h == pytest.approx({"dgx-b200": 8 * 6.79, "server-8x-mi300x": 8 * 2.39})
@@ -195,7 +196,7 @@ def test_pareto_front_keeps_only_undominated():
 def test_deepseek_v3_question_answers_with_a_ranked_table(tmp_path):
     png = tmp_path / "pareto.png"
     out = run("provision", "-m", "deepseek-v3", "--users", "1000", "--tpot", "50ms", "--ttft", "2s",
-              "-H", "dgx-h200,dgx-h100", "--max-nodes", "2", "--plot", str(png), "--json")
+              "-H", "dgx-h200,dgx-h100", "--max-nodes", "2", "--plot", str(png), "--json", "--engine", "roofline")
     assert out.exit_code == 0, out.output
     d = json.loads(out.output)
     assert d["found"] and d["qualifying"]

@@ -123,7 +123,7 @@ def test_mixtral_tp2_h100_above_weight_read_floor_and_grows_with_batch():
     tpot = {}
     for batch in (1, 32):
         rep = predict(Query(model="mixtral", hardware="dgx-h100", devices=2, batch=batch, input_len=512,
-                            output_len=128, routing="uniform"), db)
+                            output_len=128, routing="uniform", engine="roofline"), db)
         assert rep["scenario"]["tp"] == 2 and rep["scenario"]["precision"] == "bf16"
         tpot[batch] = rep["tpot_s"]
         assert tpot[batch] > PEERS_FLOOR_S[batch]

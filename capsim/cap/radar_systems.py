@@ -39,6 +39,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from capsim import engines
 from capsim.errors import CapsimError
 
 TOP_KEYS = ("benchmark", "defaults", "systems")
@@ -61,7 +62,7 @@ class System:
     name: str = ""
     devices: int | None = None
     nodes: int = 1
-    engine: str = "roofline"
+    engine: str = engines.DEFAULT_ENGINE
     precision: str | None = None
     kv_precision: str | None = None
     batch: int = 1

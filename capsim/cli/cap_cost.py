@@ -6,6 +6,7 @@ import json
 
 import click
 
+from capsim import engines
 from capsim.cap import assumptions as cap_assumptions
 from capsim.cap.report import CAPEX_FROM, cost_report
 from capsim.cli import choices
@@ -123,7 +124,7 @@ def _human(rep: dict) -> str:
 @click.option("--output-len", type=int, default=128, show_default=True, help="With --model: output tokens.")
 @click.option("--precision", default=None, shell_complete=choices.complete_precisions,
               help=f"With --model: weight format, {choices.PRECISIONS_HELP} (default: the checkpoint's).")
-@click.option("--engine", default="roofline", show_default=True, shell_complete=choices.complete_engines,
+@click.option("--engine", default=engines.DEFAULT_ENGINE, show_default=True, shell_complete=choices.complete_engines,
               help=f"With --model: engine profile, {choices.ENGINES_HELP}.")
 @click.option("--lifetime-years", type=float, default=None, help="Capital write-off period (default 5, sourced).")
 @click.option("--utilisation", type=float, default=None, help="Fraction of the lifetime spent serving (default 1).")

@@ -18,8 +18,8 @@ def _join(names) -> str:
     return ", ".join(names)
 
 
-ENGINES = engines.available()
-ENGINES_HELP = _join(ENGINES)
+ENGINES = [*engines.available(), *engines.ALIASES]
+ENGINES_HELP = _join(engines.available()) + f" (aliases: {_join(engines.ALIASES)})"
 PRECISIONS = [*precision.PRECISIONS, *precision.ALIASES]
 PRECISIONS_HELP = _join(precision.PRECISIONS) + f" (aliases: {_join(precision.ALIASES)})"
 KV_HELP = _join(precision.KV_PRECISIONS)

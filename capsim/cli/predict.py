@@ -6,6 +6,7 @@ import json
 
 import click
 
+from capsim import engines
 from capsim.cli import choices
 from capsim.cli.table import render
 from capsim.hardware import db as hwdb
@@ -135,6 +136,9 @@ def human(rep: dict, verbose: bool = False) -> str:
         *([_collectives_line(rep["collectives"])] if nodes > 1 else []),
         f"cost {cost_s}",
         _bound_line(rep),
+        *([f"ideal bound ({rep['ideal_bound']['engine']}, every kernel at the datasheet peaks): TTFT "
+           f"{_t(rep['ideal_bound']['ttft_s'])}, TPOT {_t(rep['ideal_bound']['tpot_s'])}; the forecast reaches "
+           f"{rep['ideal_bound']['tpot_s'] / rep['tpot_s']:.0%} of its decode rate"] if rep.get("ideal_bound") else []),
     ]
     if rep.get("spread"):
         sp = rep["spread"]
@@ -169,7 +173,7 @@ def human(rep: dict, verbose: bool = False) -> str:
 @click.option("--nodes", type=int, default=1, show_default=True,
               help="Copies of a system joined by its scale-out link (InfiniBand / RoCE NICs, one non-blocking "
                    "switch); --devices counts per node, so the devices used are nodes x devices.")
-@click.option("--engine", default="roofline", show_default=True, shell_complete=choices.complete_engines,
+@click.option("--engine", default=engines.DEFAULT_ENGINE, show_default=True, shell_complete=choices.complete_engines,
               help=f"Engine profile: {choices.ENGINES_HELP}.")
 @click.option("--precision", default=None, shell_complete=choices.complete_precisions,
               help=f"Weight format: {choices.PRECISIONS_HELP} [default: the checkpoint's].")

@@ -7,7 +7,7 @@ import math
 
 import click
 
-from capsim import checks
+from capsim import checks, engines
 from capsim.checks import MAX_SEQUENCES, MAX_TOKENS, MAX_USD
 from capsim.cli import choices
 from capsim.cli import progress as bars
@@ -176,7 +176,7 @@ def as_dict(res, top: int, plot: str | None) -> dict:
                    "own].")
 @click.option("--offload", "offloads", multiple=True, metavar="MODES", default=("none", "cpu"), show_default=True,
               help="Expert placements to try: none, cpu (experts computed on the host), gpu-fetch.")
-@click.option("--engine", default="roofline", show_default=True, shell_complete=choices.complete_engines,
+@click.option("--engine", default=engines.DEFAULT_ENGINE, show_default=True, shell_complete=choices.complete_engines,
               help=f"Engine profile: {choices.ENGINES_HELP}.")
 @click.option("--routing", default="real", show_default=True, metavar="uniform|real|PATH",
               help="Routing replayed (as capsim predict --routing): the model's real routing data by default.")

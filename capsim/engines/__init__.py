@@ -126,6 +126,13 @@ class EngineProfile:
     # window per request: 128 KiB by default (include/linux/mm.h, VM_READAHEAD_PAGES).
     ssd_read_request_bytes: float = 0.0
     eager_cpu: EagerCpu | None = None  # an eager engine on the CPU allocator; None for every other engine
+    # The domain the profile was fitted on (the YAML's ``domain``): device roles ("accelerator", "cpu") and
+    # expert placements ("none", "cpu", "gpu-fetch"); empty = any. Outside it capsim warns; a CPU-only or
+    # offload-only profile asked for an accelerator without offload is refused (scenario.check_domain).
+    domain_devices: tuple[str, ...] = ()
+    domain_offload: tuple[str, ...] = ()
+    domain_fitted_devices: tuple[str, ...] = ()  # where its parameters came from (a warning elsewhere)
+    domain_fitted_on: str = ""
     # Measured GEMM efficiency curves, one per weight shape: ((K, N, ((rows, fraction of the peak), ...)), ...);
     # the engine's kernels on the hardware it was fitted for. Used instead of gemm_half_rows when present.
     gemm_curves: tuple[tuple[float, float, tuple[tuple[float, float], ...]], ...] = ()
@@ -150,12 +157,20 @@ class EngineProfile:
 KEBAB_NAME = re.compile(r"[a-z0-9]+(?:[-_.][a-z0-9]+)*")  # a profile's file stem: no folders, no dots first
 
 
+ALIASES = {"tensorrt-llm": "trt-llm", "trtllm": "trt-llm"}  # other names the engines go by
+# A forecast of an engine people deploy, not the ideal bound (roofline, reported beside it by capsim predict):
+# vLLM, fitted to the published GPU corpus (capsim validate --gpu; held-out error in validation/GPU.md).
+DEFAULT_ENGINE = "vllm"
+
+
 def available() -> list[str]:
     return sorted(p.stem for p in FOLDER.glob("*.yaml"))
 
 
 def load(name: str) -> EngineProfile:
-    """A shipped profile by its name (``capsim/engines/<name>.yaml``); a path or any other name is refused."""
+    """A shipped profile by its name (``capsim/engines/<name>.yaml``) or an alias (ALIASES); a path or any other
+    name is refused."""
+    name = ALIASES.get(name, name) if isinstance(name, str) else name
     path = FOLDER / f"{name}.yaml"
     try:
         if not isinstance(name, str) or not KEBAB_NAME.fullmatch(name):
@@ -207,10 +222,10 @@ def eager_cpu(raw: dict, where: str) -> EagerCpu:
 
 @lru_cache(maxsize=64)
 def _load(path_text: str, mtime_ns: int, size: int) -> EngineProfile:
-    import yaml
+    from capsim import checks
 
     path = Path(path_text)
-    data = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    data = checks.mapping(checks.read_yaml(path, "engine profile"), str(path))
     params = values(data.get("parameters") or {}, f"{path}: parameters")
     if min(params.get(k, 1.0) for k in EFFICIENCIES) <= 0:
         raise CapsimError(f"{path}: efficiencies must be > 0")
@@ -220,8 +235,27 @@ def _load(path_text: str, mtime_ns: int, size: int) -> EngineProfile:
         id=data["id"], version=int(data["version"]), description=data["description"],
         fitted_to=data["fitted_to"], fitted_cases=tuple(data.get("fitted_cases") or ()),
         eager_cpu=None if raw_eager is None else eager_cpu(raw_eager, f"{path}: eager_cpu"),
-        gemm_curves=curves, gemm_curves_file=curves_file, **params,
+        gemm_curves=curves, gemm_curves_file=curves_file, **params, **_domain(data.get("domain"), path),
     )
+
+
+DOMAIN_DEVICES = ("accelerator", "cpu")
+DOMAIN_OFFLOAD = ("none", "cpu", "gpu-fetch")
+
+
+def _domain(raw, path: Path) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or set(raw) - {"devices", "offload", "fitted_devices", "fitted_on"}:
+        raise CapsimError(f"{path}: domain: expected a mapping of devices, offload, fitted_devices, fitted_on")
+    out: dict[str, Any] = {"domain_fitted_on": str(raw.get("fitted_on", ""))}
+    for key, allowed in (("devices", DOMAIN_DEVICES), ("offload", DOMAIN_OFFLOAD),
+                         ("fitted_devices", DOMAIN_DEVICES)):
+        vals = raw.get(key) or []
+        if not isinstance(vals, list) or any(v not in allowed for v in vals):
+            raise CapsimError(f"{path}: domain.{key}: expected a list of {', '.join(allowed)}")
+        out[f"domain_{key}"] = tuple(vals)
+    return out
 
 
 def _curves(raw, path: Path) -> tuple[tuple, str | None]:
@@ -291,6 +325,9 @@ def write(profile: EngineProfile, extra: dict | None = None, folder: Path = FOLD
             "curves": [{"k": int(k), "n": int(n), "points": [[int(r), _round(f)] for r, f in pts]}
                        for k, n, pts in profile.gemm_curves]}, indent=None, separators=(",", ":")) + "\n")
         data["gemm_curves"] = name
+    if profile.domain_devices or profile.domain_offload or profile.domain_fitted_on:
+        data["domain"] = {"devices": list(profile.domain_devices), "offload": list(profile.domain_offload),
+                          "fitted_devices": list(profile.domain_fitted_devices), "fitted_on": profile.domain_fitted_on}
     data["fitted_cases"] = list(profile.fitted_cases)
     data.update(extra or {})
     path = folder / f"{profile.id}.yaml"

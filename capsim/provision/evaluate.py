@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from capsim import engines
 from capsim.errors import CapsimError
 from capsim.hardware.db import HardwareDB
 from capsim.provision.candidates import Layout
@@ -24,7 +25,7 @@ class Workload:
     model: str
     input_len: int
     output_len: int
-    engine: str = "roofline"
+    engine: str = engines.DEFAULT_ENGINE
     routing: str = "real"  # capsim.traces.sources: "real", "uniform", or a trace / routing model path
 
 

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from capsim import engines
 from capsim.checks import MAX_DEVICES, MAX_EXPERTS, MAX_SEQUENCES, MAX_TOKENS
 from capsim.errors import CapsimError
 
@@ -71,7 +72,7 @@ AXES: tuple[Axis, ...] = (
     Axis("nodes", "nodes", "int", (1,), help="copies of a system over its scale-out link"),
     Axis("precisions", "precision", "text", ("native",), help="weight formats ('native': the checkpoint's)"),
     Axis("kv_precisions", "kv_precision", "text", ("auto",), help="KV-cache formats ('auto': bf16)"),
-    Axis("engines", "engine", "text", ("roofline",), help="engine profiles"),
+    Axis("engines", "engine", "text", (engines.DEFAULT_ENGINE,), help="engine profiles"),
     Axis("tp", "tp", "int", (AUTO,), word="auto", help="tensor-parallel sizes ('auto': a node's devices)"),
     Axis("ep", "ep", "int", (1,), word="all", help="expert-parallel sizes ('all': every device of a stage)"),
     Axis("pp", "pp", "int", (1,), help="pipeline stages"),

@@ -28,6 +28,7 @@ BOUNDS = {
     "host_memory_efficiency": (0.02, 1.0, 0.5),
     "host_compute_efficiency": (1e-3, 1.0, 0.03),  # CPU kernels may reach ~1% of an AMX peak they do not use
     "link_efficiency": (0.02, 1.0, 0.5),
+    "gemm_half_rows": (1.0, 4096.0, 32.0),  # rows; a GEMM reaches half its peak at this many rows
 }
 # What the CPU runs fit (hf-eager); the rest of a profile is set by mechanism in validation/config.yaml.
 FIT_PARAMETERS = ("compute_efficiency", "memory_efficiency", "kernel_overhead_s", "step_overhead_s",
