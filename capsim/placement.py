@@ -195,11 +195,54 @@ def _replayed_hit_rate(trace_path: str, stamp: str, policy: str, batch: int, res
     from capsim.traces.format import open_trace
 
     trace = open_trace(trace_path)
+    key = f"{policy}|{batch}|{resident}|{steps}|{TRACE_CACHE_WARMUP}"
+    kept = _kept_hit_rates(trace)
+    if key in kept:
+        return kept[key][0], kept[key][1]
     touched = decode_steps(trace, batch, steps=steps + TRACE_CACHE_WARMUP)
     warm = min(TRACE_CACHE_WARMUP, max(0, len(touched) - 1))
     stats = simulate(touched, resident, policy, warmup_steps=warm)
-    return float(stats.hit_rate), (f"{policy} cache of {resident} experts per layer replayed over "
-                                   f"{len(touched) - warm} decode steps of the trace at batch {batch}")
+    out = float(stats.hit_rate), (f"{policy} cache of {resident} experts per layer replayed over "
+                                  f"{len(touched) - warm} decode steps of the trace at batch {batch}")
+    _keep_hit_rate(trace, key, out)
+    return out
+
+
+def _hit_rate_file(trace):
+    """Hit rates replayed over a trace, kept between processes in capsim's cache folder: named by the trace's
+    content hash and capsim's code stamp (a changed trace or policy code is replayed again)."""
+    from capsim.scenario_cache import code_stamp, folder
+
+    where = folder()
+    sha = trace.meta.get("content_sha256")
+    return None if where is None or not sha else where / "hit-rates" / f"{sha[:32]}-{code_stamp()[:16]}.json"
+
+
+def _kept_hit_rates(trace) -> dict:
+    import json
+
+    f = _hit_rate_file(trace)
+    try:
+        return json.loads(f.read_text()) if f is not None and f.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _keep_hit_rate(trace, key: str, value: tuple[float, str]) -> None:
+    import json
+    import os
+
+    f = _hit_rate_file(trace)
+    if f is None:
+        return
+    try:
+        kept = {**_kept_hit_rates(trace), key: list(value)}
+        f.parent.mkdir(parents=True, exist_ok=True)
+        tmp = f.with_name(f".{f.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(kept))
+        os.replace(tmp, f)
+    except OSError:
+        pass  # a cache that cannot be written is only slower
 
 
 def problems(sc: Scenario, res: Residency, batch, input_len, output_len) -> list[str | None]:

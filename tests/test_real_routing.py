@@ -218,3 +218,20 @@ def test_routing_validation_table_computes_its_errors():
         assert r["error_real"] == pytest.approx(r["real"] / r["measured"] - 1)
         assert r["uniform"] == pytest.approx(float(expected_activated(128, 8, r["batch"])))
     assert json.dumps(t)  # JSON-ready
+
+
+def test_replayed_hit_rates_are_kept_and_give_the_same_answer(tmp_path, monkeypatch):
+    """An expert-cache replay over a trace is kept in the cache folder (by the trace's content hash) and a
+    fresh process's answer read from it is the replayed one."""
+    from capsim import placement
+
+    monkeypatch.setenv("CAPSIM_CACHE_DIR", str(tmp_path / "cache"))
+    placement._replayed_hit_rate.cache_clear()
+    q = dict(devices=1, batch=4, offload="gpu-fetch", expert_cache=16, trace=str(ESFT), engine="roofline")
+    first = api.predict("deepseek-v2-lite", "h100", **q)
+    kept = list((tmp_path / "cache" / "hit-rates").glob("*.json"))
+    assert len(kept) == 1 and json.loads(kept[0].read_text())
+    placement._replayed_hit_rate.cache_clear()  # as a new process would: only the file is left
+    again = api.predict("deepseek-v2-lite", "h100", **q)
+    assert again["offload"]["hit_rate_decode"] == first["offload"]["hit_rate_decode"]
+    assert 16 / 64 < first["offload"]["hit_rate_decode"] < 1.0  # the trace's skew beats uniform's 16/64
