@@ -215,7 +215,7 @@ def vectorised(db, count: int) -> dict:
     from capsim.sim.metrics import request_metrics
     from capsim.sim.request import simulate
 
-    combos = [resolve(Query(model="mixtral", hardware=d, devices=n, check_memory=False), db)
+    combos = [resolve(Query(model="mixtral", hardware=d, devices=n, check_memory=False, routing="uniform"), db)
               for d in ("h100", "h200-sxm-141gb", "a100-sxm4-80gb", "mi300x", "rtx-4090") for n in (1, 2, 4, 8)]
     rng = np.random.default_rng(0)
     pick = rng.integers(0, len(combos), count)
