@@ -331,7 +331,9 @@ def write(profile: EngineProfile, extra: dict | None = None, folder: Path = FOLD
     data["fitted_cases"] = list(profile.fitted_cases)
     data.update(extra or {})
     path = folder / f"{profile.id}.yaml"
-    _write_atomic(path, f"# Written by '{command}'; edit the fitting subset in validation/config.yaml.\n"
+    where = ("the corpus in validation/published/gpu/" if "--gpu" in command
+             else "the fitting subset in validation/config.yaml")
+    _write_atomic(path, f"# Written by '{command}'; edit {where}.\n"
                   + yaml.safe_dump(data, sort_keys=False, width=110))
     return path
 
