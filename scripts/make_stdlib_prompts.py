@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_tiny_moe import stdlib_files  # noqa: E402
+from stdlib_corpus import stdlib_files  # noqa: E402
 
 VAL_EVERY = 20  # train_tiny_moe.py --val-every default: file i is held out when i % 20 == 19
 

@@ -20,80 +20,24 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import hashlib
 import json
 import math
 import os
 import platform
 import random
-import shutil
 import sys
-import sysconfig
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stdlib_corpus import load_corpus, sample_batch  # noqa: E402
+from tiny_moe_output import UNIFORM_NATS, atomic_write_text, render_readme, save_checkpoint  # noqa: E402
+from tiny_moe_routing import routing_stats  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-UNIFORM_NATS = math.log(256)
-EXCLUDED_DIRS = {"test", "tests", "idle_test", "idlelib", "site-packages", "dist-packages", "__pycache__"}
-
-
-# --------------------------------------------------------------------------------------------- corpus
-def stdlib_files() -> tuple[Path, list[Path]]:
-    root = Path(sysconfig.get_paths()["stdlib"]).resolve()
-    files = []
-    for p in root.rglob("*.py"):
-        rel = p.relative_to(root)
-        if any(part in EXCLUDED_DIRS for part in rel.parts[:-1]):
-            continue
-        if p.is_file():
-            files.append(p)
-    files.sort(key=lambda p: p.relative_to(root).as_posix())
-    return root, files
-
-
-def load_corpus(val_every: int) -> tuple[np.ndarray, np.ndarray, dict]:
-    root, files = stdlib_files()
-    sha = hashlib.sha256()
-    train_parts, val_parts = [], []
-    n_train = n_val = 0
-    for i, p in enumerate(files):
-        data = p.read_bytes() + b"\n"  # one newline separates files in the byte stream
-        sha.update(data)
-        if val_every > 0 and i % val_every == val_every - 1:
-            val_parts.append(data)
-            n_val += 1
-        else:
-            train_parts.append(data)
-            n_train += 1
-    train = np.frombuffer(b"".join(train_parts), dtype=np.uint8)
-    val = np.frombuffer(b"".join(val_parts), dtype=np.uint8)
-    facts = {
-        "source": "Python standard library *.py sources of the interpreter that ran the script",
-        "stdlib_path": str(root),
-        "python_version": platform.python_version(),
-        "python_implementation": platform.python_implementation(),
-        "excluded_directories": sorted(EXCLUDED_DIRS),
-        "file_order": "sorted by path relative to stdlib; each file followed by one b'\\n'",
-        "n_files": len(files),
-        "total_bytes": int(train.size + val.size),
-        "sha256_concatenated": sha.hexdigest(),
-        "validation_split": f"by file: every {val_every}th file in sorted order (index % {val_every} == {val_every - 1})",
-        "n_train_files": n_train,
-        "n_val_files": n_val,
-        "train_bytes": int(train.size),
-        "val_bytes": int(val.size),
-    }
-    return train, val, facts
-
-
-def sample_batch(data: np.ndarray, batch: int, seq: int, gen: np.random.Generator) -> torch.Tensor:
-    starts = gen.integers(0, data.size - seq, size=batch)
-    rows = np.stack([data[s : s + seq] for s in starts]).astype(np.int64)
-    return torch.from_numpy(rows)
 
 
 # --------------------------------------------------------------------------------------------- model
@@ -140,170 +84,6 @@ def evaluate(model, batches: list[torch.Tensor]) -> float:
         n += tokens
     model.train()
     return tot / n
-
-
-@torch.no_grad()
-def routing_stats(model, batches: list[torch.Tensor], top_k: int, n_experts: int) -> dict:
-    """Per MoE layer: share of top-k assignments per expert, max/mean, plus byte->expert mutual information."""
-    model.eval()
-    counts = None
-    joint = None
-    mass = None  # summed top-k router probability per layer (uniform router: k / n_experts)  # [layer, byte, expert] assignment counts
-    for x in batches:
-        out = model(input_ids=x, output_router_logits=True, use_cache=False)
-        logits = out.router_logits  # tuple over layers of (batch*seq, n_experts)
-        if counts is None:
-            counts = np.zeros((len(logits), n_experts), dtype=np.int64)
-            joint = np.zeros((len(logits), 256, n_experts), dtype=np.int64)
-            mass = np.zeros(len(logits))
-        tok = x.reshape(-1).numpy()
-        for li, lg in enumerate(logits):
-            probs = torch.softmax(lg.float(), dim=-1)
-            top = torch.topk(probs, top_k, dim=-1)
-            idx = top.indices.numpy()  # (tokens, k)
-            mass[li] += float(top.values.sum())
-            counts[li] += np.bincount(idx.reshape(-1), minlength=n_experts)
-            np.add.at(joint[li], (np.repeat(tok, top_k), idx.reshape(-1)), 1)
-    model.train()
-    layers = []
-    for li in range(counts.shape[0]):
-        share = counts[li] / counts[li].sum()
-        p_e = share
-        ent = float(-(p_e[p_e > 0] * np.log2(p_e[p_e > 0])).sum())
-        pj = joint[li] / joint[li].sum()
-        pb = pj.sum(axis=1, keepdims=True)
-        pe = pj.sum(axis=0, keepdims=True)
-        nz = pj > 0
-        mi = float((pj[nz] * np.log2(pj[nz] / (pb @ pe)[nz])).sum())
-        layers.append(
-            {
-                "layer": li,
-                "expert_share": [round(float(s), 5) for s in share],
-                "max_over_mean": round(float(share.max() * n_experts), 4),
-                "min_over_mean": round(float(share.min() * n_experts), 4),
-                "entropy_bits": round(ent, 4),
-                "entropy_max_bits": round(math.log2(n_experts), 4),
-                "mutual_information_byte_expert_bits": round(mi, 4),
-                "mean_topk_router_prob_mass": round(float(mass[li] / (counts[li].sum() / top_k)), 4),
-            }
-        )
-    n_tokens = int(sum(x.numel() for x in batches))
-    return {"n_tokens": n_tokens, "top_k": top_k, "layers": layers}
-
-
-# --------------------------------------------------------------------------------------------- output
-def atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def save_checkpoint(model, out: Path, dtype: torch.dtype) -> list[str]:
-    """save_pretrained into a temp dir next to ``out``, then os.replace each file into ``out``."""
-    import copy
-
-    half = copy.deepcopy(model).to(dtype)
-    tmpdir = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp."))
-    try:
-        half.save_pretrained(tmpdir, safe_serialization=True)
-        names = sorted(p.name for p in tmpdir.iterdir() if p.is_file())
-        for name in names:
-            os.chmod(tmpdir / name, 0o644)
-            os.replace(tmpdir / name, out / name)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-    return names
-
-
-def render_readme(log: dict) -> str:
-    c = log["corpus"]
-    r = log["results"]
-    m = log["model"]
-    rt, ri = log["routing"]["trained"], log["routing"]["init"]
-    rows = "\n".join(
-        f"| {a['layer']} | {b['max_over_mean']:.2f} | {a['max_over_mean']:.2f} | {b['min_over_mean']:.2f} "
-        f"| {a['min_over_mean']:.2f} | {b['entropy_bits']:.3f} | {a['entropy_bits']:.3f} "
-        f"| {b['mutual_information_byte_expert_bits']:.3f} | {a['mutual_information_byte_expert_bits']:.3f} "
-        f"| {b['mean_topk_router_prob_mass']:.3f} | {a['mean_topk_router_prob_mass']:.3f} |"
-        for a, b in zip(rt["layers"], ri["layers"], strict=True)
-    )
-    return f"""# tiny-olmoe-stdlib
-
-A tiny OLMoE-shaped Mixture-of-Experts language model (`transformers.OlmoeForCausalLM`) trained from
-scratch for {log["wall_time_s"] / 60:.1f} minutes on {log["machine"]["cpu_count"]} CPU cores, on the Python
-standard library sources, so that a trace collected from it has **learned** expert routing rather than the
-arbitrary, low-confidence routing of random weights. It is a routing-statistics artefact, not a useful language model.
-
-Made by (from the repository root):
-
-```
-{log["command"]}
-```
-
-Files: `config.json` and `model.safetensors` (float16, written by `save_pretrained`), `training_log.json`
-(arguments, corpus facts, library versions, machine, loss curve, routing check), this README.
-The training script is `scripts/train_tiny_moe.py`.
-
-## Tokeniser (byte level, no files)
-
-There is no tokenizer file. Text is encoded as its raw bytes (UTF-8 for text) and **token id = byte
-value**, vocab_size 256. This is the trace collector's byte-level fallback (token id = byte value mod
-vocab_size), which is the identity here. To decode, `bytes(ids)`.
-
-## Model
-
-{m["n_params"]:,} parameters ({m["n_params_active_per_token"]:,} active per token): vocab 256,
-hidden {m["config"]["hidden_size"]}, {m["config"]["num_hidden_layers"]} layers, {m["config"]["num_attention_heads"]}
-heads, {m["config"]["num_experts"]} experts per layer of intermediate size {m["config"]["intermediate_size"]},
-top-{m["config"]["num_experts_per_tok"]} routing (softmax then top-k, `norm_topk_prob=false`, as OLMoE-1B-7B),
-no shared expert, untied embeddings, load-balancing auxiliary loss coefficient {m["config"]["router_aux_loss_coef"]}.
-
-## Corpus
-
-Python {c["python_version"]} standard library (`{c["stdlib_path"]}`), all `*.py` files sorted by path, excluding
-the directories {", ".join("`" + d + "`" for d in c["excluded_directories"])}: {c["n_files"]} files,
-{c["total_bytes"]:,} bytes, sha256 of the concatenation `{c["sha256_concatenated"]}`.
-Validation split by file ({c["validation_split"]}): {c["n_val_files"]} files, {c["val_bytes"]:,} bytes.
-A different Python version gives a different corpus; the sha256 identifies it.
-
-## Results
-
-{log["steps"]} optimizer steps of {log["args"]["batch"]} x {log["args"]["seq"]} bytes in {log["wall_time_s"]:.0f} s
-(AdamW, peak lr {log["args"]["lr"]}, warm-up {log["args"]["warmup"]} steps, cosine decay over the wall-clock budget).
-
-| | nats/byte | bits/byte |
-|---|---|---|
-| uniform predictor | {UNIFORM_NATS:.3f} | 8.000 |
-| validation at init | {r["val_loss_init_nats"]:.3f} | {r["val_loss_init_nats"] / math.log(2):.3f} |
-| train (final, last-{log["args"]["log_every"]}-step mean, LM part) | {r["final_train_lm_loss_nats"]:.3f} | {r["final_train_lm_loss_bits"]:.3f} |
-| validation (final, fp32) | {r["final_val_loss_nats"]:.3f} | {r["final_val_loss_bits"]:.3f} |
-| validation (saved float16 checkpoint reloaded, fp32 compute) | {r["reloaded_val_loss_nats"]:.3f} | {r["reloaded_val_loss_nats"] / math.log(2):.3f} |
-
-## Routing check (learned vs. initialisation)
-
-On {rt["n_tokens"]:,} validation tokens ({log["args"]["route_seqs"]} sequences x {log["args"]["seq"]} bytes), per MoE layer:
-share of top-{rt["top_k"]} assignments per expert, reported as max/mean and min/mean (1.0 = perfectly even) and
-as the entropy of the load distribution (bits, maximum {rt["layers"][0]["entropy_max_bits"]:.0f}); the mutual
-information between the input byte and the chosen experts (bits; 0 = routing ignores the token); and the mean
-probability mass the router puts on its top-{rt["top_k"]} experts ({rt["top_k"]}/{len(rt["layers"][0]["expert_share"])} = an
-indifferent router). "init" is the same model before training (same seed, same sequences).
-
-| layer | max/mean init | max/mean trained | min/mean init | min/mean trained | load entropy init | load entropy trained | MI(byte; expert) init | MI trained | top-k mass init | top-k mass trained |
-|---|---|---|---|---|---|---|---|---|---|---|
-{rows}
-
-Top-k agreement between the fp32 model and the reloaded float16 checkpoint: {r["topk_set_agreement_fp16"]:.4f}
-of (token, layer) top-{rt["top_k"]} sets identical.
-
-{log["routing"]["summary"]}
-"""
 
 
 # --------------------------------------------------------------------------------------------- main

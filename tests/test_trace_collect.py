@@ -362,23 +362,6 @@ def test_llama4_multimodal_checkpoint_loads_the_text_model(tmp_path, prompts):
     assert res.meta["moe_layer_indices"] == [1, 3] and res.meta["model_type"] == "llama4"
 
 
-def test_prompt_files(tmp_path):
-    f = tmp_path / "p.jsonl"
-    f.write_text('{"prompt": "a b"}\n\n{"text": "c"}\n')
-    assert C.read_prompts(f) == ["a b", "c"]
-    f.write_text('{"other": 1}\n')
-    with pytest.raises(CapsimError, match=r'p.jsonl:1: expected an object with a non-empty "prompt"'):
-        C.read_prompts(f)
-    (tmp_path / "empty.txt").write_text("\n  \n")
-    with pytest.raises(CapsimError, match="empty.txt: no prompts"):
-        C.read_prompts(tmp_path / "empty.txt")
-    with pytest.raises(CapsimError, match="--prompts .*missing.txt: no such file"):
-        C.read_prompts(tmp_path / "missing.txt")
-    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00")
-    with pytest.raises(CapsimError, match="bin.txt: unreadable"):
-        C.read_prompts(tmp_path / "bin.txt")
-
-
 def test_bad_model_inputs(tmp_path, prompts):
     with pytest.raises(CapsimError, match="not a supported MoE family"):
         C.collect(CONFIGS / "meta-llama__Llama-3.1-8B.json", prompts, 2, 1, tmp_path / "x", random_init=True)
