@@ -230,18 +230,16 @@ def _kept_hit_rates(trace) -> dict:
 
 def _keep_hit_rate(trace, key: str, value: tuple[float, str]) -> None:
     import json
-    import os
+
+    from capsim import atomic
 
     f = _hit_rate_file(trace)
     if f is None:
         return
     try:
-        kept = {**_kept_hit_rates(trace), key: list(value)}
         f.parent.mkdir(parents=True, exist_ok=True)
-        tmp = f.with_name(f".{f.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(kept))
-        os.replace(tmp, f)
-    except OSError:
+        atomic.write_text(f, json.dumps({**_kept_hit_rates(trace), key: list(value)}))
+    except (OSError, CapsimError):
         pass  # a cache that cannot be written is only slower
 
 

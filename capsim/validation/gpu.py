@@ -32,7 +32,7 @@ ENGINES = ("vllm", "sglang", "trt-llm")
 FIT_NAMES = ("compute_efficiency", "memory_efficiency", "kernel_overhead_s", "step_overhead_s")
 LATENCY_BATCH = 4  # sequences: a step this small is set by launches, floors and weight reads, not by FLOPs
 WITHIN = 0.25  # the share of rows within 25% is reported (the issue's target table)
-MIN_FIT_ROWS = 3  # fewer supported rows of an engine than this: its parameters are not fitted
+MIN_FIT_ROWS = len(FIT_NAMES) + 1  # fewer rows than parameters + 1: a fit would be under-determined
 
 
 def load_corpus(root: Path) -> list[PublishedRow]:
@@ -68,10 +68,6 @@ def regime(row: PublishedRow) -> str:
     return "latency-bound" if batch != "max" and int(batch) <= LATENCY_BATCH else "throughput-bound"
 
 
-def _base(engine: str) -> engines.EngineProfile:
-    return engines.load(engine)
-
-
 def _residuals(rows: list[PublishedRow], db):
     measured = np.array([r.value_si for r in rows])
 
@@ -82,8 +78,7 @@ def _residuals(rows: list[PublishedRow], db):
 
 def fit(rows: list[PublishedRow], db, engine: str) -> tuple[engines.EngineProfile, dict[str, Any]]:
     """The engine's profile with FIT_NAMES fitted to ``rows`` (its supported rows)."""
-    base = _base(engine)
-    prof, info = fit_parameters(_residuals(rows, db), base, FIT_NAMES)
+    prof, info = fit_parameters(_residuals(rows, db), engines.load(engine), FIT_NAMES)
     return prof, info
 
 
