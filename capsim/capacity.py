@@ -31,7 +31,8 @@ def per_device(sc: Scenario, batch, input_len, output_len, expert_fraction=1.0) 
         return memory_use(sc.shape, batch=b, input_len=input_len, output_len=output_len,
                           kv_bytes_per_element=sc.kv_bytes, capacity_bytes=t.memory_capacity_bytes,
                           reserve_fraction=sc.profile.memory_reserve_fraction, tp=sc.tp, ep=sc.ep,
-                          n=t.n_devices, expert_fraction=expert_fraction)
+                          n=t.n_devices, expert_fraction=expert_fraction,
+                          max_batched_tokens=sc.profile.max_batched_tokens)
 
     m = use(batch)
     if sc.pp == 1:

@@ -22,10 +22,10 @@ DEVICE_COUNTS = (2, 4, 8, 16, 32, 64)
 LOWER_PRECISIONS = ("fp8", "int8", "int4", "nvfp4", "mxfp4", "gguf-q4_k_m", "gguf-q3_k_s")
 
 
-def _fits(shape, q, target, reserve, tp, ep, n, kv_b, batch=None) -> bool:
+def _fits(shape, q, target, reserve, tp, ep, n, kv_b, batch=None, chunk=0.0) -> bool:
     m = memory_use(shape, batch=batch or q.batch, input_len=q.input_len, output_len=q.output_len,
                    kv_bytes_per_element=kv_b, capacity_bytes=target.memory_capacity_bytes,
-                   reserve_fraction=reserve, tp=tp, ep=ep, n=n)
+                   reserve_fraction=reserve, tp=tp, ep=ep, n=n, max_batched_tokens=chunk)
     return bool(m.fits)
 
 
@@ -39,11 +39,11 @@ def _scale_out(db: HardwareDB, hardware_id: str) -> bool:
 def suggestions(sc: Scenario, db: HardwareDB) -> list[str]:
     out: list[str] = []
     q, t, s, kv_b = sc.query, sc.target, sc.shape, sc.kv_bytes
-    reserve = sc.profile.memory_reserve_fraction
+    reserve, chunk = sc.profile.memory_reserve_fraction, sc.profile.max_batched_tokens
     # 1. more devices (tensor parallel over all of them)
     limit = t.n_available or max(DEVICE_COUNTS)
     for n in DEVICE_COUNTS:
-        if n >= t.n_devices and n > sc.tp and _fits(s, q, t, reserve, n, 1, n, kv_b):
+        if n >= t.n_devices and n > sc.tp and _fits(s, q, t, reserve, n, 1, n, kv_b, chunk=chunk):
             nodes = max(getattr(q, "nodes", 1) or 1, 1)
             per_node = t.n_available // nodes if t.n_available else None
             if n <= limit:  # the check splits every weight n ways: tensor parallel over n devices
@@ -63,7 +63,7 @@ def suggestions(sc: Scenario, db: HardwareDB) -> list[str]:
             precision.choose_compute(p, t.peak_flop_per_s, t.device_id)
         except CapsimError:
             continue
-        if _fits(shape_of(sc.spec, p), q, t, reserve, sc.tp, sc.ep, t.n_devices, kv_b):
+        if _fits(shape_of(sc.spec, p), q, t, reserve, sc.tp, sc.ep, t.n_devices, kv_b, chunk=chunk):
             out.append(f"--precision {name}")
             break
     # 3. a smaller batch, when the weights alone fit (an exact search, not a count down from the batch)
@@ -76,7 +76,7 @@ def suggestions(sc: Scenario, db: HardwareDB) -> list[str]:
     routed = weight_bytes(s)["routed_experts"]
     if routed and t.host_dram_bytes and routed <= t.host_dram_bytes:
         no_experts = replace(s, num_experts=0)
-        if _fits(no_experts, q, t, reserve, sc.tp, sc.ep, t.n_devices, kv_b):
+        if _fits(no_experts, q, t, reserve, sc.tp, sc.ep, t.n_devices, kv_b, chunk=chunk):
             out.append(f"--offload cpu or --offload gpu-fetch (the routed experts, {routed / 1e9:.0f} GB, in host "
                        f"DRAM of {t.host_dram_bytes / 1e9:.0f} GB)")
     return out

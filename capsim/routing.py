@@ -40,7 +40,7 @@ class Routing:
 MEAN_SAMPLES = 32
 # Replays kept per process: provision prices the same model's layouts on many systems with the same batch grid
 _REPLAYED: dict[tuple, tuple] = {}
-_REPLAYED_SIZE = 64
+_REPLAYED_SIZE = 1024
 _OPEN: dict[str, tuple[str, object]] = {}  # path -> (file stamp, the trace opened): its memory maps stay mapped
 
 

@@ -64,6 +64,9 @@ class Query:
     pp: int = 1  # pipeline stages (capsim.sim.pipeline); tp / ep / dp apply inside a stage
     dp: int | None = None  # attention data-parallel groups in a stage (default: stage devices / tp)
     nodes: int = 1  # copies of a system joined by its scale-out link; ``devices`` is then per node
+    spec_tokens: int = 0  # speculative decoding / multi-token prediction: draft tokens per decode step
+    spec_acceptance: float = 0.0  # the chance each draft token is accepted (given the ones before it were)
+    ep_dispatch: str = "bf16"  # the EP dispatch's format: "bf16" (the activations') or "fp8" (DeepEP)
 
 
 # What a request changes without changing the resolved configuration
@@ -157,6 +160,7 @@ class Scenario:
             "routing_source": self.route.source if self.route else "independent uniform top-k choices",
             "trace": q.trace, "collective_link": t.collective_link,
             "pp": self.pp, "nodes": w.nodes, "devices_per_node": w.devices_per_node or w.n_devices,
+            "spec_tokens": q.spec_tokens, "spec_acceptance": q.spec_acceptance, "ep_dispatch": q.ep_dispatch,
         }
 
 
@@ -167,6 +171,9 @@ def _scalar(x: np.ndarray):
 # Batch compositions drawn from a trace per prediction: the sampling error of a mean falls as 1/sqrt(n), 0.4% at
 # 2**16; more buys nothing and costs time and memory in proportion.
 MAX_TRACE_SAMPLES = 1 << 16
+# Draft tokens per step: EAGLE / MTP deployments use 1 to 7 (SGLang's --speculative-num-draft-tokens examples);
+# 64 is far past any of them
+MAX_SPEC_TOKENS = 64
 
 
 def _check_ints(q: Query) -> None:
@@ -182,6 +189,12 @@ def _check_ints(q: Query) -> None:
             checks.integer(value, flag, low=1, high=MAX_DEVICES, strict=True)
     if q.expert_cache is not None:
         checks.integer(q.expert_cache, "--expert-cache", low=0, high=MAX_EXPERTS, strict=True)
+    checks.integer(q.spec_tokens, "--spec-tokens", low=0, high=MAX_SPEC_TOKENS, strict=True)
+    checks.number(q.spec_acceptance, "--spec-acceptance", low=0.0, high=1.0)
+    if q.ep_dispatch not in ("bf16", "fp8"):
+        raise CapsimError(f"--ep-dispatch {q.ep_dispatch!r}: expected bf16 or fp8")
+    if q.spec_acceptance and not q.spec_tokens:
+        raise CapsimError(f"--spec-acceptance {q.spec_acceptance}: only with --spec-tokens 1 or more")
     if q.nodes * (q.devices or 1) > MAX_DEVICES:
         raise CapsimError(f"--nodes {q.nodes} x --devices {q.devices or 1}: more than {MAX_DEVICES} devices")
     if q.usd_per_h is not None:

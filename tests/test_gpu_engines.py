@@ -24,7 +24,13 @@ def _row(rid: str, source: str, batch: int = 8, nodes: int = 1) -> PublishedRow:
 
 def test_corpus_loads_with_unique_ids_and_a_source_per_row():
     rows = gpu.load_corpus(REPO / "validation")
-    assert len(rows) >= 70 and len({r.id for r in rows}) == len(rows)
+    # the floor: >= 120 published rows, >= 10 models and >= 6 GPU kinds among those capsim expresses
+    assert len(rows) >= 120 and len({r.id for r in rows}) == len(rows)
+    expressed = [r.scenario for r in rows if r.scenario is not None]
+    assert len({s["model"] for s in expressed}) >= 10
+    gpus = ("a100", "h100", "gh200", "h200", "b200", "l40s", "mi300x", "rtx-pro-6000")  # gh200 before h200
+    kinds = {next((g for g in gpus if g in s["hardware"]), s["hardware"]) for s in expressed}
+    assert len(kinds) >= 6, kinds
     assert all(r.source.strip() and "http" in r.source for r in rows)
     engines_used = {r.scenario["engine"] for r in rows if r.scenario is not None}
     assert engines_used <= set(gpu.ENGINES)
@@ -54,7 +60,7 @@ def test_summary_arithmetic():
     assert s["throughput-bound"]["rows"] == 2 and s["latency-bound"]["median_abs"] == pytest.approx(0.1)
 
 
-@pytest.mark.parametrize("engine, needle", [("hf-eager", "a CPU engine"), ("moe-infinity", "an expert-offload engine"),
+@pytest.mark.parametrize("engine, needle", [("hf-eager", "a CPU engine"), ("vllm-cpu", "a CPU engine"), ("moe-infinity", "an expert-offload engine"),
                                             ("ktransformers", "an expert-offload engine")])
 def test_cpu_and_offload_profiles_are_refused_on_a_gpu_without_offload(engine, needle, tmp_path):
     line = refused(["predict", "-m", "mixtral", "-H", "dgx-h100", "--devices", "2", "--engine", engine], tmp_path,

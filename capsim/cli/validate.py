@@ -145,11 +145,14 @@ def _probe_sizes(value) -> tuple[int, ...] | None:
 @click.option("--gpu", is_flag=True,
               help="Fit (with --fit) and cross-validate the GPU serving engines (vllm, sglang, trt-llm) on the "
                    "published corpus (validation/published/gpu/): held-out error per engine and regime.")
+@click.option("--vllm-cpu", "vllm_cpu", is_flag=True,
+              help="Fit (with --fit) and cross-validate (leave one shape out) the vllm-cpu profile on vLLM's CPU build "
+                   "measured on this machine (validation/measured/vllm-cpu/, 'capsim measure --engine vllm').")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def validate_cmd(ctx: click.Context, config_path: Path, fit: bool, max_median_error: float | None,
                  plot_path: Path | None, report_path: Path | None, published: bool, disk: bool, routing_mode: bool,
-                 gpu: bool, as_json: bool) -> None:
+                 gpu: bool, vllm_cpu: bool, as_json: bool) -> None:
     """Predict every measured case and report the error (held-out cases separately from the fitting subset).
 
     Exit codes: 0 ok; 1 a median error above --max-median-error; 2 bad input (config, run file, CSV row).
@@ -170,7 +173,14 @@ def validate_cmd(ctx: click.Context, config_path: Path, fit: bool, max_median_er
         _routing(config_path.resolve().parent, max_median_error, report_path, as_json)
         return
     if gpu:
-        _gpu(ctx, config_path.resolve().parent, fit, max_median_error, report_path, plot_path, as_json)
+        from capsim.cli.validate_engines import validate_gpu
+
+        validate_gpu(ctx, config_path.resolve().parent, fit, max_median_error, report_path, plot_path, as_json)
+        return
+    if vllm_cpu:
+        from capsim.cli.validate_engines import validate_vllm_cpu
+
+        validate_vllm_cpu(config_path.resolve().parent, fit, max_median_error, report_path, as_json)
         return
     cfg = _config(config_path)
     root = config_path.resolve().parent.parent
@@ -346,26 +356,4 @@ def _routing(root: Path, max_median_error: float | None, report_path: Path | Non
                    f"uniform {t['median_abs_error_uniform']:.0%}")
     if max_median_error is not None and t["median_abs_error_real"] * 100 > max_median_error:
         click.echo(f"capsim: routing median error above {max_median_error}%", err=True)
-        raise SystemExit(1)
-
-
-def _gpu(ctx, root: Path, fit: bool, max_median_error, report_path, plot_path, as_json: bool) -> None:
-    from capsim.validation import gpu
-
-    db = hwdb.load(ctx.obj.get("hardware_db") if ctx.obj else None)
-    result = gpu.run(root, db, refit=fit)
-    if report_path:
-        write_text(report_path, gpu.markdown(result, f"capsim validate --gpu --report {report_path}"))
-    if plot_path:
-        gpu.plot(result, plot_path)
-    if as_json:
-        click.echo(json.dumps(result, indent=1))
-    else:
-        click.echo(render(["engine", "regime", "rows", "held-out median", "within 25%", "worst"],
-                          [[eng, name, str(cv["rows"]), f"{cv['median_abs']:.1%}", f"{cv['within_25']:.0%}",
-                            f"{cv['worst_row']} {cv['worst_error']:+.0%}"]
-                           for eng, e in result["engines"].items() for name, cv in e.get("cross_validated", {}).items()]))
-    worst = [e["cross_validated"]["all"]["median_abs"] for e in result["engines"].values() if "cross_validated" in e]
-    if max_median_error is not None and worst and max(worst) * 100 > max_median_error:
-        click.echo(f"capsim: GPU engines' held-out median error above {max_median_error}%", err=True)
         raise SystemExit(1)

@@ -47,6 +47,11 @@ PARAMETERS = {
     "offload_overlap": (0.0, 1.0),
     "activation_overlap": (0.0, 1.0),
     "ssd_read_request_bytes": (0.0, 1e12),
+    "memory_half_bytes": (0.0, 1e10),
+    "per_sequence_overhead_s": (0.0, 1.0),
+    "host_launch_s": (0.0, 1e-2),
+    "cuda_graph_max_batch": (0.0, 1e6),
+    "max_batched_tokens": (0.0, 1e9),
 }
 SWITCHES = ("mla_absorbed",)  # booleans
 EFFICIENCIES = ("compute_efficiency", "memory_efficiency", "link_efficiency", "attention_efficiency",
@@ -125,6 +130,23 @@ class EngineProfile:
     # engine that maps its weight file (llama.cpp's default mmap) reads a miss by page faults, one read-around
     # window per request: 128 KiB by default (include/linux/mm.h, VM_READAHEAD_PAGES).
     ssd_read_request_bytes: float = 0.0
+    # GPU serving mechanisms (capsim.sim.roofline; 0 = off, the ideal machine):
+    # bytes at which a memory-bound kernel reaches half of the sustained bandwidth (Hockney's n_1/2 in bytes:
+    # the bytes in flight needed to cover the memory latency, Little's law); each kernel pays this many bytes'
+    # time, so small kernels (decode GEMVs at high TP) fall short of the bandwidth and S-MBU moves with batch
+    memory_half_bytes: float = 0.0
+    # host time per sequence of the batch per step (the scheduler, input preparation, sampling, output handling
+    # are loops over the running requests), added to step_overhead_s
+    per_sequence_overhead_s: float = 0.0
+    # host time to launch one kernel outside a captured CUDA graph; launches are asynchronous, so an uncaptured
+    # step takes at least its kernels x host_launch_s
+    host_launch_s: float = 0.0
+    # decode steps of at most this many sequences (per data-parallel group) replay a captured CUDA graph: no
+    # host launches (0: no graphs)
+    cuda_graph_max_batch: float = 0.0
+    # the scheduler's token budget per step: prompts are prefilled in chunks of at most this many tokens, so the
+    # activations held are one chunk's (capsim.sim.memory; 0: a batch's prompts in one pass)
+    max_batched_tokens: float = 0.0
     eager_cpu: EagerCpu | None = None  # an eager engine on the CPU allocator; None for every other engine
     # The domain the profile was fitted on (the YAML's ``domain``): device roles ("accelerator", "cpu") and
     # expert placements ("none", "cpu", "gpu-fetch"); empty = any. Outside it capsim warns; a CPU-only or

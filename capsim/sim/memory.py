@@ -57,13 +57,17 @@ def kv_bytes_per_token(s: Shape, kv_bytes_per_element, tp=1) -> np.ndarray:
 
 
 def memory_use(s: Shape, *, batch, input_len, output_len, kv_bytes_per_element, capacity_bytes,
-               reserve_fraction=0.0, tp=1, ep=1, n=1, expert_fraction=1.0) -> MemoryUse:
+               reserve_fraction=0.0, tp=1, ep=1, n=1, expert_fraction=1.0, max_batched_tokens=0.0) -> MemoryUse:
+    """``max_batched_tokens``: an engine that prefills in chunks of at most this many tokens a step holds the
+    activations of one chunk, not of the whole batch's prompts (0: the whole batch in one pass)."""
     tp, n = f(tp), f(n)
     dp = n / tp
     b_g = ceil(f(batch) / dp - 1e-9)  # the fullest data-parallel group
     ctx = f(input_len) + f(output_len)
     kv = b_g * cached_tokens_per_layer(s.windows, s.layers, ctx) * kv_bytes_per_token(s, kv_bytes_per_element, tp)
     t_g = b_g * f(input_len)
+    if max_batched_tokens > 0:
+        t_g = np.minimum(t_g, max_batched_tokens)
     widest = max(s.attn_io_width, s.top_k * s.expert_io_width + s.shared_io_width, s.dense_io_width)
     act = t_g * s.act_bytes * (widest / tp + s.hidden) + b_g * s.vocab * LOGIT_BYTES / tp
     cap = f(capacity_bytes)

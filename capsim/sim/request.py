@@ -12,6 +12,14 @@ linear in them and the mean decode step equals the step at the mean number of ke
 without windows): TPOT is that step's time. (O = 1 has no decode step; TPOT is then reported for the next
 step, at context I + 1.) The request takes TTFT + (O - 1) x TPOT.
 
+Speculative decoding / multi-token prediction (``spec_tokens`` k > 0, acceptance a per draft token): each step
+drafts k tokens per sequence, then verifies k + 1 in one pass (the decode step above with k + 1 query tokens per
+sequence, reading the KV cache once) and keeps on average E = (1 - a^(k+1)) / (1 - a) tokens (k + 1 when a = 1;
+Leviathan, Kalman and Matias, "Fast Inference from Transformers via Speculative Decoding", ICML 2023, eq. 1).
+The draft is DeepSeek-V3's MTP module (D = 1: one Transformer block sharing the embedding and output head;
+arXiv 2412.19437 section 2.2), priced as one decoder layer's share (1 / layers) of a plain decode step per draft
+token. TPOT = (verify + k x draft) / E.
+
 predict, sweep, provision, validation and the benchmarks all price through :func:`simulate` (or
 :func:`simulate_step` for one measured step); a test checks nothing else calls ``step_time``.
 """
@@ -37,6 +45,12 @@ if TYPE_CHECKING:
     from capsim.scenario import Scenario
 
 
+# Bytes per hidden element the EP dispatch sends (--ep-dispatch): the activation dtype's, or DeepEP's FP8
+# dispatch (deepseek-ai/DeepEP README: "FP8 dispatching and BF16 combining"): 1 byte per element plus one fp32
+# scale per 128 (SGLang's sglang_per_token_group_quant_fp8, group size 128) = 1 + 4 / 128
+DISPATCH_BYTES = {"bf16": None, "fp8": 1.0 + 4.0 / 128.0}
+
+
 @dataclass(frozen=True)
 class RequestResult:
     prefill: Step
@@ -50,6 +64,7 @@ class RequestResult:
     prefill_offload: OffloadTiming | None = None
     decode_offload: OffloadTiming | None = None
     microbatches: np.ndarray | float = 1.0  # pipeline micro-batches, min(B, pp)
+    tokens_per_step: np.ndarray | float = 1.0  # output tokens a decode step keeps per sequence (speculation: E)
 
 
 def mean_decode_context(input_len, output_len) -> np.ndarray:
@@ -59,6 +74,7 @@ def mean_decode_context(input_len, output_len) -> np.ndarray:
 
 def _costs(sc: Scenario, work: Work, routing: dict | None) -> Step:
     return work_costs(sc.shape, work, kv_bytes_per_element=sc.kv_bytes, tp=sc.tp, ep=sc.ep, n=sc.n, pp=sc.pp,
+                      dispatch_bytes_per_element=DISPATCH_BYTES[sc.query.ep_dispatch],
                       mla_absorbed=sc.profile.mla_absorbed, **(routing or {}))
 
 
@@ -106,9 +122,17 @@ def simulate(sc: Scenario, batch, input_len, output_len, routing: Routing | None
     pre = _costs(sc, Work(mb * i, mb, mb * prefill_pairs_per_layer(s.windows, s.layers, i), 0.0, False),
                  routing.prefill if routing else None)
     keys = decode_keys_per_layer(s.windows, s.layers, i, o)
-    dec = _costs(sc, Work(mb, mb, mb * keys, mb * keys, True), routing.decode if routing else None)
+    k, accept = sc.query.spec_tokens, sc.query.spec_acceptance
+    q = 1 + k  # query tokens per sequence in a decode (verify) step
+    dec = _costs(sc, Work(mb * q, mb, mb * q * keys, mb * keys, True), routing.decode if routing else None)
     t_pre, off_pre = _phase(sc, pre, step_time(pre, sc), pipeline.prefill_factor(m, pp), h_pre)
     t_dec, off_dec = _phase(sc, dec, step_time(dec, sc), pipeline.decode_factor(m, pp), h_dec)
-    request = t_pre.step_s + maximum(o - 1, 0.0) * t_dec.step_s
-    return RequestResult(pre, dec, t_pre, t_dec, t_pre.step_s, t_dec.step_s, request, mean_decode_context(i, o),
-                         off_pre, off_dec, m)
+    tpot, kept = t_dec.step_s, 1.0
+    if k:
+        plain = _costs(sc, Work(mb, mb, mb * keys, mb * keys, True), routing.decode if routing else None)
+        draft = k * step_time(plain, sc).step_s / s.layers
+        kept = float(k + 1) if accept >= 1.0 else (1.0 - accept ** (k + 1)) / (1.0 - accept)
+        tpot = (t_dec.step_s + draft) / kept
+    request = t_pre.step_s + maximum(o - 1, 0.0) * tpot
+    return RequestResult(pre, dec, t_pre, t_dec, t_pre.step_s, tpot, request, mean_decode_context(i, o),
+                         off_pre, off_dec, m, kept)

@@ -15,7 +15,17 @@ shape) takes each matrix's fraction from the curve of the nearest shape instead 
 the sum over its matrices of their FLOPs over their rate).
 t_collective = bytes / (link bandwidth x link_efficiency) + calls x (collective_latency_s + link latency per call)
 (TP ring, EP all-to-all: exposed by (1 - transfer_overlap); the pipeline hop is on the critical path)
-t_step = sum(t_op) + sum(t_collective) + step_overhead_s
+t_step = max(sum(t_op) + sum(t_collective), launches) + step_overhead_s + seqs x per_sequence_overhead_s
+
+GPU serving mechanisms (engine profile parameters, 0 = off):
+- memory_half_bytes: each kernel moves memory_half_bytes more than its bytes at the sustained bandwidth
+  (Hockney's t = (n + n_1/2) / r_inf, n in bytes: a kernel reaches half the bandwidth at n_1/2, the bytes in
+  flight that cover the memory latency); small kernels (decode GEMVs split over TP) fall short of it.
+- host_launch_s, cuda_graph_max_batch: launches are asynchronous, so a step the engine launches kernel by kernel
+  takes at least kernels x host_launch_s; a decode step of at most cuda_graph_max_batch sequences (per
+  data-parallel group) replays a captured CUDA graph and pays no launches.
+- per_sequence_overhead_s: the host's per-step work per running sequence (scheduling, input preparation,
+  sampling), after step_overhead_s.
 
 An eager engine on the CPU allocator (a profile with ``eager_cpu``) first turns the step into what it runs
 (:mod:`capsim.sim.eager_cpu`: executed FLOPs, tensor traffic, element-wise and page-fault time); nothing else
@@ -83,6 +93,17 @@ def _compute_s(op, peak, prof) -> np.ndarray:
     return div(op.flops, peak)
 
 
+def _launch_wait(step: Step, prof, device_s) -> np.ndarray | float:
+    """Time the device waits on the host launching the step kernel by kernel (0 under a captured graph)."""
+    if prof.host_launch_s <= 0.0:
+        return 0.0
+    launches = sum(op.kernels if op.compute != LINK else op.calls for op in step.ops.values()) * prof.host_launch_s
+    local = step.local
+    graphed = local is not None and local.decode and prof.cuda_graph_max_batch > 0
+    wait = maximum(launches - device_s, 0.0)
+    return where(local.b_g <= prof.cuda_graph_max_batch, 0.0, wait) if graphed else wait
+
+
 def step_time(step: Step, sc: Scenario) -> Timing:
     """The step's time on one device of ``sc`` (its peaks, bandwidths, links and engine profile)."""
     prof, t = sc.profile, sc.target
@@ -103,7 +124,8 @@ def step_time(step: Step, sc: Scenario) -> Timing:
             continue
         tc = _compute_s(op, f(sc.peaks[op.compute]) * prof.compute_efficiency, prof)
         op_bw = bw if op.compute != "attention" else bw / prof.memory_efficiency * prof.attention_efficiency
-        tm = div(op.weight_bytes + op.kv_bytes * prof.kv_traffic_factor + op.act_bytes, op_bw)
+        tm = div(op.weight_bytes + op.kv_bytes * prof.kv_traffic_factor + op.act_bytes
+                 + op.kernels * prof.memory_half_bytes, op_bw)
         serial = (1.0 - prof.activation_overlap) * div(op.act_bytes, op_bw)  # element-wise kernels after the GEMM
         kernels = op.kernels + prof.kernels_per_activated_expert * op.activated_per_layer
         ov = kernels * prof.kernel_overhead_s + op.overhead_s
@@ -113,8 +135,11 @@ def step_time(step: Step, sc: Scenario) -> Timing:
         memory_bound = memory_bound + where(tc > tm, 0.0, tm)
         overhead = overhead + ov
     t_transfer = sum(transfer.values())
-    overhead = overhead + prof.step_overhead_s
-    step_s = sum(op_s.values()) + t_transfer + prof.step_overhead_s
+    device_s = sum(op_s.values()) + t_transfer
+    launch_wait = _launch_wait(step, prof, device_s)
+    host_s = prof.step_overhead_s + prof.per_sequence_overhead_s * (0.0 if step.local is None else step.local.b_g)
+    overhead = overhead + host_s + launch_wait
+    step_s = device_s + launch_wait + host_s
     cats = {"compute": compute_bound + 0 * step_s, "memory": memory_bound + 0 * step_s,
             "transfer": t_transfer + 0 * step_s, "overhead": overhead + 0 * step_s}
     return Timing(op_s, comp_s, mem_s, transfer, cats, step_s)

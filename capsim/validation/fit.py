@@ -29,6 +29,8 @@ BOUNDS = {
     "host_compute_efficiency": (1e-3, 1.0, 0.03),  # CPU kernels may reach ~1% of an AMX peak they do not use
     "link_efficiency": (0.02, 1.0, 0.5),
     "gemm_half_rows": (1.0, 4096.0, 32.0),  # rows; a GEMM reaches half its peak at this many rows
+    "memory_half_bytes": (1e3, 1e9, 1e6),  # bytes; a memory-bound kernel reaches half the bandwidth
+    "per_sequence_overhead_s": (1e-8, 1e-3, 1e-5),  # host seconds per running sequence per step
 }
 # What the CPU runs fit (hf-eager); the rest of a profile is set by mechanism in validation/config.yaml.
 FIT_PARAMETERS = ("compute_efficiency", "memory_efficiency", "kernel_overhead_s", "step_overhead_s",
@@ -47,9 +49,13 @@ def _with(base: EngineProfile, x: np.ndarray, names: Sequence[str]) -> EnginePro
 
 
 def fit_parameters(log_residuals: Callable[[EngineProfile], np.ndarray], base: EngineProfile,
-                   names: Sequence[str]) -> tuple[EngineProfile, dict]:
+                   names: Sequence[str], tolerance: float = 1e-8, loss: str = "linear",
+                   loss_scale: float = 1.0) -> tuple[EngineProfile, dict]:
     """Least squares (scipy, in log parameter space within BOUNDS) of ``log_residuals(profile)``
-    (log predicted / measured per case) over the named parameters of ``base``."""
+    (log predicted / measured per case) over the named parameters of ``base``; ``tolerance``: scipy's relative
+    ftol and xtol (stop when the cost or the parameters change by less); ``loss``, ``loss_scale``: scipy's
+    loss and f_scale ("soft_l1": log errors beyond loss_scale count about linearly, so one far row cannot
+    pull every parameter)."""
     unknown = [n for n in names if n not in BOUNDS]
     if unknown:
         raise CapsimError(f"cannot fit {', '.join(unknown)} (fittable: {', '.join(BOUNDS)})")
@@ -57,7 +63,7 @@ def fit_parameters(log_residuals: Callable[[EngineProfile], np.ndarray], base: E
     hi = np.log([BOUNDS[n][1] for n in names])
     x0 = np.log([BOUNDS[n][2] for n in names])
     res = least_squares(lambda x: log_residuals(_with(base, x, names)), x0, bounds=(lo, hi), x_scale=1.0,
-                        diff_step=1e-3)
+                        diff_step=1e-3, ftol=tolerance, xtol=tolerance, loss=loss, f_scale=loss_scale)
     return _with(base, res.x, names), {"rms_log_error": float(np.sqrt(np.mean(res.fun ** 2))),
                                        "status": res.message}
 

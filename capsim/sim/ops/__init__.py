@@ -28,7 +28,7 @@ __all__ = ["ALLREDUCES_PER_LAYER", "KERNELS_PER_LAYER", "NORM_FLOPS_PER_ELEMENT"
 
 
 def work_costs(s: Shape, work: Work, *, kv_bytes_per_element, tp=1, ep=1, n=1, pp=1, activated=None,
-               rank_activated=None, rank_load=1.0, mla_absorbed=True) -> Step:
+               rank_activated=None, rank_load=1.0, mla_absorbed=True, dispatch_bytes_per_element=None) -> Step:
     """Per-device costs of one step of ``work``.
 
     Routing (default: uniform; a trace replay passes measured values, each averaged over MoE layers):
@@ -36,12 +36,13 @@ def work_costs(s: Shape, work: Work, *, kv_bytes_per_element, tp=1, ep=1, n=1, p
     distinct experts on the slowest EP rank per layer; ``rank_load``, the slowest EP rank's expert-token
     assignments over the mean rank's (1 = balanced). ``mla_absorbed`` (engine property): False when MLA
     decode re-expands the cached latents each step. ``pp``: pipeline stages (the hop between them).
+    ``dispatch_bytes_per_element``: bytes per hidden element the EP dispatch sends (None: the activation dtype's).
     """
     w = local_work(s, work, kv_bytes_per_element=kv_bytes_per_element, tp=tp, ep=ep, n=n,
                    mla_absorbed=mla_absorbed)
     experts, w, dense = expert_ops(s, w, activated, rank_activated, rank_load)
     ops = {"embedding": embedding_op(s, w), **attention_ops(s, w), "norms": norms_op(s, w), **experts,
-           **ffn_ops(s, w), "lm_head": lm_head_op(s, w), **collective_ops(s, w, pp)}
+           **ffn_ops(s, w), "lm_head": lm_head_op(s, w), **collective_ops(s, w, pp, dispatch_bytes_per_element)}
     return Step({k: ops[k] for k in OPS}, dense["activated"], dense["all_weight_bytes"], dense["all_flops"], w)
 
 

@@ -30,17 +30,19 @@ def _collective(link: str, link_bytes, calls, z) -> OpCost:
     return OpCost(compute=LINK, family=FAMILY, link=link, link_bytes=z + link_bytes, calls=z + calls, rows=z + np.inf)
 
 
-def collective_ops(s: Shape, w: Local, pp=1) -> dict[str, OpCost]:
+def collective_ops(s: Shape, w: Local, pp=1, dispatch_bytes_per_element=None) -> dict[str, OpCost]:
     ab, h, tp, ep, z = s.act_bytes, s.hidden, w.tp, w.ep, w.zero
     msg = w.t_g * h * ab  # one all-reduce message: the group's hidden states
     tp_on = tp > 1
     # dispatch (or combine): each device sends its share of the tokens' k copies to the other ranks
     one_way = w.load * (w.all_tokens / w.n) * s.top_k * h * ab * (ep - 1) / ep * s.moe_layers
+    # a dispatch in another format (DeepEP's FP8) sends that many bytes per element; the combine stays in ab
+    dispatch = one_way if dispatch_bytes_per_element is None else one_way * dispatch_bytes_per_element / ab
     pp = f(pp)
     return {
         "tp_allreduce": _collective("ring", where(tp_on, ALLREDUCES_PER_LAYER * s.layers * 2 * (tp - 1) / tp * msg, 0.0),
                                     where(tp_on, float(ALLREDUCES_PER_LAYER * s.layers), 0.0), z),
-        "ep_dispatch": _collective("alltoall", where(w.is_ep, one_way, 0.0),
+        "ep_dispatch": _collective("alltoall", where(w.is_ep, dispatch, 0.0),
                                    where(w.is_ep & (s.num_experts > 0), float(s.moe_layers), 0.0), z),
         "ep_combine": _collective("alltoall", where(w.is_ep, one_way, 0.0),
                                   where(w.is_ep & (s.num_experts > 0), float(s.moe_layers), 0.0), z),
