@@ -47,10 +47,17 @@ def _table(run: dict) -> str:
 
 
 @click.command("measure")
-@click.option("--engine", type=click.Choice(["torch", "vllm"]), default="torch", show_default=True,
+@click.option("--engine", type=click.Choice(["torch", "vllm", "llama.cpp"]), default="torch", show_default=True,
               help="torch: time a Hugging Face model's prefill and decode steps in this process. vllm: run vLLM's CPU "
                    "build (its own venv, --vllm-python) on the campaign's MoE shapes (--shapes) over --batches x "
-                   "--prompt-lens, writing one run file per shape into --out (a folder).")
+                   "--prompt-lens, writing one run file per shape into --out (a folder). llama.cpp: convert each "
+                   "shape to GGUF, quantise it (--quants) and time it with llama-bench and llama-batched-bench "
+                   "(a built tree, --llama-dir).")
+@click.option("--llama-dir", type=click.Path(file_okay=False), default=None,
+              help="--engine llama.cpp: a llama.cpp source tree built with llama-bench, llama-quantize and "
+                   "llama-batched-bench in build/bin (validation/measured/llama.cpp/README.md).")
+@click.option("--quants", default="Q8_0,Q4_K_M", show_default=True,
+              help="--engine llama.cpp: llama-quantize types, comma-separated.")
 @click.option("--model", "model", default=None, type=click.Path(),
               help="Model folder (config.json + weights) or a config.json file (with --random-init). Required with "
                    "--engine torch.")
@@ -89,10 +96,11 @@ def _table(run: dict) -> str:
               help="Skip prefill points with more tokens (batch x prompt length); listed in the run file's notes.")
 @click.option("--notes", default=None, help="Free text stored in the run file.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the weights and token ids.")
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Run file to write (JSON).")
+@click.option("--out", type=click.Path(), default=None,
+              help="Run file to write (JSON); with --engine vllm or llama.cpp a folder (one run file per shape).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run file on stdout.")
 @bars.option()
-def measure_cmd(engine, model, shapes, output_len, vllm_python, random_init, prompt_lens, batches, decode_batches,
+def measure_cmd(engine, llama_dir, quants, model, shapes, output_len, vllm_python, random_init, prompt_lens, batches, decode_batches,
                 contexts, repeats, warmup, dtype, device, threads, layers, hidden, experts, intermediate, heads, vocab,
                 max_prefill_tokens, notes, seed, out, as_json, progress) -> None:
     """Measure prefill latency (per batch x prompt length) and decode step time (per batch, with the KV cache
@@ -103,6 +111,11 @@ def measure_cmd(engine, model, shapes, output_len, vllm_python, random_init, pro
     and decode-step times per batch and prompt length, with the machine's CPU model and ISA flags in each file."""
     from contextlib import nullcontext
 
+    if engine == "llama.cpp":
+        from capsim.cli.measure_llama import measure_llama
+
+        measure_llama(llama_dir, shapes, quants, batches, prompt_lens, output_len, repeats, threads, out)
+        return
     if engine == "vllm":
         from capsim.cli.measure_vllm import measure_vllm
 
@@ -110,6 +123,10 @@ def measure_cmd(engine, model, shapes, output_len, vllm_python, random_init, pro
         return
     if model is None:
         raise CapsimError("--model: required with --engine torch (a model folder or a config.json)")
+    from pathlib import Path
+
+    if out and Path(out).is_dir():
+        raise CapsimError(f"--out: {out} is a folder; with --engine torch it names a run file (JSON)")
 
     from capsim import atomic, outputs
     from capsim.measure.run import measure
