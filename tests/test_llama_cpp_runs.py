@@ -54,3 +54,41 @@ def test_committed_runs_are_complete(path):
         assert [int(r["b"]) for r in res["batched"]] == [1, 2, 4, 8, 16], q
         for r in res["batched"]:
             assert r["s_tg_tps"] > 0 and r["s_pp_tps"] > 0
+
+
+@pytest.mark.skipif(not RUNS, reason="no committed llama.cpp campaign")
+def test_cases_are_the_campaign_points():
+    from capsim.validation import llama_cpp as v
+
+    cases = v.load_cases(REPO / "validation")
+    # per shape and quantisation: pp128, pp512 (prefill), tg32 (decode), batched B = 1, 2, 4, 8, 16:
+    # 3 shapes x 2 quantisations x (2 + 1 + 5) = 48
+    assert len(cases) == 48
+    c = next(c for c in cases if c.id == "olmoe-like/Q4_K_M/batched/b4/128")
+    # 4 sequences at the mean context of 32 steps after 128 prompt tokens: 128 + 16 cached, 145 keys each
+    assert (c.work.tokens, c.work.seqs, c.work.kv_read_tokens, c.work.pairs) == (4, 4, 4 * 144.0, 4 * 145.0)
+    run = json.loads((REPO / "validation" / "measured" / "llama.cpp" / "olmoe-like.json").read_text())
+    row = next(r for r in run["quants"]["Q4_K_M"]["batched"] if r["b"] == 4)
+    assert c.measured_s == pytest.approx(row["t_tg_s"] / 32)  # one step of the 32 decoded together
+    pre = next(c for c in cases if c.id == "olmoe-like/Q4_K_M/prefill/b1/512")
+    assert pre.work.pairs == 512 * 513 / 2  # causal attention over one 512-token prompt
+
+
+@pytest.mark.skipif(not RUNS, reason="no committed llama.cpp campaign")
+def test_the_committed_report_is_the_shipped_profile_on_the_campaign():
+    import re
+
+    import numpy as np
+
+    from capsim import engines
+    from capsim.hardware import db as hwdb
+    from capsim.hardware.target import resolve_target
+    from capsim.validation import llama_cpp as v
+
+    target = resolve_target(hwdb.load(REPO / "validation" / v.HARDWARE_DB), v.HARDWARE)
+    cases = v.load_cases(REPO / "validation")
+    prof = engines.load(v.ENGINE)
+    med = float(np.median([abs(v.predict(c, target, prof) / c.measured_s - 1) for c in cases]))
+    stated = re.search(r"^\| all \| 48 \| ([0-9.]+)% \|", (REPO / "validation" / "LLAMA_CPP.md").read_text(), re.M)
+    assert stated, "no 'all' row in validation/LLAMA_CPP.md: capsim validate --llama-cpp --report validation/LLAMA_CPP.md"
+    assert med * 100 == pytest.approx(float(stated.group(1)), abs=0.05)

@@ -148,11 +148,15 @@ def _probe_sizes(value) -> tuple[int, ...] | None:
 @click.option("--vllm-cpu", "vllm_cpu", is_flag=True,
               help="Fit (with --fit) and cross-validate (leave one shape out) the vllm-cpu profile on vLLM's CPU build "
                    "measured on this machine (validation/measured/vllm-cpu/, 'capsim measure --engine vllm').")
+@click.option("--llama-cpp", "llama_cpp", is_flag=True,
+              help="Predict llama.cpp measured on this machine (validation/measured/llama.cpp/, 'capsim measure "
+                   "--engine llama.cpp') with the shipped llama.cpp profile, and with its parameters fitted to the "
+                   "other shapes (reported, not written).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def validate_cmd(ctx: click.Context, config_path: Path, fit: bool, max_median_error: float | None,
                  plot_path: Path | None, report_path: Path | None, published: bool, disk: bool, routing_mode: bool,
-                 gpu: bool, vllm_cpu: bool, as_json: bool) -> None:
+                 gpu: bool, vllm_cpu: bool, llama_cpp: bool, as_json: bool) -> None:
     """Predict every measured case and report the error (held-out cases separately from the fitting subset).
 
     Exit codes: 0 ok; 1 a median error above --max-median-error; 2 bad input (config, run file, CSV row).
@@ -176,6 +180,11 @@ def validate_cmd(ctx: click.Context, config_path: Path, fit: bool, max_median_er
         from capsim.cli.validate_engines import validate_gpu
 
         validate_gpu(ctx, config_path.resolve().parent, fit, max_median_error, report_path, plot_path, as_json)
+        return
+    if llama_cpp:
+        from capsim.cli.validate_engines import validate_llama_cpp
+
+        validate_llama_cpp(config_path.resolve().parent, max_median_error, report_path, as_json)
         return
     if vllm_cpu:
         from capsim.cli.validate_engines import validate_vllm_cpu

@@ -1,4 +1,4 @@
-"""``capsim validate --gpu`` and ``--vllm-cpu``: the serving engines' profiles fitted and cross-validated."""
+"""``capsim validate --gpu``, ``--vllm-cpu`` and ``--llama-cpp``: the serving engines' profiles fitted and cross-validated."""
 
 from __future__ import annotations
 
@@ -50,4 +50,23 @@ def validate_vllm_cpu(root: Path, fit: bool, max_median_error, report_path, as_j
     median = result["summary"]["all"]["median_abs"]
     if max_median_error is not None and median * 100 > max_median_error:
         click.echo(f"capsim: vllm-cpu held-out median error {median:.1%} above {max_median_error}%", err=True)
+        raise SystemExit(1)
+
+
+def validate_llama_cpp(root: Path, max_median_error, report_path, as_json: bool) -> None:
+    from capsim.validation import llama_cpp
+
+    result = llama_cpp.run(root)
+    if report_path:
+        write_text(report_path, llama_cpp.markdown(result, f"capsim validate --llama-cpp --report {report_path}"))
+    if as_json:
+        click.echo(json.dumps(result, indent=1))
+    else:
+        click.echo(render(["cases", "n", "shipped median", "shipped worst", "fitted, held out", "worst"],
+                          [[name, str(s["cases"]), f"{s['median_abs']:.1%}", f"{s['worst']:+.0%}",
+                            f"{result['held_out'][name]['median_abs']:.1%}", f"{result['held_out'][name]['worst']:+.0%}"]
+                           for name, s in result["shipped"].items()]))
+    median = result["shipped"]["all"]["median_abs"]
+    if max_median_error is not None and median * 100 > max_median_error:
+        click.echo(f"capsim: llama.cpp shipped-profile median error {median:.1%} above {max_median_error}%", err=True)
         raise SystemExit(1)
