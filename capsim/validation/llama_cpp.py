@@ -32,6 +32,7 @@ from capsim.sim.ops import Work
 from capsim.sim.request import simulate_step
 from capsim.sim.shape import Shape, shape_of
 from capsim.validation.fit import fit_parameters
+from capsim.validation.report import group_errors
 
 RUNS = "measured/llama.cpp"
 HARDWARE_DB = "measured/llama.cpp/hardware"
@@ -127,12 +128,7 @@ def _summary(cases: list[Case], errors: dict[str, float]) -> dict[str, dict[str,
         groups[kind] = [c for c in cases if c.kind == kind]
     for shape in sorted({c.shape_name for c in cases}):
         groups[shape] = [c for c in cases if c.shape_name == shape]
-    out = {}
-    for name, members in groups.items():
-        e = np.array([errors[c.id] for c in members])
-        out[name] = {"cases": len(members), "median_abs": float(np.median(np.abs(e))),
-                     "worst": float(e[np.argmax(np.abs(np.log1p(e)))])}
-    return out
+    return group_errors({k: [c.id for c in v] for k, v in groups.items()}, errors)
 
 
 def markdown(result: dict[str, Any], command: str) -> str:

@@ -21,6 +21,17 @@ def rows(cases, predicted: Sequence[float], held_out_ids: set[str]) -> list[dict
     return out
 
 
+def group_errors(groups: dict[str, list[str]], errors: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Per named group of case ids: cases, median |error| and the worst error (largest |log(1 + error)|, so a
+    factor of 2 too slow and too fast weigh the same). ``errors``: predicted / measured - 1 per id."""
+    out = {}
+    for name, ids in groups.items():
+        e = np.array([errors[i] for i in ids])
+        out[name] = {"cases": len(ids), "median_abs": float(np.median(np.abs(e))),
+                     "worst": float(e[np.argmax(np.abs(np.log1p(e)))])}
+    return out
+
+
 def aggregates(table: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Median and max absolute % error per (subset, phase)."""
     out = {}

@@ -32,6 +32,7 @@ from capsim.model.spec import spec_from_config
 from capsim.sim.shape import shape_of
 from capsim.validation.cases import Case, predict_case
 from capsim.validation.fit import fit_parameters
+from capsim.validation.report import group_errors
 
 RUNS = "measured/vllm-cpu"  # under validation/
 HARDWARE_DB = "measured/vllm-cpu/hardware"
@@ -118,12 +119,7 @@ def _summary(cases: list[Case], errors: dict[str, float]) -> dict[str, dict[str,
     groups = {"all": cases, "decode": [c for c in cases if c.phase == "decode"],
               "prefill": [c for c in cases if c.phase == "prefill"]}
     groups.update({c.run: [d for d in cases if d.run == c.run] for c in cases})
-    out = {}
-    for name, members in groups.items():
-        e = np.array([errors[c.id] for c in members])
-        out[name] = {"cases": len(members), "median_abs": float(np.median(np.abs(e))),
-                     "worst": float(e[np.argmax(np.abs(np.log1p(e)))])}
-    return out
+    return group_errors({k: [c.id for c in v] for k, v in groups.items()}, errors)
 
 
 def markdown(result: dict[str, Any], command: str) -> str:
