@@ -38,7 +38,9 @@ class Routing:
 # standard deviation / sqrt(n); at 32, about 1.3% of the activated experts for DeepSeek-V2-Lite's trace at batch 8
 # (p10-p90 28.2-34.1, i.e. sd ~2.3, over a mean of 31.2).
 MEAN_SAMPLES = 32
-# Replays kept per process: provision prices the same model's layouts on many systems with the same batch grid
+# Replays kept per process: provision prices the same model's layouts on many systems with the same batch grid, and
+# a GPU profile fit prices the corpus's 114 published rows hundreds of times (each row's replay is the same): 64
+# entries were evicted on every pass (160 ms a row instead of 3.5 ms); an entry is a few kB of (rows, samples) arrays
 _REPLAYED: dict[tuple, tuple] = {}
 _REPLAYED_SIZE = 1024
 _OPEN: dict[str, tuple[str, object]] = {}  # path -> (file stamp, the trace opened): its memory maps stay mapped

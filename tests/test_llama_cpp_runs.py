@@ -28,8 +28,10 @@ def test_batched_bench_rows_are_parsed_exactly():
     rows = [m.groups() for m in (llama_cpp.ROW.match(line.strip()) for line in TABLE.splitlines()) if m]
     assert len(rows) == 2  # the header and the rule are not rows
     assert rows[1] == ("64", "8", "2", "144", "0.083", "1535.40", "0.063", "252.08", "0.147", "980.68")
-    # S_TG = B x TG / T_TG: 2 x 8 / 0.063 = 254 (the table rounds T_TG to ms)
-    assert 2 * 8 / 0.063 == pytest.approx(252.08, rel=0.01)
+    # the parsed columns keep their meaning: S_TG = B x TG / T_TG, 2 x 8 / 0.063 = 254 (T_TG rounded to ms)
+    pp, tg, b, n_kv, t_pp, s_pp, t_tg, s_tg = (float(x) for x in rows[1][:8])
+    assert b * tg / t_tg == pytest.approx(s_tg, rel=0.01) and b * pp / t_pp == pytest.approx(s_pp, rel=0.01)
+    assert n_kv == b * (pp + tg)
 
 
 def test_runner_not_imported_by_capsim():

@@ -346,23 +346,22 @@ def _disk(cfg: dict, root: Path, max_median_error: float | None, report_path: Pa
 
 
 def _routing(root: Path, max_median_error: float | None, report_path: Path | None, as_json: bool) -> None:
+    from capsim.cli.validate_engines import finish
     from capsim.validation import routing
 
     t = routing.table(root)
-    if report_path:
-        write_text(report_path, routing.markdown(t, f"capsim validate --routing --report {report_path}"))
-    if as_json:
-        click.echo(json.dumps(t, indent=1))
-    else:
-        click.echo(render(["id", "model", "batch", "measured", "real (p10-p90)", "routing", "error", "uniform", "error"],
-                          [[r["id"], r["model"], str(r["batch"]), str(r["measured"]), "-", "skipped: " + r["skipped"],
-                            "-", "-", "-"] if "skipped" in r else
-                           [r["id"], r["model"], str(r["batch"]), f"{r['measured']:.1f}",
-                            f"{r['real']:.1f} ({r['real_p10']:.1f}-{r['real_p90']:.1f})", r["routing"],
-                            f"{r['error_real']:+.0%}", f"{r['uniform']:.1f}", f"{r['error_uniform']:+.0%}"]
-                           for r in t["rows"]]))
-        click.echo(f"\nmedian absolute error over {t['priced']} rows: real routing {t['median_abs_error_real']:.0%}, "
-                   f"uniform {t['median_abs_error_uniform']:.0%}")
-    if max_median_error is not None and t["median_abs_error_real"] * 100 > max_median_error:
-        click.echo(f"capsim: routing median error above {max_median_error}%", err=True)
-        raise SystemExit(1)
+
+    def table() -> str:
+        rows = render(["id", "model", "batch", "measured", "real (p10-p90)", "routing", "error", "uniform", "error"],
+                      [[r["id"], r["model"], str(r["batch"]), str(r["measured"]), "-", "skipped: " + r["skipped"],
+                        "-", "-", "-"] if "skipped" in r else
+                       [r["id"], r["model"], str(r["batch"]), f"{r['measured']:.1f}",
+                        f"{r['real']:.1f} ({r['real_p10']:.1f}-{r['real_p90']:.1f})", r["routing"],
+                        f"{r['error_real']:+.0%}", f"{r['uniform']:.1f}", f"{r['error_uniform']:+.0%}"]
+                       for r in t["rows"]])
+        return (f"{rows}\n\nmedian absolute error over {t['priced']} rows: real routing "
+                f"{t['median_abs_error_real']:.0%}, uniform {t['median_abs_error_uniform']:.0%}")
+
+    finish(t, report_path=report_path, as_json=as_json, max_median_error=max_median_error, table=table,
+           markdown=lambda: routing.markdown(t, f"capsim validate --routing --report {report_path}"),
+           median=t["median_abs_error_real"], what="routing median error")

@@ -32,7 +32,7 @@ from capsim.sim.ops import Work
 from capsim.sim.request import simulate_step
 from capsim.sim.shape import Shape, shape_of
 from capsim.validation.fit import fit_parameters
-from capsim.validation.report import group_errors
+from capsim.validation.report import summary_by
 
 RUNS = "measured/llama.cpp"
 HARDWARE_DB = "measured/llama.cpp/hardware"
@@ -123,12 +123,7 @@ def run(root: Path) -> dict[str, Any]:
 
 
 def _summary(cases: list[Case], errors: dict[str, float]) -> dict[str, dict[str, float]]:
-    groups: dict[str, list[Case]] = {"all": cases}
-    for kind in ("prefill", "decode", "batched"):
-        groups[kind] = [c for c in cases if c.kind == kind]
-    for shape in sorted({c.shape_name for c in cases}):
-        groups[shape] = [c for c in cases if c.shape_name == shape]
-    return group_errors({k: [c.id for c in v] for k, v in groups.items()}, errors)
+    return summary_by(cases, errors, ("kind", ("prefill", "decode", "batched")), ("shape_name", None))
 
 
 def markdown(result: dict[str, Any], command: str) -> str:

@@ -32,6 +32,16 @@ def group_errors(groups: dict[str, list[str]], errors: dict[str, float]) -> dict
     return out
 
 
+def summary_by(cases, errors: dict[str, float], *fields: tuple[str, Sequence[str] | None]) -> dict[str, dict[str, float]]:
+    """:func:`group_errors` over "all" and, per (attribute, order) in ``fields``, one group per value of that
+    attribute of the cases (in ``order``; None: sorted)."""
+    groups = {"all": [c.id for c in cases]}
+    for attr, order in fields:
+        for value in order if order is not None else sorted({getattr(c, attr) for c in cases}):
+            groups[value] = [c.id for c in cases if getattr(c, attr) == value]
+    return group_errors(groups, errors)
+
+
 def aggregates(table: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Median and max absolute % error per (subset, phase)."""
     out = {}

@@ -32,7 +32,7 @@ from capsim.model.spec import spec_from_config
 from capsim.sim.shape import shape_of
 from capsim.validation.cases import Case, predict_case
 from capsim.validation.fit import fit_parameters
-from capsim.validation.report import group_errors
+from capsim.validation.report import summary_by
 
 RUNS = "measured/vllm-cpu"  # under validation/
 HARDWARE_DB = "measured/vllm-cpu/hardware"
@@ -116,10 +116,7 @@ def run(root: Path, *, refit: bool) -> dict[str, Any]:
 
 
 def _summary(cases: list[Case], errors: dict[str, float]) -> dict[str, dict[str, float]]:
-    groups = {"all": cases, "decode": [c for c in cases if c.phase == "decode"],
-              "prefill": [c for c in cases if c.phase == "prefill"]}
-    groups.update({c.run: [d for d in cases if d.run == c.run] for c in cases})
-    return group_errors({k: [c.id for c in v] for k, v in groups.items()}, errors)
+    return summary_by(cases, errors, ("phase", ("decode", "prefill")), ("run", None))
 
 
 def markdown(result: dict[str, Any], command: str) -> str:
