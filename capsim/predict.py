@@ -61,7 +61,10 @@ def predict(q: Query, db, profile=None) -> dict[str, Any]:
     res = simulate(sc, b, i, o, rt, place)
     m = request_metrics(sc, res, b, i, o)
     pre = report.phase(res.prefill, res.prefill_timing, m["prefill"], b * i)
-    dec = report.phase(res.decode, res.decode_timing, m["decode"], b * res.tokens_per_step)
+    # the decode phase's rate is the request's, b per TPOT (with speculation its step is the verify pass alone, and
+    # TPOT adds the draft and divides by the tokens kept): tokens = that rate x the mean step time
+    dec = report.phase(res.decode, res.decode_timing, m["decode"],
+                       float(m["decode_tokens_per_s"]) * report.mean(res.decode_timing.step_s))
     dec["mean_context"] = report.mean(res.decode_context)
     request_s = float(m["request_latency_s"])
     cost_info = report.cost(sc, request_s, b * o)

@@ -168,3 +168,15 @@ def test_fp8_dispatch_sends_a_byte_and_a_scale_per_128_elements():
     assert float(bf16.ops["ep_dispatch"].link_bytes) > 0
     assert float(fp8.ops["ep_dispatch"].link_bytes / bf16.ops["ep_dispatch"].link_bytes) == pytest.approx(1.03125 / 2)
     assert float(fp8.ops["ep_combine"].link_bytes) == float(bf16.ops["ep_combine"].link_bytes)
+
+
+def test_speculative_decode_phase_rate_is_the_requests():
+    # the decode phase's step is the verify pass alone; its tokens/s must still be b / TPOT (draft included,
+    # divided by the tokens kept), the rate the report's headline gives
+    from capsim.hardware import db as hwdb
+    from capsim.predict import Query, predict
+
+    rep = predict(Query(model="deepseek-v3", hardware="dgx-h200", batch=16, spec_tokens=1, spec_acceptance=0.85,
+                        routing="uniform"), hwdb.load())
+    assert rep["phases"]["decode"]["tokens_per_s"] == pytest.approx(rep["decode_tokens_per_s"], rel=1e-12)
+    assert rep["decode_tokens_per_s"] == pytest.approx(16 / rep["tpot_s"], rel=1e-12)
