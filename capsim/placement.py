@@ -31,6 +31,7 @@ import numpy as np
 from capsim import precision
 from capsim.capacity import per_device
 from capsim.errors import CapsimError
+from capsim.hardware import isa
 from capsim.sim.offload import MODES
 from capsim.sim.shape import weight_bytes
 from capsim.sim.ssd import SsdRead
@@ -108,12 +109,13 @@ def setup_offload(q, shape, target, prec, profile) -> OffloadSetup:
             link_path = f"{host.ssd_id} -> DRAM (the CPU computes the experts it reads); hidden states: {link_path}"
     host_peak, share = math.inf, 1.0
     if q.offload == "cpu":
-        dt = precision.choose_compute(prec, host.cpu_peak_flop_per_s, host.cpu_id)
+        host_peaks, _ = isa.engine_peaks(host.cpu_paths, host.cpu_peak_flop_per_s, profile.cpu_kernels)
+        dt = precision.choose_compute(prec, host_peaks, host.cpu_id)
         sockets = q.host_sockets or host.sockets
         if not 1 <= sockets <= host.sockets:
             raise CapsimError(f"--host-sockets {sockets}: {t.hardware_id} has {host.sockets} CPU socket(s)")
         share = sockets / host.sockets  # each socket computes from its own DRAM
-        host_peak = host.cpu_peak_flop_per_s[dt] * share
+        host_peak = host_peaks[dt] * share
     ssd = None
     if q.expert_tier == "ssd":  # the drive's rates and the engine's request size (default: one expert matrix)
         seq = host.ssd_to_dram_bytes_per_s

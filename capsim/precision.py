@@ -32,6 +32,19 @@ GGUF_Q3_K_S_BPW = 3.50
 # int4 with group scales (AWQ / GPTQ, group size 128): fp16 scale + packed 4-bit zero point per group.
 INT4_GROUP_SIZE = 128
 INT4_G128_BPW = 4 + (16 + 4) / INT4_GROUP_SIZE  # 4.15625
+# A GGUF type quantises blocks of QK weights along a row (K, the input features): QK 32 for Q8_0/Q4_0/Q5_0/IQ4_NL,
+# QK_K 256 for the k-quants and IQ4_XS (ggml-common.h). llama-quantize stores a tensor whose row length is not a
+# multiple of the block in a fallback type (src/llama-quant.cpp, tensor_type_fallback): Q4_K -> Q5_0, IQ4_XS ->
+# IQ4_NL, and F16 when even that block does not divide the row (a 32-block type goes to F16 directly). The same
+# file's llama_tensor_get_type keeps output.weight in Q8_0 for a Q8_0 file (Q6_K for the others) and quantises
+# token_embd.weight to the file's base type.
+GGUF_QK = 32
+GGUF_QK_K = 256
+GGUF_Q5_0_BPW = 22 * 8 / 32  # block_q5_0: fp16 scale + 4 bytes of high bits + 16 bytes of nibbles = 22 B / 32 = 5.5
+GGUF_Q4_K_BPW = 144 * 8 / 256  # block_q4_K: 2 fp16 + 12 bytes of scales + 128 of nibbles = 144 B / 256 = 4.5
+GGUF_Q3_K_BPW = 110 * 8 / 256  # block_q3_K: 32 + 64 + 12 bytes + fp16 d = 110 B / 256 = 3.4375
+GGUF_IQ4_NL_BPW = 18 * 8 / 32  # block_iq4_nl: fp16 scale + 16 bytes of nibbles = 18 B / 32 = 4.5
+F16_FALLBACK = ((1, SIXTEEN_BIT),)
 # NVFP4: E2M1 values, one FP8 E4M3 scale per 16 values (NVIDIA, "Introducing NVFP4", 2025) = 4.5
 NVFP4_BPW = 4 + 8 / 16
 # MXFP4: E2M1 values, one E8M0 scale per 32 values (OCP Microscaling Formats spec v1.0, 2023) = 4.25
@@ -47,6 +60,17 @@ class Precision:
     lm_head_bits: float = SIXTEEN_BIT
     source: str = ""
     activation_bytes: float = ACTIVATION_BYTES  # activations, and unquantised weights (norms, router, embedding)
+    embedding_bits: float = 0.0  # the token-embedding table's storage (0: the activation dtype's)
+    block: int = 1  # weights quantised per block of this many along a row (GGUF); 1: any row length
+    fallback: tuple[tuple[int, float], ...] = ()  # (block, bits per weight) tried in turn when block does not divide
+
+    def bits_for_row(self, k: int) -> float:
+        """Stored bits per weight of a matrix with rows of ``k`` weights: the format's, else its first fallback
+        whose block divides ``k`` (16-bit at the end of every GGUF chain)."""
+        for block, bits in ((self.block, self.bits_per_weight), *self.fallback):
+            if k % block == 0:
+                return bits
+        return SIXTEEN_BIT
 
     @property
     def bytes_per_weight(self) -> float:
@@ -62,19 +86,25 @@ PRECISIONS: dict[str, Precision] = {
         Precision("fp8", 8, ("fp8", "bf16", "fp16"), source="E4M3 (OCP 8-bit FP spec); per-tensor/block scales negligible"),
         Precision("int8", 8, ("int8", "bf16", "fp16"), source="per-channel int8 (SmoothQuant W8A8 or W8A16)"),
         Precision("int4", INT4_G128_BPW, ("fp16", "bf16", "fp32"), source="AWQ/GPTQ packing, group 128"),
-        Precision("gguf-q8_0", GGUF_Q8_0_BPW, ("int8", "fp16", "fp32"), source="ggml-common.h block_q8_0"),
-        Precision("gguf-q4_0", GGUF_Q4_0_BPW, ("int8", "fp16", "fp32"), source="ggml-common.h block_q4_0"),
+        Precision("gguf-q8_0", GGUF_Q8_0_BPW, ("int8", "fp16", "fp32"), source="ggml-common.h block_q8_0",
+                  lm_head_bits=GGUF_Q8_0_BPW, embedding_bits=GGUF_Q8_0_BPW, block=GGUF_QK, fallback=F16_FALLBACK),
+        Precision("gguf-q4_0", GGUF_Q4_0_BPW, ("int8", "fp16", "fp32"), source="ggml-common.h block_q4_0",
+                  lm_head_bits=GGUF_Q6_K_BPW, embedding_bits=GGUF_Q4_0_BPW, block=GGUF_QK, fallback=F16_FALLBACK),
         Precision(
             "gguf-q4_k_m", GGUF_Q4_K_M_BPW, ("int8", "fp16", "fp32"), lm_head_bits=GGUF_Q6_K_BPW,
             source="llama.cpp tools/quantize/README.md (Llama 2 7B: 4.84 bpw); output.weight in Q6_K",
+            embedding_bits=GGUF_Q4_K_BPW, block=GGUF_QK_K, fallback=((GGUF_QK, GGUF_Q5_0_BPW), *F16_FALLBACK),
         ),
         Precision(
             "gguf-q3_k_s", GGUF_Q3_K_S_BPW, ("int8", "fp16", "fp32"), lm_head_bits=GGUF_Q6_K_BPW,
             source="llama.cpp tools/quantize/README.md (Llama 2 7B: 3.50 bpw); output.weight in Q6_K",
+            embedding_bits=GGUF_Q3_K_BPW, block=GGUF_QK_K,
+            fallback=((GGUF_QK, GGUF_Q4_0_BPW), *F16_FALLBACK),  # Q3_K -> Q4_0
         ),
         Precision(
             "gguf-iq4_xs", GGUF_IQ4_XS_BPW, ("int8", "fp16", "fp32"), lm_head_bits=GGUF_Q6_K_BPW,
             source="ggml-common.h block_iq4_xs (136 bytes per 256 weights); output.weight in Q6_K",
+            embedding_bits=GGUF_IQ4_XS_BPW, block=GGUF_QK_K, fallback=((GGUF_QK, GGUF_IQ4_NL_BPW), *F16_FALLBACK),
         ),
         Precision("nvfp4", NVFP4_BPW, ("fp4",), source="NVIDIA NVFP4: E2M1 + E4M3 scale per 16"),
         Precision("mxfp4", MXFP4_BPW, ("fp4", "bf16"), scope="experts", source="OCP MX v1.0: E2M1 + E8M0 per 32"),

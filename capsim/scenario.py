@@ -19,11 +19,13 @@ import numpy as np
 from capsim import checks, engines, precision, scenario_cache
 from capsim.checks import MAX_DEVICES, MAX_EXPERTS, MAX_SEQUENCES, MAX_TOKENS, MAX_USD
 from capsim.errors import CapsimError
+from capsim.hardware import isa
 from capsim.hardware.target import Target, for_layout, resolve_target, stage
 from capsim.model.catalogue import load_spec
 from capsim.model.spec import ModelSpec
 from capsim.placement import OffloadSetup, setup_offload
 from capsim.precision import Precision
+from capsim.sim.peaks import ATTENTION_DTYPES, Peaks  # noqa: F401 (Peaks: re-exported)
 from capsim.sim.shape import Shape, shape_of
 
 DEFAULT_INPUT_LEN = 512  # the peers' comparison point (shared/reference/peers.md: 512 in, 128 out)
@@ -31,7 +33,6 @@ DEFAULT_OUTPUT_LEN = 128
 MAX_BATCH = "max"  # Query.batch: the largest batch that fits (capsim.predict.largest_batch)
 # Attention runs in the compute dtype when that is a 16- or 32-bit float; below it (fp8, int8, fp4 matmuls)
 # in the best 16-bit dtype the device has (FlashAttention computes in bf16 / fp16).
-ATTENTION_DTYPES = ("bf16", "fp16", "fp32")
 UNIFORM_ROUTING = "uniform (expected distinct experts)"
 
 
@@ -74,26 +75,6 @@ PER_REQUEST = ("batch", "input_len", "output_len", "trace_samples", "usd_per_h",
 
 
 @dataclass(frozen=True)
-class Peaks:
-    """Dense peak FLOP/s per operator class: matmuls in the compute dtype, attention in a 16-bit dtype (the
-    compute dtype when it is one, ATTENTION_DTYPES), vector work (norms) in fp32."""
-
-    matmul: float
-    attention: float
-    vector: float
-
-    def __getitem__(self, compute: str) -> float:
-        return getattr(self, compute)
-
-    @classmethod
-    def of(cls, peak_flop_per_s: dict[str, float], compute: str) -> Peaks:
-        p = peak_flop_per_s
-        attn = compute if compute in ATTENTION_DTYPES else next(
-            (d for d in ATTENTION_DTYPES if d in p), compute)
-        return cls(p[compute], p[attn], p.get("fp32", p[compute]))
-
-
-@dataclass(frozen=True)
 class Scenario:
     query: Query
     model_id: str
@@ -123,6 +104,7 @@ class Scenario:
     # USD per hour of the devices used at the default cost assumptions (capsim.cap.hourly), or why not
     price: Any = None
     price_error: str | None = None
+    kernel_path: str = ""  # a CPU: the ISA path the matmuls run on (capsim.hardware.isa); "" elsewhere
 
     @property
     def n(self) -> int:
@@ -155,7 +137,7 @@ class Scenario:
             "engine": self.profile.id, "engine_version": self.profile.version, "precision": self.precision.name,
             "bits_per_weight": self.precision.bits_per_weight, "precision_scope": self.precision.scope,
             "kv_precision": self.kv_precision, "compute_dtype": self.compute_dtype, "weight_only": self.weight_only,
-            "batch": q.batch, "input_len": q.input_len, "output_len": q.output_len, "tp": self.tp, "ep": self.ep,
+            "kernel_path": self.kernel_path or None, "batch": q.batch, "input_len": q.input_len, "output_len": q.output_len, "tp": self.tp, "ep": self.ep,
             "dp": self.dp, "routing": self.routing, "routing_kind": self.route.kind if self.route else "uniform",
             "routing_source": self.route.source if self.route else "independent uniform top-k choices",
             "trace": q.trace, "collective_link": t.collective_link,
@@ -289,10 +271,12 @@ def _resolve(q: Query, db, profile: engines.EngineProfile | None) -> Scenario:
     prec = precision.get(q.precision or info["native_precision"])
     kv_name = (q.kv_precision or ("fp32" if prec.name == "fp32" else "bf16")).lower()
     kv_b = precision.kv_bytes(kv_name)
-    compute = precision.choose_compute(prec, target.peak_flop_per_s, target.device_id, q.compute_dtype)
+    profile = profile or engines.load(q.engine)
+    kernels = profile.cpu_kernels
+    dtype_peaks, paths = isa.engine_peaks(target.cpu_paths, target.peak_flop_per_s, kernels)
+    compute = precision.choose_compute(prec, dtype_peaks, target.device_id, q.compute_dtype)
     tp, ep = _parallelism(q, target, spec)
     target = for_layout(target, tp, ep)
-    profile = profile or engines.load(q.engine)
     target = replace(target, notes=[*target.notes, *check_domain(profile, target.device_role, q.offload)])
     shape = shape_of(spec, prec)
     offload = setup_offload(q, shape, target, prec, profile) if q.offload else None
@@ -303,7 +287,9 @@ def _resolve(q: Query, db, profile: engines.EngineProfile | None) -> Scenario:
         query=q, model_id=info["id"], model_source=info["source"], model_info=info, spec=spec, shape=shape,
         precision=prec, kv_precision=kv_name, kv_bytes=kv_b, compute_dtype=compute,
         weight_only=compute not in prec.compute[:1], profile=profile, whole=whole, target=target,
-        hop_bytes_per_s=hop, hop_bottleneck=hop_where, peaks=Peaks.of(target.peak_flop_per_s, compute), tp=tp, ep=ep,
+        hop_bytes_per_s=hop, hop_bottleneck=hop_where, tp=tp, ep=ep,
+        peaks=Peaks.of(dtype_peaks, compute, kernels.attention if kernels else ""),
+        kernel_path=paths.get(compute, ""),
         dp=target.n_devices // tp, pp=q.pp, nodes=whole.nodes, offload=offload, price=price,
         price_error=price_error, routing=route.label, route=route)
 
@@ -358,7 +344,8 @@ def for_device(shape: Shape, target: Target, profile: engines.EngineProfile, com
                kv_bytes: float, name: str = "") -> Scenario:
     """A scenario of one device running a model shape with no catalogue entry (a measured run's config): what
     validation cases and tests price single steps with."""
-    p = target.peak_flop_per_s
+    kernels = profile.cpu_kernels
+    p, paths = isa.engine_peaks(target.cpu_paths, target.peak_flop_per_s, kernels)
     if compute_dtype not in p:
         raise CapsimError(f"{target.device_id}: no measured {compute_dtype} peak (have {', '.join(p)})")
     prec = precision.get(compute_dtype)
@@ -367,7 +354,8 @@ def for_device(shape: Shape, target: Target, profile: engines.EngineProfile, com
         model_source="measured run", model_info={"id": name}, spec=None, shape=shape, precision=prec,
         kv_precision=compute_dtype, kv_bytes=kv_bytes, compute_dtype=compute_dtype, weight_only=False,
         profile=profile, whole=target, target=target, hop_bytes_per_s=math.inf, hop_bottleneck="",
-        peaks=Peaks.of(p, compute_dtype), tp=1, ep=1, dp=1, pp=1, nodes=1)
+        peaks=Peaks.of(p, compute_dtype, kernels.attention if kernels else ""), tp=1, ep=1, dp=1, pp=1, nodes=1,
+        kernel_path=paths.get(compute_dtype, ""))
 
 
 def from_parts(shape: Shape, *, peak_flop_per_s: dict, bandwidth_bytes_per_s, profile: engines.EngineProfile,

@@ -9,6 +9,7 @@ import click
 from capsim import engines
 from capsim.cli import choices
 from capsim.cli.table import render
+from capsim.errors import CapsimError
 from capsim.hardware import db as hwdb
 from capsim.predict import DEFAULT_INPUT_LEN, DEFAULT_OUTPUT_LEN, MAX_BATCH, Query, predict
 from capsim.units import format_quantity
@@ -56,7 +57,8 @@ def _bound_line(rep: dict) -> str:
     share = dec["time_by_bound_s"][dec["bottleneck"]] / dec["step_s"]
     what = {
         "memory": f"reading weights and KV cache from {sc['device']} memory",
-        "compute": f"in {sc['compute_dtype']} matmuls at the dense peak",
+        "compute": f"in {sc['compute_dtype']} matmuls at the dense peak"
+                   + (f" of the {sc['kernel_path']} path" if sc.get("kernel_path") else ""),
         "transfer": f"in collectives over {sc['collective_link']}",
         "overhead": "in kernel-launch and scheduling overhead",
     }[dec["bottleneck"]]
@@ -99,7 +101,9 @@ def human(rep: dict, verbose: bool = False) -> str:
     lines = [
         f"{sc['model']} on {sc['devices']}x {sc['device']} ({where}, {par}), engine {sc['engine']}",
         f"weights {sc['precision']} ({sc['bits_per_weight']:.3g} bits), KV {sc['kv_precision']}, "
-        f"compute {sc['compute_dtype']}{weight_only}; batch {sc['batch']}, input {sc['input_len']}, "
+        f"compute {sc['compute_dtype']}{weight_only}"
+        + (f" on the {sc['kernel_path']} ISA path" if sc.get("kernel_path") else "")
+        + f"; batch {sc['batch']}, input {sc['input_len']}, "
         f"output {sc['output_len']} tokens",
         "",
     ]
@@ -163,6 +167,21 @@ def human(rep: dict, verbose: bool = False) -> str:
     return "\n".join(lines)
 
 
+def socket_layout_of(sockets, layout, devices, tp, dp) -> tuple:
+    """--sockets / --socket-layout as devices, tp and dp (a socket is a device of a CPU system)."""
+    if sockets is None:
+        if layout is not None:
+            raise CapsimError("--socket-layout: needs --sockets N")
+        return devices, tp, dp
+    if sockets < 1 or (devices is not None and devices != sockets):
+        raise CapsimError(f"--sockets {sockets}: expected a positive count equal to --devices when both are given")
+    if layout == "replica":
+        if (tp or 1) != 1 or (dp or sockets) != sockets:
+            raise CapsimError("--socket-layout replica: one instance per socket means --tp 1 --dp SOCKETS")
+        return sockets, 1, sockets
+    return sockets, tp, dp
+
+
 @click.command("predict")
 @click.option("--model", "-m", required=True, shell_complete=choices.complete_models,
               help="Catalogue id or alias ('capsim model list'), or a config.json / checkpoint folder.")
@@ -214,6 +233,12 @@ def human(rep: dict, verbose: bool = False) -> str:
               help="With --offload: where the non-resident experts live.")
 @click.option("--host-sockets", type=int, default=None,
               help="With --offload cpu: CPU sockets computing experts [default: all of the system's].")
+@click.option("--sockets", type=int, default=None,
+              help="A CPU system: sockets the engine runs on (the same as --devices) [default: 1].")
+@click.option("--socket-layout", type=click.Choice(["tp", "replica"]), default=None,
+              help="With --sockets > 1: one instance tensor-parallel over the sockets, its all-reduces over the "
+                   "socket link (SGLang's CPU backend, multi-NUMA TP), or one instance per socket, each with every "
+                   "weight in its own DRAM (llama.cpp's NUMA advice) [default: tp].")
 @click.option("--spec-tokens", type=int, default=0, show_default=True,
               help="Speculative decoding / multi-token prediction (DeepSeek MTP, EAGLE): draft tokens per decode step, "
                    "verified in one pass.")
@@ -229,9 +254,10 @@ def human(rep: dict, verbose: bool = False) -> str:
 @click.pass_context
 def predict_cmd(ctx: click.Context, model, hardware, devices, nodes, engine, precision, kv_precision, compute_dtype, batch,
                 input_len, output_len, tp, ep, pp, dp, routing, trace, trace_samples, trace_any_model, usd_per_hour, no_memory_check,
-                allow_dense, offload, expert_cache, cache_policy, expert_tier, host_sockets, spec_tokens, spec_acceptance,
-                ep_dispatch, as_json, verbose) -> None:
+                allow_dense, offload, expert_cache, cache_policy, expert_tier, host_sockets, sockets, socket_layout,
+                spec_tokens, spec_acceptance, ep_dispatch, as_json, verbose) -> None:
     """Predict TTFT, TPOT, throughput, S-MBU / S-MFU, memory and cost of serving MODEL on HARDWARE."""
+    devices, tp, dp = socket_layout_of(sockets, socket_layout, devices, tp, dp)
     db = hwdb.load(ctx.obj.get("hardware_db") if ctx.obj else None, lazy=True)  # read only if not cached
     q = Query(model=model, hardware=hardware, devices=devices, nodes=nodes, engine=engine, precision=precision,
               kv_precision=kv_precision, compute_dtype=compute_dtype, batch=batch, input_len=input_len,

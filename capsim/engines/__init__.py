@@ -23,6 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from capsim.engines.kernels import CpuKernels, parse
 from capsim.errors import CapsimError
 
 FOLDER = Path(__file__).parent
@@ -160,6 +161,7 @@ class EngineProfile:
     gemm_curves: tuple[tuple[float, float, tuple[tuple[float, float], ...]], ...] = ()
     gemm_curves_file: str | None = None  # where they were read from, relative to the profile's folder
     fitted_cases: tuple[str, ...] = ()  # ids of the validation cases the parameters were fitted to
+    cpu_kernels: CpuKernels | None = None  # on a CPU: the ISA paths its kernels take (capsim.engines.kernels)
 
     def parameters(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in (*PARAMETERS, *SWITCHES)}
@@ -258,6 +260,7 @@ def _load(path_text: str, mtime_ns: int, size: int) -> EngineProfile:
         fitted_to=data["fitted_to"], fitted_cases=tuple(data.get("fitted_cases") or ()),
         eager_cpu=None if raw_eager is None else eager_cpu(raw_eager, f"{path}: eager_cpu"),
         gemm_curves=curves, gemm_curves_file=curves_file, **params, **_domain(data.get("domain"), path),
+        cpu_kernels=parse(data.get("cpu_kernels"), path),
     )
 
 
@@ -350,6 +353,8 @@ def write(profile: EngineProfile, extra: dict | None = None, folder: Path = FOLD
     if profile.domain_devices or profile.domain_offload or profile.domain_fitted_on:
         data["domain"] = {"devices": list(profile.domain_devices), "offload": list(profile.domain_offload),
                           "fitted_devices": list(profile.domain_fitted_devices), "fitted_on": profile.domain_fitted_on}
+    if profile.cpu_kernels is not None:
+        data["cpu_kernels"] = profile.cpu_kernels.to_yaml()
     data["fitted_cases"] = list(profile.fitted_cases)
     data.update(extra or {})
     path = folder / f"{profile.id}.yaml"

@@ -113,6 +113,24 @@ class MemoryFaults(_Strict):
     retained_free_bytes: Bytes | None = None
 
 
+# x86 and Arm ISA extensions an ISA path needs (Linux /proc/cpuinfo flag names; capsim.hardware.isa)
+IsaExtension = Literal["avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+                       "avx_vnni", "amx_bf16", "amx_int8", "amx_fp16", "asimd", "asimddp", "i8mm", "sve", "sve2",
+                       "bf16"]
+
+
+class Simd(_Strict):
+    """A core's vector units, as its vendor (or a cited microarchitecture reference) states them: the ISA
+    extensions, the FMA pipes per core and their datapath width (Zen 4 runs a 512-bit instruction on 256-bit
+    pipes). :mod:`capsim.hardware.isa` turns them, the cores and the all-core clock into a peak per ISA path."""
+
+    extensions: list[IsaExtension]
+    fma_units: Units  # vector FMA pipes per core
+    datapath_bits: Literal[128, 256, 512]
+    source: str  # source id stating the extensions and the pipes
+    note: str | None = None
+
+
 class Cpu(Item):
     """A CPU socket. Base clock, memory type, channels and TDP may be left out (None) only in a
     measured entry of a machine whose parts are unknown (a cloud VM probed with ``capsim probe``)."""
@@ -133,6 +151,9 @@ class Cpu(Item):
     socket_link: str | None = None  # link id between sockets (UPI, xGMI)
     tdp_w: Watts | None = None
     memory_faults: MemoryFaults | None = None  # measured entries: page-fault costs of this machine
+    simd: Simd | None = None  # vector units: the ISA paths' peaks (capsim.hardware.isa)
+    all_core_clock_hz: Hertz | None = None  # sustained all-core clock of vector code [default: the base clock]
+    numa_nodes: Units = 1  # NUMA nodes per socket in the vendor's default mode (SNC / NPS)
 
     @model_validator(mode="after")
     def _unknown_parts_only_when_measured(self) -> Cpu:

@@ -46,6 +46,7 @@ class HostTier:
     ssd_id: str | None = None  # the first drive's item
     ssd_to_dram_bytes_per_s: float | None = None  # the drive's sequential read rate, bounded by its link to DRAM
     ssd_random_4k_bytes_per_s: float | None = None  # datasheet 4 KiB random-read IOPS x 4 KiB (None: not published)
+    cpu_paths: dict[str, float] = field(default_factory=dict)  # peak per ISA path over every socket
 
 
 @dataclass(frozen=True)
@@ -93,10 +94,43 @@ class Target:
     page_faults: PageFaults = PageFaults()  # a CPU device's measured page-fault costs
     graph: object = field(default=None, repr=False, compare=False)  # the topology graph (None for a bare device)
     used: tuple[str, ...] = field(default=(), repr=False)  # graph nodes of the devices used, node by node
+    cpu_paths: dict[str, float] = field(default_factory=dict)  # a CPU device: peak per ISA path (capsim.hardware.isa)
 
 
 def _peaks(item: Accelerator | Cpu) -> dict[str, float]:
-    return {dt: q.value for dt, q in item.peak_flop_per_s.items()}
+    """Dense peak per dtype: the entry's own figures, and for a CPU the fastest ISA path of each dtype it
+    publishes none for (:func:`cpu_paths`)."""
+    own = {dt: q.value for dt, q in item.peak_flop_per_s.items()}
+    if item.kind != "cpu":
+        return own
+    from capsim.hardware import isa
+
+    paths = cpu_paths(item)
+    derived = {dt: paths[name] for dt in isa.DTYPES if (name := isa.best(paths, dt)) is not None}
+    return {**derived, **own}
+
+
+def cpu_paths(cpu: Cpu) -> dict[str, float]:
+    """Peak FLOP/s of each ISA path one socket has (:mod:`capsim.hardware.isa`): cores x clock x operations per
+    cycle, at the sustained all-core clock, else the base clock; a probed machine with neither (a cloud VM) at
+    the clock its measured fp32 peak implies on its fastest fp32 path."""
+    from capsim.hardware import isa
+
+    if cpu.simd is None:
+        return {}
+    sd = cpu.simd
+    clock = cpu.all_core_clock_hz or cpu.base_clock_hz
+    if clock is not None:
+        hz = clock.value
+    elif "fp32" in cpu.peak_flop_per_s:
+        fp32 = isa.best(isa.path_peaks(sd.extensions, sd.fma_units, sd.datapath_bits, cpu.cores.value, 1.0), "fp32")
+        if fp32 is None:
+            return {}
+        hz = cpu.peak_flop_per_s["fp32"].value / (cpu.cores.value * isa.ops_per_cycle(
+            isa.PATHS[fp32], sd.fma_units, sd.datapath_bits))
+    else:
+        return {}
+    return isa.path_peaks(sd.extensions, sd.fma_units, sd.datapath_bits, cpu.cores.value, hz)
 
 
 def _bare_accelerator(db: HardwareDB, acc: Accelerator, n: int) -> Target:
@@ -142,7 +176,7 @@ def _bare_cpu(cpu: Cpu, n: int) -> Target:
         alltoall_bandwidth_bytes_per_s=math.inf, collective_link="none",
         power_w=cpu.tdp_w.value if cpu.tdp_w else None,
         notes=[] if cpu.max_memory_bytes else ["no maximum memory published: capacity not checked"],
-        page_faults=page_faults(cpu),
+        page_faults=page_faults(cpu), cpu_paths=cpu_paths(cpu),
     )
 
 
@@ -211,6 +245,7 @@ def _system(db: HardwareDB, sysm: System, n: int | None, nodes: int = 1) -> Targ
         devices_per_node=n, ring_latency_s=ring.latency_s, alltoall_latency_s=a2a.latency_s,
         ring_bottleneck=ring.bottleneck, alltoall_bottleneck=a2a.bottleneck, graph=g, used=tuple(used),
         page_faults=page_faults(item) if item.kind == "cpu" else PageFaults(),
+        cpu_paths=cpu_paths(item) if item.kind == "cpu" else {},
     )
 
 
@@ -242,7 +277,8 @@ def _host_tier(g, db: HardwareDB, device: str) -> HostTier | None:
                     to_device_bytes_per_s=to_dev.bandwidth_bytes_per_s,
                     to_device_path=" -> ".join(to_dev.nodes) + f" (bound: {to_dev.bottleneck})",
                     ssd_to_device_bytes_per_s=ssd_bw, ssd_capacity_bytes=ssd_cap, ssd_id=ssd_id,
-                    ssd_to_dram_bytes_per_s=ssd_dram, ssd_random_4k_bytes_per_s=ssd_4k)
+                    ssd_to_dram_bytes_per_s=ssd_dram, ssd_random_4k_bytes_per_s=ssd_4k,
+                    cpu_paths={k: v * len(cpus) for k, v in cpu_paths(cpu).items()})
 
 
 def resolve_target(db: HardwareDB, hardware: str, n_devices: int | None = None, nodes: int = 1) -> Target:

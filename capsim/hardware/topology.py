@@ -145,9 +145,28 @@ def build_graph(system: System, db: HardwareDB) -> nx.DiGraph:
                 raise CapsimError(f"system {system.id}: connections.{i} ({conn.a}-{conn.b}): {err}") from None
             for u, v in pairs:
                 _add_edge(g, u, v, bw, lat, conn.link)
+        _join_sockets(g, system, db, cpus)
     except ValueError as err:
         raise CapsimError(f"system {system.id}: {err}") from None
     return g
+
+
+def _join_sockets(g: nx.DiGraph, system: System, db: HardwareDB, cpus: list[Component]) -> None:
+    """The CPU sockets of a system joined pairwise by their item's ``socket_link`` (UPI, xGMI) where the system
+    states no connection between them: cross-socket reads and collectives between sockets run over it."""
+    if not cpus or cpus[0].count < 2:
+        return
+    item = db.items.get(cpus[0].item or "")
+    link_id = getattr(item, "socket_link", None)
+    sockets = _instances(cpus[0])
+    if link_id is None or any(g.has_edge(a, b) for a in sockets for b in sockets if a != b):
+        return
+    link = db.items[link_id]
+    assert isinstance(link, Link)
+    lat = link.latency_s.value if link.latency_s else 0.0
+    for i, a in enumerate(sockets):
+        for b in sockets[i + 1:]:
+            _add_edge(g, a, b, link.bandwidth_per_direction_bytes_per_s.value, lat, link_id)
 
 
 def node_prefix(k: int) -> str:

@@ -54,6 +54,7 @@ class OpCost(Cost):
     rows: np.ndarray | float = np.inf  # matmuls: rows (tokens) each weight multiplies; inf for other work
     # matmuls: (K, N, share of the op's FLOPs) of each weight matrix as one device holds it
     gemms: tuple[tuple[np.ndarray | float, np.ndarray | float, float], ...] = ()
+    sixteen_bit_share: float = 0.0  # matmuls: share of the FLOPs on weights stored in 16 bit (GGUF fallback)
     # What an engine mechanism adds (capsim.sim.eager_cpu): FLOPs the kernel executes when it does more than the
     # useful work (None: flops), time after the roofline in no bound category (unfused element-wise work), and
     # fixed time in the overhead category (page faults)

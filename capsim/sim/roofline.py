@@ -35,7 +35,7 @@ unless the engine overlaps them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -81,7 +81,11 @@ def gemm_fraction(rows, k, n, curves) -> np.ndarray:
     return np.choose(pick, np.broadcast_arrays(*per_curve)) if np.ndim(pick) else np.broadcast_arrays(*per_curve)[int(pick)]
 
 
-def _compute_s(op, peak, prof) -> np.ndarray:
+def _compute_s(op, peak, prof, sixteen=0.0) -> np.ndarray:
+    if op.sixteen_bit_share > 0 and sixteen > 0:  # FLOPs on 16-bit fallback weights run at the 16-bit peak
+        f16 = op.sixteen_bit_share
+        return _compute_s(replace(op, flops=op.flops * (1 - f16), sixteen_bit_share=0.0), peak, prof) + _compute_s(
+            replace(op, flops=op.flops * f16, sixteen_bit_share=0.0), sixteen, prof)
     if op.executed_flops is not None:  # the kernel does more than the useful work (a whole score matrix)
         return div(op.executed_flops, peak)
     if op.compute == "matmul" and prof.gemm_curves and op.gemms:
@@ -122,7 +126,8 @@ def step_time(step: Step, sc: Scenario) -> Timing:
                             + op.calls * (prof.collective_latency_s + latency), 0.0)
             transfer[name] = seconds * exposed
             continue
-        tc = _compute_s(op, f(sc.peaks[op.compute]) * prof.compute_efficiency, prof)
+        tc = _compute_s(op, f(sc.peaks[op.compute]) * prof.compute_efficiency, prof,
+                        sc.peaks.sixteen * prof.compute_efficiency)
         op_bw = bw if op.compute != "attention" else bw / prof.memory_efficiency * prof.attention_efficiency
         tm = div(op.weight_bytes + op.kv_bytes * prof.kv_traffic_factor + op.act_bytes
                  + op.kernels * prof.memory_half_bytes, op_bw)

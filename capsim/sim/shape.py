@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from capsim.model.eager import Tensors, eager_tensors
 from capsim.model.gemms import Gemm, model_gemms
 from capsim.model.spec import ModelSpec
-from capsim.precision import Precision
+from capsim.precision import SIXTEEN_BIT, Precision
 
 # DeepSeek-V2 paper (arXiv:2405.04434) section 2.1.2: at inference W_UK is absorbed into W_Q and W_UV
 # into W_O, so decode attends over the compressed latent (vLLM and SGLang MLA backends do this);
@@ -55,14 +55,21 @@ class Shape:
     expert_weight_bytes: float
     ffn_weight_bytes: float  # dense FFN and shared experts
     lm_head_weight_bytes: float
-    other_weight_bytes: float  # router, norms, embedding table
+    other_weight_bytes: float  # router, norms (and the embedding table unless embedding_weight_bytes)
     tie_embeddings: bool
     windows: tuple[tuple[int, int], ...]  # (attention window or 0 for full, number of layers)
     act_bytes: float = 2.0  # bytes per activation element
+    embedding_weight_bytes: float = 0.0  # the token-embedding table (0: other_weight_bytes)
     # Per operator, the weight matrices one layer multiplies (:mod:`capsim.model.gemms`)
     gemms: tuple[tuple[str, tuple[Gemm, ...]], ...] = ()
     # Per operator, the per-token tensors an eager forward allocates (:mod:`capsim.model.eager`)
     eager: tuple[tuple[str, tuple[Tensors, ...]], ...] = ()
+    # Per operator, the share of its FLOPs on weights a block format could not hold (GGUF fallback to 16 bit):
+    # they multiply on the 16-bit path (capsim.precision.Precision.bits_for_row)
+    sixteen_bit_share: tuple[tuple[str, float], ...] = ()
+
+    def sixteen_share_of(self, op: str) -> float:
+        return dict(self.sixteen_bit_share).get(op, 0.0)
 
     def gemms_of(self, op: str) -> tuple[Gemm, ...]:
         return dict(self.gemms).get(op, ())
@@ -81,6 +88,17 @@ def _ffn_io(spec: ModelSpec, inter: int) -> int:
     return 2 * spec.hidden + (mats + 1) * inter
 
 
+def _stored(gemms: tuple[Gemm, ...], prec: Precision, default: float) -> tuple[float, float]:
+    """Bytes per weight of a component's matrices as the format stores them (row by row, with its fallbacks),
+    and the share of their weights (so of their FLOPs) left in 16 bit; ``default`` where there are none."""
+    total = sum(g.k * g.n for g in gemms)
+    if prec.block == 1 or not total:
+        return default, 0.0
+    bits = [(g.k * g.n, prec.bits_for_row(g.k)) for g in gemms]
+    nbytes = sum(w * b for w, b in bits) / 8.0 / total
+    return nbytes, sum(w for w, b in bits if b >= SIXTEEN_BIT) / total
+
+
 def shape_of(spec: ModelSpec, prec: Precision) -> Shape:
     a = spec.attention
     if a.kind == "mla":
@@ -94,6 +112,10 @@ def shape_of(spec: ModelSpec, prec: Precision) -> Shape:
     sixteen = prec.activation_bytes
     experts_only = prec.scope == "experts"
     n_moe = spec.num_moe_layers
+    gemms = model_gemms(spec)
+    attn_b, attn_16 = _stored(gemms["attn_proj"], prec, lin)
+    exp_b, exp_16 = _stored(gemms["routed_experts"], prec, lin)
+    ffn_b, ffn_16 = _stored(gemms["dense_ffn"] + gemms["shared_experts"], prec, lin)
     return Shape(
         layers=spec.layers,
         moe_layers=n_moe,
@@ -124,15 +146,19 @@ def shape_of(spec: ModelSpec, prec: Precision) -> Shape:
         router_params=spec.router_params if spec.num_experts else 0,
         norm_params_layer=2 * spec.hidden + a.norm_params(),
         final_norm_params=spec.hidden,
-        attn_weight_bytes=sixteen if experts_only else lin,
-        expert_weight_bytes=lin,
-        ffn_weight_bytes=sixteen if experts_only else lin,
+        attn_weight_bytes=sixteen if experts_only else attn_b,
+        expert_weight_bytes=exp_b,
+        ffn_weight_bytes=sixteen if experts_only else ffn_b,
         lm_head_weight_bytes=prec.lm_head_bits / 8.0,
         other_weight_bytes=sixteen,
         tie_embeddings=spec.tie_embeddings,
         windows=_window_groups(spec),
         act_bytes=prec.activation_bytes,
-        gemms=tuple(model_gemms(spec).items()),
+        embedding_weight_bytes=prec.embedding_bits / 8.0,
+        gemms=tuple(gemms.items()),
+        sixteen_bit_share=tuple((op, share) for op, share in (("attn_proj", attn_16), ("routed_experts", exp_16),
+                                                              ("dense_ffn", ffn_16), ("shared_experts", ffn_16))
+                                if share > 0),
         eager=tuple(eager_tensors(spec).items()),
     )
 
@@ -148,7 +174,7 @@ def weight_bytes(s: Shape) -> dict[str, float]:
     """Stored weight bytes by component for the whole model (every expert)."""
     embed = s.vocab * s.hidden
     return {
-        "embedding": embed * s.other_weight_bytes,
+        "embedding": embed * (s.embedding_weight_bytes or s.other_weight_bytes),
         "lm_head": 0.0 if s.tie_embeddings else embed * s.lm_head_weight_bytes,
         "attention": s.layers * s.attn_params * s.attn_weight_bytes,
         "norms": (s.layers * s.norm_params_layer + s.final_norm_params) * s.other_weight_bytes,

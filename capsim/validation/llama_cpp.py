@@ -11,8 +11,9 @@ Cases per shape and quantisation (format capsim-llama-cpp-run v1, `capsim measur
 
 Priced with the pure simulator on the probe of the machine the runs came from
 (validation/measured/llama.cpp/hardware/, 2 threads, as the runs), at the peak of the kernel path the weight format
-takes on it (:func:`capsim.precision.choose_compute`: GGUF Q8_0 / Q4_K matmuls run int8 dot products when the CPU
-has an int8 peak, the path ggml picks with AVX-512 VNNI), with uniform routing (random weights). Nothing here is
+takes on it (the profile's ``cpu_kernels``: GGUF Q8_0 / Q4_K matmuls run int8 dot products on AVX-512 VNNI here,
+tensors llama-quantize left in F16 and the F16 K/V cache at the fp32 FMA rate; :mod:`capsim.hardware.isa`), with
+uniform routing (random weights). Nothing here is
 written into the shipped profile: the per-backend, per-ISA profiles are still to be fitted across machines.
 """
 
@@ -40,7 +41,10 @@ HARDWARE = "epyc-genoa-2t"
 ENGINE = "llama.cpp"
 FORMAT = "capsim-llama-cpp-run"
 QUANTS = {"Q8_0": "gguf-q8_0", "Q4_K_M": "gguf-q4_k_m"}  # llama-quantize type -> capsim precision
-FIT_NAMES = ("compute_efficiency", "memory_efficiency", "kernel_overhead_s", "step_overhead_s")
+# compute and memory efficiency; the GEMM rows at half the peak (decode GEMVs against prefill GEMMs); time per step and
+# per sequence per step (the per-sequence term: llama.cpp's work per sequence stream outside the matmuls, not
+# isolated further)
+FIT_NAMES = ("compute_efficiency", "memory_efficiency", "gemm_half_rows", "step_overhead_s", "per_sequence_overhead_s")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,12 +92,17 @@ def load_cases(root: Path) -> list[Case]:
     return out
 
 
-def predict(case: Case, target, profile: engines.EngineProfile) -> float:
+def for_scenario(case: Case, target, profile: engines.EngineProfile):
+    from capsim.hardware import isa
     from capsim.scenario import for_device
 
-    dtype = precision.choose_compute(case.prec, target.peak_flop_per_s, target.device_id)
-    sc = for_device(case.shape, target, profile, dtype, kv_bytes=2.0, name=case.shape_name)
-    return float(simulate_step(sc, case.work)[1].step_s)
+    peaks, _ = isa.engine_peaks(target.cpu_paths, target.peak_flop_per_s, profile.cpu_kernels)
+    dtype = precision.choose_compute(case.prec, peaks, target.device_id)
+    return for_device(case.shape, target, profile, dtype, kv_bytes=2.0, name=case.shape_name)
+
+
+def predict(case: Case, target, profile: engines.EngineProfile) -> float:
+    return float(simulate_step(for_scenario(case, target, profile), case.work)[1].step_s)
 
 
 def _errors(cases: list[Case], target, prof) -> dict[str, float]:
@@ -116,7 +125,7 @@ def run(root: Path) -> dict[str, Any]:
             np.array([predict(c, target, p) for c in t]) / m), shipped, FIT_NAMES, tolerance=1e-4)
         fitted[shape] = {n: getattr(prof, n) for n in FIT_NAMES}
         held.update(_errors([c for c in cases if c.shape_name == shape], target, prof))
-    path = precision.choose_compute(cases[0].prec, target.peak_flop_per_s, target.device_id)
+    path = for_scenario(cases[0], target, shipped).kernel_path
     return {"hardware": HARDWARE, "kernel_path": path, "shipped": _summary(cases, _errors(cases, target, shipped)),
             "held_out": _summary(cases, held), "fitted_without": fitted,
             "cases": {c.id: {"measured_s": c.measured_s, "error_held_out": held[c.id]} for c in cases}}
@@ -129,8 +138,8 @@ def _summary(cases: list[Case], errors: dict[str, float]) -> dict[str, dict[str,
 def markdown(result: dict[str, Any], command: str) -> str:
     lines = ["# llama.cpp on this machine: the shipped profile, and a fit held out by shape", "",
              f"Written by `{command}`. Runs: validation/measured/llama.cpp/*.json (its README says how they were "
-             f"measured); hardware: the probe of the same machine at 2 threads ({HARDWARE}); matmuls at its "
-             f"{result['kernel_path']} peak. Shipped: capsim/engines/llama.cpp.yaml as it is (fitted on two published "
+             f"measured); hardware: the probe of the same machine at 2 threads ({HARDWARE}); matmuls on its "
+             f"{result['kernel_path']} path (capsim.hardware.isa). Shipped: capsim/engines/llama.cpp.yaml as it is (fitted on two published "
              f"rows of a Ryzen 9 7950X; none of these runs). Held out: {', '.join(FIT_NAMES)} fitted to the other "
              "shapes' cases, reported, not written into the profile.", "",
              "| cases | n | shipped profile: median abs error | worst | fitted, held out by shape: median | worst |",

@@ -41,8 +41,14 @@ def fit_engines(rows: list[PublishedRow], db: HardwareDB, cfg: dict[str, Any], c
         if wrong:
             raise CapsimError(f"{config_path}: published.engines.{name}.fit_rows: {', '.join(wrong)} use another engine")
         fixed = dict(spec.get("fixed") or {})
+        # what the shipped profile states about the engine rather than fits (its kernels, its domain) carries over
+        kept = {}
+        if name in engines.available():
+            shipped = engines.load(name)
+            kept = {k: getattr(shipped, k) for k in ("cpu_kernels", "domain_devices", "domain_offload",
+                                                        "domain_fitted_devices", "domain_fitted_on")}
         base = dataclasses.replace(engines.load("roofline"), id=name, version=int(spec.get("version", 1)),
-                                   description=spec["description"], fitted_to="")
+                                   description=spec["description"], fitted_to="", **kept)
         base = engines.with_values(base, fixed, f"{config_path}: published.engines.{name}.fixed")
         names = list(spec.get("fit") or [])
         fit_rows = [by_id[i] for i in fit_ids]

@@ -97,4 +97,5 @@ def op(s: Shape, w: Local, name: str, family: str, flops, weight_bytes, act_byte
     z = w.zero
     gemms = on_device(s.gemms_of(name), w.tp if split is None else split) if compute == "matmul" else ()
     return OpCost(flops=z + flops, weight_bytes=z + weight_bytes, kv_bytes=z + kv, act_bytes=z + act_bytes,
-                  kernels=z + kernels, compute=compute, family=family, rows=z + rows, gemms=gemms, **extra)
+                  kernels=z + kernels, compute=compute, family=family, rows=z + rows, gemms=gemms,
+                  sixteen_bit_share=s.sixteen_share_of(name) if compute == "matmul" else 0.0, **extra)

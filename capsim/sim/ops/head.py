@@ -16,7 +16,7 @@ NORM_FLOPS_PER_ELEMENT = 4  # RMSNorm: square, accumulate, scale by rsqrt, multi
 
 
 def embedding_op(s: Shape, w: Local) -> OpCost:
-    return op(s, w, "embedding", FAMILY, 0.0, w.t_g * s.hidden * s.other_weight_bytes / w.tp,
+    return op(s, w, "embedding", FAMILY, 0.0, w.t_g * s.hidden * (s.embedding_weight_bytes or s.other_weight_bytes) / w.tp,
               w.t_g * s.hidden * s.act_bytes, 1.0, "vector")
 
 
@@ -28,6 +28,6 @@ def norms_op(s: Shape, w: Local) -> OpCost:
 
 
 def lm_head_op(s: Shape, w: Local) -> OpCost:
-    lm_bytes = s.other_weight_bytes if s.tie_embeddings else s.lm_head_weight_bytes
+    lm_bytes = (s.embedding_weight_bytes or s.other_weight_bytes) if s.tie_embeddings else s.lm_head_weight_bytes
     return op(s, w, "lm_head", FAMILY, 2 * w.b_g * s.hidden * s.vocab / w.tp, s.hidden * s.vocab * lm_bytes / w.tp,
               w.b_g * (s.hidden + s.vocab) * s.act_bytes / w.tp, 1.0, rows=w.b_g)
