@@ -19,7 +19,7 @@ import numpy as np
 from capsim import checks, engines, precision, scenario_cache
 from capsim.checks import MAX_DEVICES, MAX_EXPERTS, MAX_SEQUENCES, MAX_TOKENS, MAX_USD
 from capsim.errors import CapsimError
-from capsim.hardware import isa
+from capsim.hardware import isa, numa
 from capsim.hardware.target import Target, for_layout, resolve_target, stage
 from capsim.model.catalogue import load_spec
 from capsim.model.spec import ModelSpec
@@ -68,6 +68,8 @@ class Query:
     spec_tokens: int = 0  # speculative decoding / multi-token prediction: draft tokens per decode step
     spec_acceptance: float = 0.0  # the chance each draft token is accepted (given the ones before it were)
     ep_dispatch: str = "bf16"  # the EP dispatch's format: "bf16" (the activations') or "fp8" (DeepEP)
+    socket_layout: str | None = None  # "span": one instance over two CPU sockets (capsim.hardware.numa)
+    threads: int | None = None  # CPU threads per socket (default: one per core)
 
 
 # What a request changes without changing the resolved configuration
@@ -268,6 +270,10 @@ def _resolve(q: Query, db, profile: engines.EngineProfile | None) -> Scenario:
     if q.pp > spec.layers:
         raise CapsimError(f"--pp {q.pp}: the model has only {spec.layers} layers")
     target, hop, hop_where = stage(whole, q.pp)  # one stage's devices, and the link between adjacent stages
+    if q.socket_layout == "span":
+        target = numa.span(target)
+    if q.threads is not None:
+        target = numa.with_threads(target, q.threads)
     prec = precision.get(q.precision or info["native_precision"])
     kv_name = (q.kv_precision or ("fp32" if prec.name == "fp32" else "bf16")).lower()
     kv_b = precision.kv_bytes(kv_name)

@@ -101,7 +101,7 @@ def test_the_committed_fit_is_the_corpus_and_its_report():
         prof = engines.load(engine)
         assert set(prof.fitted_cases) == {r.id for r in mine}, f"{engine}: refit with capsim validate --gpu --fit"
         med = float(np.median([abs(predict_row(r, db, prof) / r.value_si - 1) for r in mine]))
-        stated = re.search(rf"^\| {re.escape(engine)} \| all \| {len(mine)} \| [0-9.]+% \| [0-9]+% \| .* \| "
+        stated = re.search(rf"^\| {re.escape(engine)} \| all \| {len(mine)} \| source \| [0-9.]+% \| [0-9]+% \| .* \| "
                            rf"([0-9.]+)% \|$", report, re.M)
         assert stated, f"{engine}: no 'all' row in validation/GPU.md"
         assert med * 100 == pytest.approx(float(stated.group(1)), abs=0.05)

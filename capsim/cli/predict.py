@@ -235,10 +235,14 @@ def socket_layout_of(sockets, layout, devices, tp, dp) -> tuple:
               help="With --offload cpu: CPU sockets computing experts [default: all of the system's].")
 @click.option("--sockets", type=int, default=None,
               help="A CPU system: sockets the engine runs on (the same as --devices) [default: 1].")
-@click.option("--socket-layout", type=click.Choice(["tp", "replica"]), default=None,
+@click.option("--socket-layout", type=click.Choice(["tp", "replica", "span"]), default=None,
               help="With --sockets > 1: one instance tensor-parallel over the sockets, its all-reduces over the "
-                   "socket link (SGLang's CPU backend, multi-NUMA TP), or one instance per socket, each with every "
-                   "weight in its own DRAM (llama.cpp's NUMA advice) [default: tp].")
+                   "socket link (SGLang's CPU backend, multi-NUMA TP); one instance per socket, each with every "
+                   "weight in its own DRAM (llama.cpp's NUMA advice); or one instance whose threads span two "
+                   "sockets with pages interleaved, half of each socket's reads crossing the socket link "
+                   "(llama.cpp --numa distribute) [default: tp].")
+@click.option("--threads", type=int, default=None,
+              help="A CPU: threads per socket the engine computes on [default: one per core].")
 @click.option("--spec-tokens", type=int, default=0, show_default=True,
               help="Speculative decoding / multi-token prediction (DeepSeek MTP, EAGLE): draft tokens per decode step, "
                    "verified in one pass.")
@@ -255,7 +259,7 @@ def socket_layout_of(sockets, layout, devices, tp, dp) -> tuple:
 def predict_cmd(ctx: click.Context, model, hardware, devices, nodes, engine, precision, kv_precision, compute_dtype, batch,
                 input_len, output_len, tp, ep, pp, dp, routing, trace, trace_samples, trace_any_model, usd_per_hour, no_memory_check,
                 allow_dense, offload, expert_cache, cache_policy, expert_tier, host_sockets, sockets, socket_layout,
-                spec_tokens, spec_acceptance, ep_dispatch, as_json, verbose) -> None:
+                threads, spec_tokens, spec_acceptance, ep_dispatch, as_json, verbose) -> None:
     """Predict TTFT, TPOT, throughput, S-MBU / S-MFU, memory and cost of serving MODEL on HARDWARE."""
     devices, tp, dp = socket_layout_of(sockets, socket_layout, devices, tp, dp)
     db = hwdb.load(ctx.obj.get("hardware_db") if ctx.obj else None, lazy=True)  # read only if not cached
@@ -264,6 +268,7 @@ def predict_cmd(ctx: click.Context, model, hardware, devices, nodes, engine, pre
               output_len=output_len, tp=tp, ep=ep, pp=pp, dp=dp, routing=routing, trace=trace, trace_samples=trace_samples, trace_any_model=trace_any_model, usd_per_h=usd_per_hour,
               check_memory=not no_memory_check, allow_dense=allow_dense, offload=offload, expert_cache=expert_cache,
               cache_policy=cache_policy, expert_tier=expert_tier, host_sockets=host_sockets, spec_tokens=spec_tokens,
-              spec_acceptance=spec_acceptance, ep_dispatch=ep_dispatch)
+              spec_acceptance=spec_acceptance, ep_dispatch=ep_dispatch,
+              socket_layout="span" if socket_layout == "span" else None, threads=threads)
     rep = predict(q, db)
     click.echo(json.dumps(rep, indent=2) if as_json else human(rep, verbose))

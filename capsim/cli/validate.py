@@ -145,6 +145,10 @@ def _probe_sizes(value) -> tuple[int, ...] | None:
 @click.option("--gpu", is_flag=True,
               help="Fit (with --fit) and cross-validate the GPU serving engines (vllm, sglang, trt-llm) on the "
                    "published corpus (validation/published/gpu/): held-out error per engine and regime.")
+@click.option("--cpu-corpus", "cpu_corpus", is_flag=True,
+              help="Fit (with --fit) and cross-validate the CPU and hybrid engines per backend (llama.cpp, ik-llama.cpp, "
+                   "llama.cpp-cuda/-metal/-rocm, ktransformers, ktransformers-amx, sglang-cpu, moe-infinity) on the "
+                   "published corpus (validation/published/cpu/): held-out error per backend, prefill and decode.")
 @click.option("--vllm-cpu", "vllm_cpu", is_flag=True,
               help="Fit (with --fit) and cross-validate (leave one shape out) the vllm-cpu profile on vLLM's CPU build "
                    "measured on this machine (validation/measured/vllm-cpu/, 'capsim measure --engine vllm').")
@@ -156,7 +160,7 @@ def _probe_sizes(value) -> tuple[int, ...] | None:
 @click.pass_context
 def validate_cmd(ctx: click.Context, config_path: Path, fit: bool, max_median_error: float | None,
                  plot_path: Path | None, report_path: Path | None, published: bool, disk: bool, routing_mode: bool,
-                 gpu: bool, vllm_cpu: bool, llama_cpp: bool, as_json: bool) -> None:
+                 gpu: bool, cpu_corpus: bool, vllm_cpu: bool, llama_cpp: bool, as_json: bool) -> None:
     """Predict every measured case and report the error (held-out cases separately from the fitting subset).
 
     Exit codes: 0 ok; 1 a median error above --max-median-error; 2 bad input (config, run file, CSV row).
@@ -176,10 +180,11 @@ def validate_cmd(ctx: click.Context, config_path: Path, fit: bool, max_median_er
     if routing_mode:
         _routing(config_path.resolve().parent, max_median_error, report_path, as_json)
         return
-    if gpu:
-        from capsim.cli.validate_engines import validate_gpu
+    if gpu or cpu_corpus:
+        from capsim.cli.validate_engines import validate_corpus
 
-        validate_gpu(ctx, config_path.resolve().parent, fit, max_median_error, report_path, plot_path, as_json)
+        validate_corpus(ctx, "gpu" if gpu else "cpu_corpus", config_path.resolve().parent, fit, max_median_error,
+                        report_path, plot_path, as_json)
         return
     if llama_cpp:
         from capsim.cli.validate_engines import validate_llama_cpp

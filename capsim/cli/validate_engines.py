@@ -1,4 +1,4 @@
-"""``capsim validate --gpu``, ``--vllm-cpu`` and ``--llama-cpp``: the serving engines' profiles fitted and
+"""``capsim validate --gpu``, ``--cpu-corpus``, ``--vllm-cpu`` and ``--llama-cpp``: the serving engines' profiles fitted and
 cross-validated; :func:`finish` is how every ``validate`` mode reports (report file, JSON or table, the
 --max-median-error exit)."""
 
@@ -27,22 +27,27 @@ def finish(result, *, report_path, markdown: Callable[[], str], as_json: bool, t
         raise SystemExit(1)
 
 
-def validate_gpu(ctx, root: Path, fit: bool, max_median_error, report_path, plot_path, as_json: bool) -> None:
-    from capsim.validation import gpu
+def validate_corpus(ctx, which: str, root: Path, fit: bool, max_median_error, report_path, plot_path,
+                    as_json: bool) -> None:
+    """``--gpu`` (capsim.validation.gpu) or ``--cpu-corpus`` (capsim.validation.cpu_corpus)."""
+    import importlib
 
+    mod = importlib.import_module(f"capsim.validation.{which}")
+    flag = "--" + which.replace("_", "-")
     db = hwdb.load(ctx.obj.get("hardware_db") if ctx.obj else None)
-    result = gpu.run(root, db, refit=fit)
+    result = mod.run(root, db, refit=fit)
     if plot_path:
-        gpu.plot(result, plot_path)
-    worst = [e["cross_validated"]["all"]["median_abs"] for e in result["engines"].values() if "cross_validated" in e]
+        mod.plot(result, plot_path)
+    worst = [e["cross_validated"]["all"]["median_abs"] for e in result["engines"].values()
+             if e.get("cross_validated")]
     finish(result, report_path=report_path, as_json=as_json, max_median_error=max_median_error,
-           markdown=lambda: gpu.markdown(result, f"capsim validate --gpu --report {report_path}"),
+           markdown=lambda: mod.markdown(result, f"capsim validate {flag} --report {report_path}"),
            table=lambda: render(["engine", "regime", "rows", "held-out median", "within 25%", "worst"],
                                 [[eng, name, str(cv["rows"]), f"{cv['median_abs']:.1%}", f"{cv['within_25']:.0%}",
                                   f"{cv['worst_row']} {cv['worst_error']:+.0%}"]
                                  for eng, e in result["engines"].items()
                                  for name, cv in e.get("cross_validated", {}).items()]),
-           median=max(worst) if worst else None, what="GPU engines' held-out median error")
+           median=max(worst) if worst else None, what=f"{flag} engines' held-out median error")
 
 
 def validate_vllm_cpu(root: Path, fit: bool, max_median_error, report_path, as_json: bool) -> None:

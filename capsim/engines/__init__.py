@@ -53,6 +53,7 @@ PARAMETERS = {
     "host_launch_s": (0.0, 1e-2),
     "cuda_graph_max_batch": (0.0, 1e6),
     "max_batched_tokens": (0.0, 1e9),
+    "expert_fetch_s": (0.0, 1.0),
 }
 SWITCHES = ("mla_absorbed",)  # booleans
 EFFICIENCIES = ("compute_efficiency", "memory_efficiency", "link_efficiency", "attention_efficiency",
@@ -148,6 +149,9 @@ class EngineProfile:
     # the scheduler's token budget per step: prompts are prefilled in chunks of at most this many tokens, so the
     # activations held are one chunk's (capsim.sim.memory; 0: a batch's prompts in one pass)
     max_batched_tokens: float = 0.0
+    # an engine that fetches missed experts on demand (gpu-fetch): host time per expert fetched (the copy's issue
+    # and synchronisation, MoE-Infinity's per-fetch work), paid for each miss of each MoE layer
+    expert_fetch_s: float = 0.0
     eager_cpu: EagerCpu | None = None  # an eager engine on the CPU allocator; None for every other engine
     # The domain the profile was fitted on (the YAML's ``domain``): device roles ("accelerator", "cpu") and
     # expert placements ("none", "cpu", "gpu-fetch"); empty = any. Outside it capsim warns; a CPU-only or

@@ -95,6 +95,7 @@ class Target:
     graph: object = field(default=None, repr=False, compare=False)  # the topology graph (None for a bare device)
     used: tuple[str, ...] = field(default=(), repr=False)  # graph nodes of the devices used, node by node
     cpu_paths: dict[str, float] = field(default_factory=dict)  # a CPU device: peak per ISA path (capsim.hardware.isa)
+    cores: int = 0  # a CPU device: cores per socket (0 elsewhere)
 
 
 def _peaks(item: Accelerator | Cpu) -> dict[str, float]:
@@ -176,7 +177,7 @@ def _bare_cpu(cpu: Cpu, n: int) -> Target:
         alltoall_bandwidth_bytes_per_s=math.inf, collective_link="none",
         power_w=cpu.tdp_w.value if cpu.tdp_w else None,
         notes=[] if cpu.max_memory_bytes else ["no maximum memory published: capacity not checked"],
-        page_faults=page_faults(cpu), cpu_paths=cpu_paths(cpu),
+        page_faults=page_faults(cpu), cpu_paths=cpu_paths(cpu), cores=int(cpu.cores.value),
     )
 
 
@@ -246,6 +247,7 @@ def _system(db: HardwareDB, sysm: System, n: int | None, nodes: int = 1) -> Targ
         ring_bottleneck=ring.bottleneck, alltoall_bottleneck=a2a.bottleneck, graph=g, used=tuple(used),
         page_faults=page_faults(item) if item.kind == "cpu" else PageFaults(),
         cpu_paths=cpu_paths(item) if item.kind == "cpu" else {},
+        cores=int(item.cores.value) if item.kind == "cpu" else 0,
     )
 
 

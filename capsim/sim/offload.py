@@ -7,7 +7,7 @@ serve a miss:
 - ``gpu-fetch`` (MoE-Infinity, DeepSpeed/HF offload, llama.cpp without -ot): the expert's
   weights cross the host link (DRAM -> PCIe/C2C -> HBM; from an SSD the path through DRAM),
   then the device computes it as usual: extra time = miss bytes / (link bandwidth x
-  link_efficiency).
+  link_efficiency) + misses x expert_fetch_s (the engine's own work per fetch).
 - ``cpu`` (KTransformers, llama.cpp ``-ot exps=CPU``): the CPU sockets compute the missed
   experts from DRAM, the device does the rest; extra time = max(miss bytes / (DRAM bandwidth x
   host_memory_efficiency), miss FLOPs / (CPU peak x host_compute_efficiency)) plus the hidden
@@ -70,6 +70,7 @@ def offload_step(step: Step, timing: Timing, s: Shape, *, hit_rate, mode: str, l
     if mode == "gpu-fetch":
         device = step_s
         off = miss_bytes / link if ssd is None else np.maximum(miss_bytes / link, ssd.seconds(miss_bytes))
+        off = off + miss * s.moe_layers * profile.expert_fetch_s  # each fetch's own work, per missed expert
         host_bound = np.zeros_like(off, dtype=bool)
     else:
         device = step_s - miss_frac * t_routed

@@ -31,6 +31,7 @@ BOUNDS = {
     "gemm_half_rows": (1.0, 4096.0, 32.0),  # rows; a GEMM reaches half its peak at this many rows
     "memory_half_bytes": (1e3, 1e9, 1e6),  # bytes; a memory-bound kernel reaches half the bandwidth
     "per_sequence_overhead_s": (1e-8, 1e-3, 1e-5),  # host seconds per running sequence per step
+    "expert_fetch_s": (1e-6, 1.0, 1e-3),  # host seconds per expert fetched on demand (gpu-fetch)
 }
 # What the CPU runs fit (hf-eager); the rest of a profile is set by mechanism in validation/config.yaml.
 FIT_PARAMETERS = ("compute_efficiency", "memory_efficiency", "kernel_overhead_s", "step_overhead_s",

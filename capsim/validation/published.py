@@ -43,7 +43,7 @@ METRICS = {
 }
 SCENARIO_KEYS = {"model", "precision", "compute_dtype", "kv_precision", "hardware", "devices", "engine", "batch",
                  "input_len", "output_len", "tp", "ep", "offload", "expert_cache", "cache_policy", "expert_tier",
-                 "host_sockets", "nodes", "dp", "pp", "assumptions"}
+                 "host_sockets", "nodes", "dp", "pp", "socket_layout", "threads", "assumptions"}
 REQUIRED_KEYS = {"model", "hardware", "engine", "batch", "input_len", "output_len"}
 
 
