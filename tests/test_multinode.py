@@ -105,7 +105,7 @@ def test_default_layout_keeps_tp_inside_a_node():
 
 def _ep_case(nodes: int, ep: int, batch: int) -> dict:
     return predict(Query(model="qwen3-30b", hardware="dgx-h100", nodes=nodes, tp=1, ep=ep, batch=batch,
-                         routing="uniform"), DB)
+                         routing="uniform", engine="roofline"), DB)  # the whole prefill in one step
 
 
 def test_ep16_across_nodes_spends_longer_per_token_in_all_to_all_than_ep8_in_a_node():

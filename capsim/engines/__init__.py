@@ -54,6 +54,7 @@ PARAMETERS = {
     "cuda_graph_max_batch": (0.0, 1e6),
     "max_batched_tokens": (0.0, 1e9),
     "expert_fetch_s": (0.0, 1.0),
+    "host_op_offload_min_tokens": (0.0, 1e9),
 }
 SWITCHES = ("mla_absorbed",)  # booleans
 EFFICIENCIES = ("compute_efficiency", "memory_efficiency", "link_efficiency", "attention_efficiency",
@@ -152,6 +153,9 @@ class EngineProfile:
     # an engine that fetches missed experts on demand (gpu-fetch): host time per expert fetched (the copy's issue
     # and synchronisation, MoE-Infinity's per-fetch work), paid for each miss of each MoE layer
     expert_fetch_s: float = 0.0
+    # experts computed by the CPU (offload cpu) go to the GPU instead in a step of at least this many tokens: their
+    # weights cross the host link and the GPU multiplies them (llama.cpp's scheduler op offload; 0 = never)
+    host_op_offload_min_tokens: float = 0.0
     eager_cpu: EagerCpu | None = None  # an eager engine on the CPU allocator; None for every other engine
     # The domain the profile was fitted on (the YAML's ``domain``): device roles ("accelerator", "cpu") and
     # expert placements ("none", "cpu", "gpu-fetch"); empty = any. Outside it capsim warns; a CPU-only or

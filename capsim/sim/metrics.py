@@ -18,6 +18,7 @@ because the devices are symmetric.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -73,7 +74,9 @@ def request_metrics(sc: Scenario, res: RequestResult, batch, input_len, output_l
         return np.mean(x, axis=-1) if sampled else x
 
     kw = dict(bandwidth_bytes_per_s=sc.target.memory_bandwidth_bytes_per_s, peak_flop_per_s=sc.peaks)
-    pre = {k: mean(v) for k, v in utilisation(res.prefill, res.prefill_timing, **kw).items()}
+    # the prefill's utilisation is one chunk's work over one chunk's share of the time (chunks are equal)
+    pre_t = replace(res.prefill_timing, step_s=res.prefill_timing.step_s / res.prefill_chunks)
+    pre = {k: mean(v) for k, v in utilisation(res.prefill, pre_t, **kw).items()}
     dec = {k: mean(v) for k, v in utilisation(res.decode, res.decode_timing, **kw).items()}
     ttft, tpot, request = mean(res.ttft_s), mean(res.tpot_s), mean(res.request_s)
     nodes = sc.whole.nodes

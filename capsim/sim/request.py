@@ -5,7 +5,9 @@
 
 B sequences of I prompt tokens each produce O output tokens. The prefill pass processes B x I tokens with
 causal attention (I (I + 1) / 2 query-key pairs per sequence and layer) and yields the first output token:
-TTFT is its time. Decode step j = 1 .. O - 1 feeds the j-th output token, which attends to I + j cached
+TTFT is its time. An engine that prefills at most ``max_batched_tokens`` per step (chunked prefill, llama.cpp's
+n_ubatch) takes c = ceil(B x I / max_batched_tokens) equal steps of B x I / c tokens, each reading the weights
+its tokens touch (the LM head is then counted once per chunk: a small excess). Decode step j = 1 .. O - 1 feeds the j-th output token, which attends to I + j cached
 positions (fewer in windowed layers, :mod:`capsim.sim.span`). Only the attention-score operator depends on
 the context, and its FLOPs and KV bytes are both proportional to the keys read, so its roofline time is
 linear in them and the mean decode step equals the step at the mean number of keys exactly (I + O / 2
@@ -26,14 +28,14 @@ predict, sweep, provision, validation and the benchmarks all price through :func
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from capsim.sim import pipeline
 from capsim.sim.cost import Step
-from capsim.sim.num import ceil, f, maximum, where
+from capsim.sim.num import any_true, ceil, f, maximum, where
 from capsim.sim.offload import OffloadTiming, offload_step
 from capsim.sim.ops import Work, work_costs
 from capsim.sim.roofline import Timing, step_time
@@ -65,6 +67,13 @@ class RequestResult:
     decode_offload: OffloadTiming | None = None
     microbatches: np.ndarray | float = 1.0  # pipeline micro-batches, min(B, pp)
     tokens_per_step: np.ndarray | float = 1.0  # output tokens a decode step keeps per sequence (speculation: E)
+    prefill_chunks: np.ndarray | float = 1.0  # steps the prefill takes (chunked prefill); ``prefill`` is one of them
+
+
+def prefill_chunks(tokens, max_batched_tokens: float):
+    """Steps a prefill of ``tokens`` takes in an engine that processes at most ``max_batched_tokens`` per step
+    (vLLM's and SGLang's chunked prefill, llama.cpp's n_ubatch): each chunk re-reads the weights it touches."""
+    return ceil(f(tokens) / max_batched_tokens) if max_batched_tokens > 0 else 1.0
 
 
 def mean_decode_context(input_len, output_len) -> np.ndarray:
@@ -92,10 +101,15 @@ def _phase(sc: Scenario, step: Step, timing: Timing, factor, hit_rate) -> tuple[
     off = None
     if hit_rate is not None:
         o = sc.offload
-        off = offload_step(step, timing, sc.shape, hit_rate=hit_rate, mode=o.mode, link_bytes_per_s=o.link_bytes_per_s,
-                           host_bandwidth_bytes_per_s=o.host_bandwidth_bytes_per_s,
-                           host_peak_flop_per_s=o.host_peak_flop_per_s, tp=sc.tp, profile=sc.profile, ssd=o.ssd,
-                           step_s=work)
+        kw = dict(hit_rate=hit_rate, link_bytes_per_s=o.link_bytes_per_s, host_bandwidth_bytes_per_s=o.host_bandwidth_bytes_per_s,
+                  host_peak_flop_per_s=o.host_peak_flop_per_s, tp=sc.tp, profile=sc.profile, ssd=o.ssd, step_s=work)
+        off = offload_step(step, timing, sc.shape, mode=o.mode, **kw)
+        least = sc.profile.host_op_offload_min_tokens
+        if o.mode == "cpu" and least > 0 and any_true(step.local.t_g >= least):
+            # the engine moves a large step's CPU experts to the GPU: their weights cross the link instead
+            fetch = offload_step(step, timing, sc.shape, mode="gpu-fetch", **kw)
+            moved = step.local.t_g >= least
+            off = OffloadTiming(*(where(moved, getattr(fetch, k.name), getattr(off, k.name)) for k in fields(off)))
         work = off.step_s
     seconds = work * factor + hop
     cats = dict(timing.by_category_s)
@@ -119,13 +133,14 @@ def simulate(sc: Scenario, batch, input_len, output_len, routing: Routing | None
     s, pp = sc.shape, sc.pp
     m = pipeline.microbatches(b, pp)
     mb = ceil(b / m)  # sequences per micro-batch
-    pre = _costs(sc, Work(mb * i, mb, mb * prefill_pairs_per_layer(s.windows, s.layers, i), 0.0, False),
-                 routing.prefill if routing else None)
+    chunks = prefill_chunks(mb * i, sc.profile.max_batched_tokens)
+    pre = _costs(sc, Work(mb * i / chunks, mb, mb * prefill_pairs_per_layer(s.windows, s.layers, i) / chunks, 0.0,
+                          False), routing.prefill if routing else None)
     keys = decode_keys_per_layer(s.windows, s.layers, i, o)
     k, accept = sc.query.spec_tokens, sc.query.spec_acceptance
     q = 1 + k  # query tokens per sequence in a decode (verify) step
     dec = _costs(sc, Work(mb * q, mb, mb * q * keys, mb * keys, True), routing.decode if routing else None)
-    t_pre, off_pre = _phase(sc, pre, step_time(pre, sc), pipeline.prefill_factor(m, pp), h_pre)
+    t_pre, off_pre = _phase(sc, pre, step_time(pre, sc), pipeline.prefill_factor(m, pp) * chunks, h_pre)
     t_dec, off_dec = _phase(sc, dec, step_time(dec, sc), pipeline.decode_factor(m, pp), h_dec)
     tpot, kept = t_dec.step_s, 1.0
     if k:
@@ -135,4 +150,4 @@ def simulate(sc: Scenario, batch, input_len, output_len, routing: Routing | None
         tpot = (t_dec.step_s + draft) / kept
     request = t_pre.step_s + maximum(o - 1, 0.0) * tpot
     return RequestResult(pre, dec, t_pre, t_dec, t_pre.step_s, tpot, request, mean_decode_context(i, o),
-                         off_pre, off_dec, m, kept)
+                         off_pre, off_dec, m, kept, chunks)
