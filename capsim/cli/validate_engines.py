@@ -34,8 +34,13 @@ def validate_corpus(ctx, which: str, root: Path, fit: bool, max_median_error, re
 
     mod = importlib.import_module(f"capsim.validation.{which}")
     flag = "--" + which.replace("_", "-")
+    from capsim.cli import progress as bars
+
     db = hwdb.load(ctx.obj.get("hardware_db") if ctx.obj else None)
-    result = mod.run(root, db, refit=fit)
+    with bars.Progress(len(mod.ENGINES), "fitting and holding out" if fit else "holding out",
+                       enabled=bars.wanted(None, as_json), unit="engines") as bar:
+        result = mod.run(root, db, refit=fit, progress=lambda done, total: bar.set(done, total))
+        bar.set(len(mod.ENGINES))
     if plot_path:
         mod.plot(result, plot_path)
     worst = [e["cross_validated"]["all"]["median_abs"] for e in result["engines"].values()

@@ -162,11 +162,14 @@ def summary(errors: dict[str, float], rows: list[PublishedRow], regime) -> dict[
 
 
 def run(root: Path, db, spec: Spec, *, refit: bool, progress=None) -> dict[str, Any]:
-    """Fit (when ``refit``: and write the profiles) and cross-validate every engine of the corpus."""
+    """Fit (when ``refit``: and write the profiles) and cross-validate every engine of the corpus; ``progress``
+    (engines done, engines) is called as each engine starts."""
     rows = load_corpus(root, spec)
     result: dict[str, Any] = {"engines": {}, "unsupported": [{"row": r.id, "reason": r.unsupported}
                                                               for r in rows if r.scenario is None], "rows": {}}
-    for engine in spec.engines:
+    for k, engine in enumerate(spec.engines):
+        if progress:
+            progress(k, len(spec.engines))
         mine = [r for r in rows if r.scenario is not None and r.scenario.get("engine") == engine]
         names = spec.fit_names[engine]
         if len(mine) < spec.min_rows(engine):
@@ -186,7 +189,7 @@ def run(root: Path, db, spec: Spec, *, refit: bool, progress=None) -> dict[str, 
                           command=spec.command)
         prof = engines.load(engine)
         fitted = {r.id: predict_row(r, db, prof) / r.value_si - 1.0 for r in mine}
-        held = cross_validate(mine, db, spec, engine, progress)
+        held = cross_validate(mine, db, spec, engine)
         by, _ = holdout_key(mine)
         result["engines"][engine] = {"rows": len(mine), "sources": len({source_key(r) for r in mine}), "held_out_by": by,
                                      "parameters": {n: getattr(prof, n) for n in names},
