@@ -14,7 +14,7 @@ def markdown(result: dict[str, Any], spec: Spec, command: str, intro: str) -> st
     from capsim import __version__
 
     lines = [f"# {spec.title}", "", f"Written by `{command}` (capsim {__version__}). {intro}", "",
-             "| engine | regime | rows | held out by | held-out median abs error | within 25% | worst (factor) | "
+             "| engine | regime | rows held out | held out by | held-out median abs error | within 25% | worst (factor) | "
              "fit median |", "|---|---|---|---|---|---|---|---|"]
     for engine, e in result["engines"].items():
         if "cross_validated" not in e:
