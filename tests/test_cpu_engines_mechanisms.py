@@ -132,3 +132,42 @@ def test_threads_scale_the_compute_peak():
 def test_span_needs_two_sockets():
     res, _ = _predict_json("--sockets", "1", "--socket-layout", "span")
     assert res.exit_code == 2 and "--socket-layout span" in res.output
+
+
+def test_chunked_prefill_reads_the_weights_once_per_chunk():
+    # An engine that prefills at most M tokens per step takes c = ceil(T / M) equal steps of T / c tokens. Here
+    # one sequence of 4,096 tokens, M = 1,024: 4 steps of 1,024 tokens (and a quarter of the causal pairs each),
+    # so TTFT = 4 x the time of one such step (roofline profile: no overheads; uniform routing).
+    from capsim.predict import Query
+    from capsim.scenario import resolve
+    from capsim.sim.request import prefill_chunks, simulate
+
+    assert prefill_chunks(4096, 1024) == 4 and prefill_chunks(4097, 1024) == 5 and prefill_chunks(4096, 0) == 1
+    prof = dataclasses.replace(engines.load("roofline"), max_batched_tokens=1024.0)
+    sc = resolve(Query(model="qwen3-30b-a3b", hardware="h100", engine="roofline", routing="uniform",
+                       check_memory=False), DB, prof)
+    whole = simulate(sc, 1, 4096, 2)
+    pairs = 4096 * 4097 / 2  # causal (query, key) pairs per layer
+    _, t = simulate_step(sc, Work(1024, 1, pairs / 4, 0.0, False))
+    assert float(whole.ttft_s) == pytest.approx(4 * float(t.step_s), rel=1e-9)
+
+
+def test_llama_cpp_moves_a_large_steps_cpu_experts_to_the_gpu():
+    # llama.cpp -ot exps=CPU beside an RTX 4080 (ik-llama-testbed), every expert in host DRAM: a prefill step of
+    # 512 tokens (>= GGML_OP_OFFLOAD_MIN_BATCH = 32) copies the experts it touches to the GPU, so its offload time is
+    # their bytes over the host link; a decode step (1 token) computes them on the CPU (bound by DRAM).
+    from capsim.predict import Query, predict
+
+    q = dict(model="qwen3-30b-a3b", hardware="ik-llama-testbed", engine="llama.cpp", precision="q4_k_m",
+             offload="cpu", expert_cache=0, input_len=512, output_len=16, routing="uniform")
+    rep = predict(Query(**q), DB)
+    off = rep["offload"]
+    prof = engines.load("llama.cpp")
+    assert prof.host_op_offload_min_tokens == 32
+    link = off["link_bytes_per_s"] * prof.link_efficiency
+    assert off["prefill"]["offload_s"] == pytest.approx(off["prefill"]["miss_bytes"] / link, rel=1e-9)
+    assert off["decode"]["host_bound"] == "memory"
+    # without the op offload, the same prefill is computed by the CPU: slower than streaming over PCIe here
+    no = dataclasses.replace(prof, host_op_offload_min_tokens=0.0)
+    slow = predict(Query(**q), DB, no)["offload"]["prefill"]["offload_s"]
+    assert slow > off["prefill"]["offload_s"]
