@@ -64,8 +64,7 @@ PATHS: dict[str, Path] = {p.name: p for p in (
     Path("f16c-avx2-fp32", "fp16", ("f16c", "avx2", "fma"), 256, 1.0),
     Path("neon-fp16-fp32", "fp16", ("asimd",), 128, 1.0),
 )}
-# A path a dtype may run at when no engine says otherwise: the fastest the CPU has (PATHS order is fastest first
-# within a dtype on one CPU, since a matrix unit beats a vector path and a wider vector a narrower one)
+# The dtypes ISA paths cover; an engine that names no path for one runs it on the CPU's fastest (best())
 DTYPES = ("fp32", "fp16", "bf16", "int8")
 
 
