@@ -196,21 +196,28 @@ def _cases() -> list[tuple[str, list[str], str]]:
 CASES = _cases()
 
 
-@pytest.mark.parametrize("args, needle", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_flag_is_refused(args, needle, tmp_path, request):
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, request):
+    """The inputs some cases read (a tiny model, its trace, prompts, pyproject.toml), copied once per module."""
     import shutil
     from pathlib import Path
 
-    repo = Path(request.config.rootpath)
-    for name in ("traces", "pyproject.toml"):  # inputs some cases read, copied so cwd is a scratch folder
-        src = repo / name
-        if name == "traces":
-            (tmp_path / "traces" / "models").mkdir(parents=True)
-            shutil.copytree(src / "tiny-olmoe-stdlib", tmp_path / "traces" / "tiny-olmoe-stdlib")
-            shutil.copytree(src / "models" / "tiny-olmoe-stdlib", tmp_path / "traces" / "models" / "tiny-olmoe-stdlib")
-            shutil.copytree(src / "prompts", tmp_path / "traces" / "prompts")
-        else:
-            shutil.copy(src, tmp_path / name)
+    repo, root = Path(request.config.rootpath), tmp_path_factory.mktemp("inputs")
+    (root / "traces" / "models").mkdir(parents=True)
+    for rel in ("traces/tiny-olmoe-stdlib", "traces/models/tiny-olmoe-stdlib", "traces/prompts"):
+        shutil.copytree(repo / rel, root / rel)
+    shutil.copy(repo / "pyproject.toml", root / "pyproject.toml")
+    return root
+
+
+@pytest.mark.parametrize("args, needle", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_flag_is_refused(args, needle, tmp_path, inputs):
+    import os
+    import shutil
+
+    # hard links into the test's own scratch folder (its working directory): 418 cases x 8 MB of copies would
+    # be 3.3 GB of disk; a case that wrote to an input would still change its bytes, which refused() checks
+    shutil.copytree(inputs, tmp_path, dirs_exist_ok=True, copy_function=os.link)
     refused(args, tmp_path, needle)
 
 

@@ -235,3 +235,17 @@ def test_replayed_hit_rates_are_kept_and_give_the_same_answer(tmp_path, monkeypa
     again = api.predict("deepseek-v2-lite", "h100", **q)
     assert again["offload"]["hit_rate_decode"] == first["offload"]["hit_rate_decode"]
     assert 16 / 64 < first["offload"]["hit_rate_decode"] < 1.0  # the trace's skew beats uniform's 16/64
+
+
+def test_a_drawn_trace_without_the_cache_is_removed_when_the_process_ends(tmp_path):
+    """With CAPSIM_CACHE=off a drawn trace (Mixtral's fitted routing: ~46 MB) goes to a temporary folder; every
+    run used to leave one behind in $TMPDIR. It must exist while the process runs and be gone after."""
+    code = ("from capsim import api; from capsim.traces import sources; "
+            "r = api.predict('mixtral', 'dgx-h100', batch=8, check_memory=False); "
+            "assert r['scenario']['routing_kind'] == 'fitted', r['scenario']; "
+            "[d] = sources._TEMP.values(); assert (d / 'routing').is_dir(); print(d)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={"CAPSIM_CACHE": "off", "TMPDIR": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().startswith(str(tmp_path))  # the draw was written under our TMPDIR ...
+    assert list(tmp_path.iterdir()) == []  # ... and removed at exit

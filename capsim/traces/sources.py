@@ -17,8 +17,10 @@ distinct experts of independent uniform top-k choices (:mod:`capsim.sim.experts`
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,8 +170,9 @@ def materialise(fm, c: float, model_id: str, config_hash: str | None) -> Path:
     key = _draw_key(fm, c, model_id, config_hash)
     base = cache_folder()
     if base is None:
-        if key not in _TEMP:
+        if key not in _TEMP:  # removed when the process ends: a run without the cache leaves nothing behind
             _TEMP[key] = Path(tempfile.mkdtemp(prefix="capsim-routing-"))
+            atexit.register(shutil.rmtree, _TEMP[key], ignore_errors=True)
         base = _TEMP[key]
     path = base / "routing" / f"{model_id.replace('/', '__')}-{key}"
     if is_trace(path):
