@@ -60,6 +60,7 @@ class OffloadSetup:
     host_peak_flop_per_s: float  # their peak in the dtype they compute in (inf for gpu-fetch)
     ssd: SsdRead | None  # how misses come off the drive (tier ssd)
     tier_capacity_bytes: float | None  # DRAM or drive capacity (None: not known)
+    host_threads: int = 0  # cpu mode: the threads computing experts, one per core of the sockets used
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ def setup_offload(q, shape, target, prec, profile) -> OffloadSetup:
         link, link_path = host.to_device_bytes_per_s, host.to_device_path
         if q.expert_tier == "ssd":
             link_path = f"{host.ssd_id} -> DRAM (the CPU computes the experts it reads); hidden states: {link_path}"
-    host_peak, share = math.inf, 1.0
+    host_peak, share, threads = math.inf, 1.0, 0
     if q.offload == "cpu":
         host_peaks, _ = isa.engine_peaks(host.cpu_paths, host.cpu_peak_flop_per_s, profile.cpu_kernels)
         dt = precision.choose_compute(prec, host_peaks, host.cpu_id)
@@ -116,6 +117,7 @@ def setup_offload(q, shape, target, prec, profile) -> OffloadSetup:
             raise CapsimError(f"--host-sockets {sockets}: {t.hardware_id} has {host.sockets} CPU socket(s)")
         share = sockets / host.sockets  # each socket computes from its own DRAM
         host_peak = host_peaks[dt] * share
+        threads = sockets * host.cores_per_socket
     ssd = None
     if q.expert_tier == "ssd":  # the drive's rates and the engine's request size (default: one expert matrix)
         seq = host.ssd_to_dram_bytes_per_s
@@ -124,7 +126,7 @@ def setup_offload(q, shape, target, prec, profile) -> OffloadSetup:
                       request_bytes=request)
     cap = host.dram_capacity_bytes if q.expert_tier == "dram" else host.ssd_capacity_bytes
     return OffloadSetup(q.offload, q.expert_tier, q.cache_policy, q.expert_cache, link, link_path,
-                        host.dram_bandwidth_bytes_per_s * share, host_peak, ssd, cap)
+                        host.dram_bandwidth_bytes_per_s * share, host_peak, ssd, cap, threads)
 
 
 def _fits(sc: Scenario, batch, input_len, output_len, resident) -> np.ndarray:

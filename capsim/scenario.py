@@ -270,10 +270,10 @@ def _resolve(q: Query, db, profile: engines.EngineProfile | None) -> Scenario:
     if q.pp > spec.layers:
         raise CapsimError(f"--pp {q.pp}: the model has only {spec.layers} layers")
     target, hop, hop_where = stage(whole, q.pp)  # one stage's devices, and the link between adjacent stages
+    if q.threads is not None:  # per socket, before span joins two sockets' threads into one instance
+        target = numa.with_threads(target, q.threads)
     if q.socket_layout == "span":
         target = numa.span(target)
-    if q.threads is not None:
-        target = numa.with_threads(target, q.threads)
     prec = precision.get(q.precision or info["native_precision"])
     kv_name = (q.kv_precision or ("fp32" if prec.name == "fp32" else "bf16")).lower()
     kv_b = precision.kv_bytes(kv_name)

@@ -171,3 +171,43 @@ def test_llama_cpp_moves_a_large_steps_cpu_experts_to_the_gpu():
     no = dataclasses.replace(prof, host_op_offload_min_tokens=0.0)
     slow = predict(Query(**q), DB, no)["offload"]["prefill"]["offload_s"]
     assert slow > off["prefill"]["offload_s"]
+
+
+@pytest.mark.parametrize("threads, layout, sockets", [(128, None, 1), (32, None, 1), (16, "span", 2)])
+def test_a_barrier_per_kernel_costs_its_threads(threads, layout, sockets):
+    # ggml meets all its threads at a barrier after every graph node: sync_s_per_thread x threads per kernel.
+    # A decode step of one sequence on a 6980P socket at 128 threads (or 32; or span: 16 per socket x 2 sockets =
+    # 32), 1 us per thread: each kernel pays T x 1 us, so the step is sum(kernels) x T x 1 us longer than with
+    # no barrier cost (roofline profile: no other overhead).
+    from capsim.predict import Query
+    from capsim.scenario import resolve
+
+    q = Query(model="qwen3-30b-a3b", hardware="cpu-server-xeon-6980p", devices=sockets, engine="roofline",
+              routing="uniform", check_memory=False, threads=threads,
+              **({"socket_layout": layout} if layout else {}))
+    base = engines.load("roofline")
+    work = Work(1, 1, 100.0, 100.0, True)
+    _, off = simulate_step(resolve(q, DB, base), work)
+    step, on = simulate_step(resolve(q, DB, dataclasses.replace(base, sync_s_per_thread=1e-6)), work)
+    kernels = sum(op.kernels for op in step.ops.values() if op.compute != "link")
+    instance_threads = threads * sockets
+    assert kernels > 0
+    assert float(on.step_s - off.step_s) == pytest.approx(kernels * instance_threads * 1e-6, rel=1e-9)
+
+
+def test_the_cpu_side_of_an_offload_pays_its_barriers_for_its_share():
+    # -ot exps=CPU: the CPU computes the missed share (1 - hit rate) of the routed experts, so it runs that share
+    # of their kernels, each ending at a barrier of its T threads: (1 - h) x kernels x T x sync_s_per_thread.
+    # Hit rate 0.25, 16 threads, 1 us: 0.75 x kernels x 16 us more than without the barrier cost.
+    s = shape_of(load_spec("qwen3-30b-a3b")[0], precision.PRECISIONS["bf16"])
+    prof = engines.load("roofline")
+    sc = from_parts(s, peak_flop_per_s={"matmul": 1e15, "attention": 1e15, "vector": 1e15},
+                    bandwidth_bytes_per_s=1e12, profile=prof)
+    step, t = simulate_step(sc, Work(tokens=1, seqs=1, pairs=100, kv_read_tokens=100, decode=True))
+    kw = dict(hit_rate=0.25, mode="cpu", link_bytes_per_s=32e9, host_bandwidth_bytes_per_s=80e9,
+              host_peak_flop_per_s=1e12, host_threads=16)
+    on = offload_step(step, t, s, profile=dataclasses.replace(prof, sync_s_per_thread=1e-6), **kw)
+    off = offload_step(step, t, s, profile=prof, **kw)
+    kernels = step.ops["routed_experts"].kernels
+    assert kernels > 0
+    assert float(on.offload_s - off.offload_s) == pytest.approx(0.75 * kernels * 16 * 1e-6, rel=1e-9)

@@ -55,6 +55,7 @@ PARAMETERS = {
     "max_batched_tokens": (0.0, 1e9),
     "expert_fetch_s": (0.0, 1.0),
     "host_op_offload_min_tokens": (0.0, 1e9),
+    "sync_s_per_thread": (0.0, 1e-3),
 }
 SWITCHES = ("mla_absorbed",)  # booleans
 EFFICIENCIES = ("compute_efficiency", "memory_efficiency", "link_efficiency", "attention_efficiency",
@@ -141,6 +142,9 @@ class EngineProfile:
     # host time per sequence of the batch per step (the scheduler, input preparation, sampling, output handling
     # are loops over the running requests), added to step_overhead_s
     per_sequence_overhead_s: float = 0.0
+    # a CPU engine whose threads meet at a barrier after every kernel (ggml's graph: ggml_barrier, an atomic
+    # counter all threads increment and spin on): seconds per kernel per thread taking part
+    sync_s_per_thread: float = 0.0
     # host time to launch one kernel outside a captured CUDA graph; launches are asynchronous, so an uncaptured
     # step takes at least its kernels x host_launch_s
     host_launch_s: float = 0.0

@@ -11,7 +11,8 @@ Operations per cycle per core (1 multiply-add = 2 operations), with ``u`` FMA pi
   (AMD Zen 4) issues as two halves, so it counts at the datapath width.
 - int8 dot products with VNNI (``vpdpbusd``: 4 u8 x s8 products summed into each 32-bit lane): 4x the fp32
   rate on the same pipes (Intel, "Introduction to Intel Deep Learning Boost", 2019: VNNI does in one
-  instruction what took three).
+  instruction what took three). Code written on 256-bit registers (mainline llama.cpp's dot products) runs at
+  that width: half a 512-bit datapath's rate (``avx512-vnni-256-int8``), all of a 256-bit one's.
 - int8 without VNNI (``vpmaddubsw`` + ``vpmaddwd`` + ``vpaddd`` for the same 4 products per lane): 4/3 of the
   fp32 rate (Intel, "Lower Numerical Precision Deep Learning Inference and Training", 2018: "1.33x" the fp32
   operations).
@@ -49,6 +50,9 @@ PATHS: dict[str, Path] = {p.name: p for p in (
     Path("amx-bf16", "bf16", ("amx_bf16",), 0, AMX_BF16_OPS_PER_CYCLE),
     Path("avx512-vnni-int8", "int8", ("avx512_vnni",), 512, VNNI_OVER_FP32),
     Path("avx-vnni-int8", "int8", ("avx_vnni",), 256, VNNI_OVER_FP32),
+    # vpdpbusd on 256-bit registers (EVEX, AVX512VL: every AVX512-VNNI CPU has VL): half the 512-bit rate on a
+    # 512-bit datapath (Intel), the same on 256-bit pipes (Zen 4)
+    Path("avx512-vnni-256-int8", "int8", ("avx512_vnni",), 256, VNNI_OVER_FP32),
     Path("avx512-int8", "int8", ("avx512bw",), 512, INT8_3OP_OVER_FP32),
     Path("avx2-int8", "int8", ("avx2",), 256, INT8_3OP_OVER_FP32),
     Path("neon-i8mm-int8", "int8", ("i8mm",), 128, I8MM_OVER_FP32),

@@ -40,6 +40,7 @@ def span(t: Target) -> Target:
     bound = "the socket link" if LINK_SHARE * link < DRAM_SHARE * t.memory_bandwidth_bytes_per_s else "DRAM"
     n = SPAN_SOCKETS
     return replace(t, n_devices=1, devices_per_node=1, memory_capacity_bytes=t.memory_capacity_bytes * n,
+                   threads=(t.threads or t.cores) * n,
                    memory_bandwidth_bytes_per_s=bw, peak_flop_per_s={k: v * n for k, v in t.peak_flop_per_s.items()},
                    cpu_paths={k: v * n for k, v in t.cpu_paths.items()}, ring_bandwidth_bytes_per_s=math.inf,
                    alltoall_bandwidth_bytes_per_s=math.inf, collective_link="none",
@@ -55,6 +56,6 @@ def with_threads(t: Target, threads: int) -> Target:
         raise CapsimError(f"--threads {threads}: expected a positive number of threads per socket")
     cores = t.cores or threads
     share = min(threads, cores) / cores
-    return replace(t, peak_flop_per_s={k: v * share for k, v in t.peak_flop_per_s.items()},
+    return replace(t, peak_flop_per_s={k: v * share for k, v in t.peak_flop_per_s.items()}, threads=threads,
                    cpu_paths={k: v * share for k, v in t.cpu_paths.items()},
                    notes=[*t.notes, f"{threads} threads per socket of {cores} cores: {share:.3g} of its compute peak"])

@@ -47,6 +47,7 @@ class HostTier:
     ssd_to_dram_bytes_per_s: float | None = None  # the drive's sequential read rate, bounded by its link to DRAM
     ssd_random_4k_bytes_per_s: float | None = None  # datasheet 4 KiB random-read IOPS x 4 KiB (None: not published)
     cpu_paths: dict[str, float] = field(default_factory=dict)  # peak per ISA path over every socket
+    cores_per_socket: int = 0
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class Target:
     used: tuple[str, ...] = field(default=(), repr=False)  # graph nodes of the devices used, node by node
     cpu_paths: dict[str, float] = field(default_factory=dict)  # a CPU device: peak per ISA path (capsim.hardware.isa)
     cores: int = 0  # a CPU device: cores per socket (0 elsewhere)
+    threads: int = 0  # a CPU device: threads of one engine instance (0: one per core of one socket)
 
 
 def _peaks(item: Accelerator | Cpu) -> dict[str, float]:
@@ -280,7 +282,7 @@ def _host_tier(g, db: HardwareDB, device: str) -> HostTier | None:
                     to_device_path=" -> ".join(to_dev.nodes) + f" (bound: {to_dev.bottleneck})",
                     ssd_to_device_bytes_per_s=ssd_bw, ssd_capacity_bytes=ssd_cap, ssd_id=ssd_id,
                     ssd_to_dram_bytes_per_s=ssd_dram, ssd_random_4k_bytes_per_s=ssd_4k,
-                    cpu_paths={k: v * len(cpus) for k, v in cpu_paths(cpu).items()})
+                    cpu_paths={k: v * len(cpus) for k, v in cpu_paths(cpu).items()}, cores_per_socket=int(cpu.cores.value))
 
 
 def resolve_target(db: HardwareDB, hardware: str, n_devices: int | None = None, nodes: int = 1) -> Target:

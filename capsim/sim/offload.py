@@ -11,7 +11,8 @@ serve a miss:
 - ``cpu`` (KTransformers, llama.cpp ``-ot exps=CPU``): the CPU sockets compute the missed
   experts from DRAM, the device does the rest; extra time = max(miss bytes / (DRAM bandwidth x
   host_memory_efficiency), miss FLOPs / (CPU peak x host_compute_efficiency)) plus the hidden
-  states crossing the link twice per MoE layer, and the device's share of routed-expert time
+  states crossing the link twice per MoE layer, plus the routed experts' kernels x sync_s_per_thread x the
+  host threads (a barrier per kernel), and the device's share of routed-expert time
   shrinks to the hit fraction.
 
 The two sides overlap by the engine's ``offload_overlap`` (fraction of the shorter side hidden
@@ -53,7 +54,8 @@ class OffloadTiming:
 
 def offload_step(step: Step, timing: Timing, s: Shape, *, hit_rate, mode: str, link_bytes_per_s,
                  host_bandwidth_bytes_per_s=np.inf, host_peak_flop_per_s=np.inf, tp=1,
-                 profile: EngineProfile, ssd: SsdRead | None = None, step_s=None) -> OffloadTiming:
+                 profile: EngineProfile, ssd: SsdRead | None = None, step_s=None, host_threads: int = 0
+                 ) -> OffloadTiming:
     """``step_s``: the device's time of the step (default ``timing.step_s``; the request pipeline passes it
     without the hop between pipeline stages, which comes after)."""
     if mode not in MODES:
@@ -79,7 +81,9 @@ def offload_step(step: Step, timing: Timing, s: Shape, *, hit_rate, mode: str, l
         # hidden states to the CPU and results back, per MoE layer, for the step's tokens
         hidden = 2 * routed.act_bytes / np.maximum(s.top_k * s.expert_io_width, 1) * s.hidden
         t_x = np.where(miss_frac > 0, hidden / link, 0.0)
-        off = np.maximum(t_mem, t_cmp) + t_x + (0.0 if ssd is None else ssd.seconds(miss_bytes))
+        # the CPU's threads meet at a barrier after each of its kernels (profile sync_s_per_thread)
+        t_sync = miss_frac * routed.kernels * profile.sync_s_per_thread * host_threads  # the missed share's kernels
+        off = np.maximum(t_mem, t_cmp) + t_x + t_sync + (0.0 if ssd is None else ssd.seconds(miss_bytes))
         host_bound = t_mem >= t_cmp
     total = device + off - profile.offload_overlap * np.minimum(device, off)
     return OffloadTiming(total, device, off, miss, miss_bytes, host_bound)

@@ -102,7 +102,8 @@ def _phase(sc: Scenario, step: Step, timing: Timing, factor, hit_rate) -> tuple[
     if hit_rate is not None:
         o = sc.offload
         kw = dict(hit_rate=hit_rate, link_bytes_per_s=o.link_bytes_per_s, host_bandwidth_bytes_per_s=o.host_bandwidth_bytes_per_s,
-                  host_peak_flop_per_s=o.host_peak_flop_per_s, tp=sc.tp, profile=sc.profile, ssd=o.ssd, step_s=work)
+                  host_peak_flop_per_s=o.host_peak_flop_per_s, tp=sc.tp, profile=sc.profile, ssd=o.ssd, step_s=work,
+                  host_threads=o.host_threads)
         off = offload_step(step, timing, sc.shape, mode=o.mode, **kw)
         least = sc.profile.host_op_offload_min_tokens
         if o.mode == "cpu" and least > 0 and any_true(step.local.t_g >= least):

@@ -4,7 +4,7 @@ their links.
 t_op = max(FLOPs / (peak x compute_efficiency x gemm_fraction), (bytes - serial) / (bandwidth x memory_efficiency))
        + serial / (bandwidth x memory_efficiency)
        (attention: bandwidth x attention_efficiency)
-       + kernels x kernel_overhead_s
+       + kernels x (kernel_overhead_s + sync_s_per_thread x threads)
 serial = (1 - activation_overlap) x activation bytes: traffic of element-wise kernels an eager engine runs
 after each GEMM instead of fusing them into it
 gemm_fraction = rows / (rows + gemm_half_rows) for matmuls (1 for other work): a GEMM whose weight
@@ -114,6 +114,7 @@ def step_time(step: Step, sc: Scenario) -> Timing:
     if prof.eager_cpu is not None:
         step = eager_cpu.apply(step, sc.shape, prof.eager_cpu, t.page_faults)
     bw = f(t.memory_bandwidth_bytes_per_s) * prof.memory_efficiency
+    sync_s = prof.sync_s_per_thread * (t.threads or t.cores)  # per kernel: a barrier of the instance's threads
     links = {"ring": (t.ring_bandwidth_bytes_per_s, sc.ring_call_latency_s, 1.0 - prof.transfer_overlap),
              "alltoall": (t.alltoall_bandwidth_bytes_per_s, sc.alltoall_call_latency_s, 1.0 - prof.transfer_overlap),
              "hop": (sc.hop_bytes_per_s, 0.0, 1.0)}
@@ -133,7 +134,7 @@ def step_time(step: Step, sc: Scenario) -> Timing:
                  + op.kernels * prof.memory_half_bytes, op_bw)
         serial = (1.0 - prof.activation_overlap) * div(op.act_bytes, op_bw)  # element-wise kernels after the GEMM
         kernels = op.kernels + prof.kernels_per_activated_expert * op.activated_per_layer
-        ov = kernels * prof.kernel_overhead_s + op.overhead_s
+        ov = kernels * (prof.kernel_overhead_s + sync_s) + op.overhead_s
         comp_s[name], mem_s[name] = tc, tm
         op_s[name] = maximum(tc, tm - serial) + serial + op.serial_s + ov
         compute_bound = compute_bound + where(tc > tm, tc, 0.0)

@@ -22,7 +22,7 @@ FOLDER = "published/cpu"
 DEVICE = ("compute_efficiency", "memory_efficiency")  # the engine's kernels on the device it runs on
 HOST = ("host_compute_efficiency", "host_memory_efficiency")  # on the CPU sockets beside a GPU
 FIT_NAMES = {
-    "llama.cpp": DEVICE, "ik-llama.cpp": DEVICE, "sglang-cpu": DEVICE,
+    "llama.cpp": (*DEVICE, "sync_s_per_thread"), "ik-llama.cpp": (*DEVICE, "sync_s_per_thread"), "sglang-cpu": DEVICE,
     "llama.cpp-cuda": DEVICE, "llama.cpp-metal": DEVICE, "llama.cpp-rocm": DEVICE,
     "ktransformers": HOST, "ktransformers-amx": HOST,
     "moe-infinity": ("expert_fetch_s",),

@@ -32,6 +32,7 @@ BOUNDS = {
     "memory_half_bytes": (1e3, 1e9, 1e6),  # bytes; a memory-bound kernel reaches half the bandwidth
     "per_sequence_overhead_s": (1e-8, 1e-3, 1e-5),  # host seconds per running sequence per step
     "expert_fetch_s": (1e-6, 1.0, 1e-3),  # host seconds per expert fetched on demand (gpu-fetch)
+    "sync_s_per_thread": (1e-10, 1e-5, 1e-7),  # seconds per kernel per thread at a CPU barrier
 }
 # What the CPU runs fit (hf-eager); the rest of a profile is set by mechanism in validation/config.yaml.
 FIT_PARAMETERS = ("compute_efficiency", "memory_efficiency", "kernel_overhead_s", "step_overhead_s",

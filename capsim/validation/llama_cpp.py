@@ -139,8 +139,8 @@ def markdown(result: dict[str, Any], command: str) -> str:
     lines = ["# llama.cpp on this machine: the shipped profile, and a fit held out by shape", "",
              f"Written by `{command}`. Runs: validation/measured/llama.cpp/*.json (its README says how they were "
              f"measured); hardware: the probe of the same machine at 2 threads ({HARDWARE}); matmuls on its "
-             f"{result['kernel_path']} path (capsim.hardware.isa). Shipped: capsim/engines/llama.cpp.yaml as it is (fitted on two published "
-             f"rows of a Ryzen 9 7950X; none of these runs). Held out: {', '.join(FIT_NAMES)} fitted to the other "
+             f"{result['kernel_path']} path (capsim.hardware.isa). Shipped: capsim/engines/llama.cpp.yaml as it is (fitted to the "
+             f"published CPU corpus, capsim validate --cpu-corpus; none of these runs). Held out: {', '.join(FIT_NAMES)} fitted to the other "
              "shapes' cases, reported, not written into the profile.", "",
              "| cases | n | shipped profile: median abs error | worst | fitted, held out by shape: median | worst |",
              "|---|---|---|---|---|---|"]
