@@ -15,6 +15,7 @@ import numpy as np
 
 from capsim.sim import pipeline
 from capsim.sim.memory import MemoryUse, memory_use
+from capsim.sim.shape import weight_bytes
 
 if TYPE_CHECKING:
     from capsim.scenario import Scenario
@@ -29,7 +30,8 @@ def per_device(sc: Scenario, batch, input_len, output_len, expert_fraction=1.0) 
 
     def use(b):
         return memory_use(sc.shape, batch=b, input_len=input_len, output_len=output_len,
-                          kv_bytes_per_element=sc.kv_bytes, capacity_bytes=t.memory_capacity_bytes,
+                          kv_bytes_per_element=0.0 if sc.profile.kv_on_host else sc.kv_bytes,
+                          capacity_bytes=t.memory_capacity_bytes,
                           reserve_fraction=sc.profile.memory_reserve_fraction, tp=sc.tp, ep=sc.ep,
                           n=t.n_devices, expert_fraction=expert_fraction,
                           max_batched_tokens=sc.profile.max_batched_tokens)
@@ -40,6 +42,17 @@ def per_device(sc: Scenario, batch, input_len, output_len, expert_fraction=1.0) 
     f = pipeline.stage_fraction(sc.shape.layers, sc.pp)
     return replace(m, weights=m.weights * f, kv_cache=m.kv_cache * f,
                    activations=use(pipeline.microbatch(batch, sc.pp)).activations)
+
+
+def host_kv_bytes(sc: Scenario, batch, input_len, output_len):
+    """The KV cache an engine that keeps it in host memory (``kv_on_host``) holds there at the final length, over
+    every device's sequences; 0 for every other engine."""
+    if not sc.profile.kv_on_host:
+        return 0.0
+    m = memory_use(sc.shape, batch=batch, input_len=input_len, output_len=output_len,
+                   kv_bytes_per_element=sc.kv_bytes, capacity_bytes=sc.target.memory_capacity_bytes,
+                   reserve_fraction=0.0, tp=sc.tp, ep=sc.ep, n=sc.target.n_devices)
+    return m.kv_cache * sc.target.n_devices
 
 
 WINDOW = 64  # candidates checked at once around a guess (and per round of the search)
@@ -100,5 +113,18 @@ def limits(sc: Scenario, expert_fraction=1.0) -> dict[str, Any]:
         return per_device(sc, b, i, q.output_len, expert_fraction).total
 
     max_batch, max_input = _search(totals, float(sc.target.memory_capacity_bytes), 2)
+    off = sc.offload
+    if sc.profile.kv_on_host and off is not None and off.tier == "dram" and off.tier_capacity_bytes is not None:
+        # the KV cache lives in host DRAM beside the experts off the device: its limit may come first
+        experts = weight_bytes(sc.shape)["routed_experts"] * (1.0 - expert_fraction)
+
+        def host(xs: np.ndarray) -> np.ndarray:
+            b = np.stack([xs[0], np.full(xs.shape[1], float(q.batch))])
+            i = np.stack([np.full(xs.shape[1], float(q.input_len)), xs[1]])
+            return experts + np.asarray(host_kv_bytes(sc, b, i, q.output_len))
+
+        hb, hi = _search(host, float(off.tier_capacity_bytes), 2)
+        max_batch = hb if max_batch is None else min(max_batch, hb if hb is not None else max_batch)
+        max_input = hi if max_input is None else min(max_input, hi if hi is not None else max_input)
     return {"max_batch": max_batch, "max_input_len": max_input,
             "at_input_len": q.input_len, "at_output_len": q.output_len, "at_batch": q.batch}

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from capsim import precision
-from capsim.capacity import per_device
+from capsim.capacity import host_kv_bytes, per_device
 from capsim.errors import CapsimError
 from capsim.hardware import isa
 from capsim.sim.offload import MODES
@@ -109,7 +109,7 @@ def setup_offload(q, shape, target, prec, profile) -> OffloadSetup:
         if q.expert_tier == "ssd":
             link_path = f"{host.ssd_id} -> DRAM (the CPU computes the experts it reads); hidden states: {link_path}"
     host_peak, share, threads = math.inf, 1.0, 0
-    if q.offload == "cpu":
+    if q.offload == "cpu" or profile.cpu_attention_share > 0:  # the CPU computes experts, or attention
         host_peaks, _ = isa.engine_peaks(host.cpu_paths, host.cpu_peak_flop_per_s, profile.cpu_kernels)
         dt = precision.choose_compute(prec, host_peaks, host.cpu_id)
         sockets = q.host_sockets or host.sockets
@@ -267,6 +267,10 @@ def problems(sc: Scenario, res: Residency, batch, input_len, output_len) -> list
         elif off.tier_capacity_bytes is not None and host > off.tier_capacity_bytes:
             msg = (f"--expert-tier {off.tier}: {host / 1e9:.1f} GB of experts off the device, but {t.hardware_id} "
                    f"has {off.tier_capacity_bytes / 1e9:.1f} GB of {off.tier}")
+        elif off.tier == "dram" and off.tier_capacity_bytes is not None and (
+                kv := float(host_kv_bytes(sc, b, i, o))) and host + kv > off.tier_capacity_bytes:
+            msg = (f"--batch {int(b)}: {host / 1e9:.1f} GB of experts and {kv / 1e9:.1f} GB of KV cache in host memory "
+                   f"({sc.profile.id} keeps it there), but {t.hardware_id} has {off.tier_capacity_bytes / 1e9:.1f} GB")
         out.append(msg)
     return out
 
@@ -285,7 +289,7 @@ def report(sc: Scenario, res: Residency) -> dict[str, Any]:
     def one(x):
         return float(np.asarray(x).ravel()[0])
 
-    return {"mode": off.mode, "expert_tier": off.tier, "cache_policy": off.policy,
+    return {"mode": off.mode, "expert_tier": off.tier, "cache_policy": off.policy, "kv_on_host": sc.profile.kv_on_host,
             "experts_resident_per_layer": int(one(res.experts_resident)), "num_experts": res.num_experts,
             "hit_rate_decode": one(res.hit_rate_decode), "hit_rate_prefill": one(res.hit_rate_prefill),
             "hit_rate_source": res.hit_rate_source, "host_expert_bytes": one(res.host_expert_bytes),

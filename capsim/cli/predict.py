@@ -44,12 +44,16 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _fetched(off: dict) -> str:
+    return "experts and cached K/V (the KV cache is in host memory)" if off.get("kv_on_host") else "experts"
+
+
 def _bound_line(rep: dict) -> str:
     dec = rep["phases"]["decode"]
     sc = rep["scenario"]
     off = rep.get("offload")
     if off and off["decode"]["offload_s"] > off["decode"]["device_s"]:
-        where = (f"fetching experts over {off['link_path']}" if off["mode"] == "gpu-fetch" else
+        where = (f"fetching {_fetched(off)} over {off['link_path']}" if off["mode"] == "gpu-fetch" else
                  f"in CPU expert compute ({off['decode']['host_bound']}-bound on host DRAM)"
                  if off["decode"]["host_bound"] == "memory" else "in CPU expert compute (compute-bound)")
         return (f"Decode is bound by the offloaded experts: {off['decode']['offload_s'] / dec['step_s']:.0%} of each "
@@ -159,7 +163,7 @@ def human(rep: dict, verbose: bool = False) -> str:
             f"offload ({off['mode']}): {off['experts_resident_per_layer']} of {off['num_experts']} experts per layer "
             f"resident, the rest in {off['expert_tier']}; decode hit rate {_pct(off['hit_rate_decode'])} "
             f"({off['hit_rate_source']}); per step {_t(dec_off['device_s'])} on the device, {_t(dec_off['offload_s'])} "
-            + ("fetching experts over " + off["link_path"] if off["mode"] == "gpu-fetch" else
+            + (f"fetching {_fetched(off)} over " + off["link_path"] if off["mode"] == "gpu-fetch" else
                f"on the CPU ({dec_off['host_bound']}-bound)"))
     lines += [f"note: {n}" for n in sc["notes"]]
     if verbose:

@@ -56,8 +56,9 @@ PARAMETERS = {
     "expert_fetch_s": (0.0, 1.0),
     "host_op_offload_min_tokens": (0.0, 1e9),
     "sync_s_per_thread": (0.0, 1e-3),
+    "cpu_attention_share": (0.0, 1.0),
 }
-SWITCHES = ("mla_absorbed",)  # booleans
+SWITCHES = ("mla_absorbed", "kv_on_host")  # booleans
 EFFICIENCIES = ("compute_efficiency", "memory_efficiency", "link_efficiency", "attention_efficiency",
                 "host_memory_efficiency", "host_compute_efficiency")
 # the eager_cpu section: name -> (lower, upper) for numbers, None for switches
@@ -145,6 +146,10 @@ class EngineProfile:
     # a CPU engine whose threads meet at a barrier after every kernel (ggml's graph: ggml_barrier, an atomic
     # counter all threads increment and spin on): seconds per kernel per thread taking part
     sync_s_per_thread: float = 0.0
+    # the KV cache lives in host memory (MoE-Gen, offload gpu-fetch): decode K/V cross the host link, and the CPU
+    # computes this share of the attention from DRAM (capsim.sim.offload)
+    kv_on_host: bool = False
+    cpu_attention_share: float = 0.0
     # host time to launch one kernel outside a captured CUDA graph; launches are asynchronous, so an uncaptured
     # step takes at least its kernels x host_launch_s
     host_launch_s: float = 0.0
@@ -335,7 +340,9 @@ def with_values(profile: EngineProfile, raw: dict[str, Any], where: str) -> Engi
 
 
 def _round(x: float) -> float:
-    return float(f"{x:.4g}")
+    """Four significant digits for a fitted value; a whole number (a token budget, a batch) as it is."""
+    x = float(x)
+    return x if x.is_integer() else float(f"{x:.4g}")
 
 
 def write(profile: EngineProfile, extra: dict | None = None, folder: Path = FOLDER,

@@ -15,6 +15,9 @@ serve a miss:
   host threads (a barrier per kernel), and the device's share of routed-expert time
   shrinks to the hit fraction.
 
+An engine that keeps the KV cache in host memory (``kv_on_host``: MoE-Gen) also moves each decode step's cached
+K/V over the link for the GPU's share of the attention, or computes a share on the CPU (:func:`_host_kv`).
+
 The two sides overlap by the engine's ``offload_overlap`` (fraction of the shorter side hidden
 under the longer; 0 = strictly one after the other, 1 = fully concurrent):
 ``t = t_device + t_offload - offload_overlap x min(t_device, t_offload)``.
@@ -72,6 +75,9 @@ def offload_step(step: Step, timing: Timing, s: Shape, *, hit_rate, mode: str, l
     if mode == "gpu-fetch":
         device = step_s
         off = miss_bytes / link if ssd is None else np.maximum(miss_bytes / link, ssd.seconds(miss_bytes))
+        if profile.kv_on_host and step.local is not None and step.local.decode:
+            device, off = _host_kv(step, timing, profile, device, off, link, host_bandwidth_bytes_per_s,
+                                   host_peak_flop_per_s)
         off = off + miss * s.moe_layers * profile.expert_fetch_s  # each fetch's own work, per missed expert
         host_bound = np.zeros_like(off, dtype=bool)
     else:
@@ -87,3 +93,30 @@ def offload_step(step: Step, timing: Timing, s: Shape, *, hit_rate, mode: str, l
         host_bound = t_mem >= t_cmp
     total = device + off - profile.offload_overlap * np.minimum(device, off)
     return OffloadTiming(total, device, off, miss, miss_bytes, host_bound)
+
+
+# the operators whose work reads the cached tokens: the attention itself, and MLA's re-expansion of the cached
+# latents (capsim.sim.ops.attention), which the CPU must do too for its share (MoE-Gen sets w = 0 for MLA models)
+KV_OPS = ("attn_scores", "mla_expand")
+
+
+def _host_kv(step: Step, timing: Timing, profile: EngineProfile, device, off, link, host_bw, host_peak):
+    """A decode step of an engine whose KV cache lives in host memory (``kv_on_host``, MoE-Gen): the GPU's
+    share (1 - w) of the attention reads its cached K/V after they cross the host link, behind the expert
+    weights on the same copy engine (link time A + (1 - w) K, A for the weights, K for all the K/V); the CPU
+    computes the share w from DRAM beside the GPU and the link, at the slower of its bandwidth and its compute
+    (w C, C for all of it). The engine profiles w to balance the two: w* = (A + K) / (K + C) where
+    A + (1 - w) K = w C, no more than the profile's ``cpu_attention_share`` (0: the GPU does all).
+    Returns (device, off) seconds."""
+    att = [n for n in KV_OPS if n in step.ops]
+    kv = sum(step.ops[n].kv_bytes for n in att)
+    flops = sum(step.ops[n].flops for n in att)
+    k = kv / link
+    if profile.cpu_attention_share > 0:
+        c = np.maximum(kv / (np.asarray(host_bw, float) * profile.host_memory_efficiency),
+                       flops / (np.asarray(host_peak, float) * profile.host_compute_efficiency))
+        w = np.clip((off + k) / np.maximum(k + c, 1e-30), 0.0, profile.cpu_attention_share)
+    else:
+        c, w = 0.0, 0.0
+    device = device - w * sum(timing.op_s[n] for n in att)
+    return device, np.maximum(off + (1.0 - w) * k, w * c)

@@ -26,6 +26,8 @@ FIT_NAMES = {
     "llama.cpp-cuda": DEVICE, "llama.cpp-metal": DEVICE, "llama.cpp-rocm": DEVICE,
     "ktransformers": HOST, "ktransformers-amx": HOST,
     "moe-infinity": ("expert_fetch_s",),
+    # MoE-Gen: its GPU's prefill GEMMs, the PCIe stream of experts and K/V, the CPU's share of the attention
+    "moe-gen": ("compute_efficiency", "link_efficiency", "host_compute_efficiency"),
 }
 ENGINES = tuple(FIT_NAMES)
 # the CPU side of a CPU-experts-beside-a-GPU run (-ot exps=CPU) is the same ggml CPU kernels
