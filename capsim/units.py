@@ -259,3 +259,17 @@ def exact_text(value: float, dimension: str, prefix: str = "") -> str:
     unit = {"USD": "USD", "USD/h": "USD/h", "1": "", "s": "s"}.get(dimension) or _DISPLAY_UNITS[dimension]
     scale = BINARY_PREFIXES.get(prefix) or DECIMAL_PREFIXES.get(prefix, 1.0)
     return f"{value / scale!r} {prefix}{unit}".strip()
+
+
+def seconds_flag(flag: str, text: str | None) -> float | None:
+    """A command-line time: '50ms', '2 s' or a plain number of seconds (None stays None); a clear error naming
+    ``flag`` otherwise."""
+    if text is None:
+        return None
+    try:
+        p = parse_quantity(text)
+    except CapsimError:
+        p = None
+    if p is None or p.dimension not in ("s", "1") or not 0 < p.value < float("inf"):
+        raise CapsimError(f"{flag} {text}: expected a positive time such as 50ms, 2s or 0.05 (seconds)")
+    return p.value

@@ -187,6 +187,22 @@ def _cases() -> list[tuple[str, list[str], str]]:
     add(probe, "--gemm-shape", ["abc", "0x5"])
     add("probe --quick", "--out", ["pyproject.toml"])
 
+    serve = "serve -m mixtral -H dgx-h100 --num-requests 4 --input-len 64 --output-len 8 --request-rate 2"
+    add(serve, "--request-rate", ["0", "-1", "nan", "abc", ""])
+    add(serve, "--num-requests", ["0", "-1", "abc", HUGE])
+    add(serve, "--concurrency", ["0", "-1", "abc"])
+    add(serve, "--burstiness", ["0", "-1", "nan", "inf"])
+    add(serve, "--slo-ttft", ["0", "-1s", "abc", "infms"])
+    add(serve, "--slo-tpot", ["0", "5 parsecs"])
+    add(serve, "--max-num-seqs", ["0", "-1"])
+    add(serve, "--max-num-batched-tokens", ["0"])
+    add(serve, "--engine", ["foo"])
+    add(serve, "--pp", ["2"])
+    add(serve, "--dp", ["2"])
+    add("serve -m mixtral -H dgx-h100 --num-requests 4 --request-rate 2", "--dataset",
+        ["/nonexistent/lengths.jsonl", "pyproject.toml", "sharegpt"])
+    cases.append(("serve without a load", shlex.split("serve -m mixtral -H dgx-h100 --num-requests 4 --input-len 64 "
+                                                     "--output-len 8"), "--concurrency"))
     cases.append(("--hardware-db nonexistent", ["--hardware-db", "/nonexistent/db", "hw", "list"], "--hardware-db"))
     cases.append(("unknown command", ["nosuchcommand"], "nosuchcommand"))
     cases.append(("unknown option", ["predict", "-m", "mixtral", "-H", "h100", "--bach", "3"], "--bach"))

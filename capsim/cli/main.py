@@ -15,7 +15,7 @@ COMMANDS = {  # name -> the module and attribute of its click command (imported 
     "measure-disk": "capsim.cli.measure_disk:measure_disk_cmd", "model": "capsim.cli.model:model",
     "predict": "capsim.cli.predict:predict_cmd", "probe": "capsim.cli.probe:probe_cmd", "trace": "capsim.cli.trace:trace",
     "validate": "capsim.cli.validate:validate_cmd", "sweep": "capsim.cli.sweep:sweep_cmd",
-    "provision": "capsim.cli.provision:provision_cmd",
+    "provision": "capsim.cli.provision:provision_cmd", "serve": "capsim.cli.serve:serve_cmd",
 }
 
 

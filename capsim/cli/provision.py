@@ -15,7 +15,7 @@ from capsim.cli.oneline import CapsimCommand
 from capsim.cli.table import render
 from capsim.errors import CapsimError
 from capsim.hardware import db as hwdb
-from capsim.units import parse_quantity
+from capsim.units import seconds_flag
 
 DEFAULT_INPUT_LEN = 1024  # tokens: a chat prompt with history
 DEFAULT_OUTPUT_LEN = 256
@@ -25,19 +25,6 @@ DEFAULT_MAX_NODES = 4
 MAX_PROVISION_NODES = 256
 DEFAULT_MAX_BATCH = 4096
 DEFAULT_TOP = 10
-
-
-def _seconds(flag: str, text: str | None) -> float | None:
-    """'50ms', '2 s' or a plain number of seconds."""
-    if text is None:
-        return None
-    try:
-        p = parse_quantity(text)
-    except CapsimError:
-        p = None
-    if p is None or p.dimension not in ("s", "1") or not 0 < p.value < float("inf"):
-        raise CapsimError(f"{flag} {text}: expected a positive time such as 50ms, 2s or 0.05 (seconds)")
-    return p.value
 
 
 def _pairs(flag: str, items: tuple[str, ...]) -> dict[str, float]:
@@ -219,8 +206,8 @@ def provision_cmd(ctx, model, hardware, users, tokens_per_s, ttft, tpot, min_acc
     from capsim.provision.requirements import Requirements
     from capsim.provision.search import search
 
-    req = Requirements(tokens_per_s=tokens_per_s, users=users, ttft_s=_seconds("--ttft", ttft),
-                       tpot_s=_seconds("--tpot", tpot), min_accuracy=min_accuracy, benchmark=benchmark,
+    req = Requirements(tokens_per_s=tokens_per_s, users=users, ttft_s=seconds_flag("--ttft", ttft),
+                       tpot_s=seconds_flag("--tpot", tpot), min_accuracy=min_accuracy, benchmark=benchmark,
                        ttft_mode=ttft_mode).check()
     for flag, v, high in (("--input-len", input_len, MAX_TOKENS), ("--output-len", output_len, MAX_TOKENS),
                           ("--top", top, None), ("--max-batch", max_batch, MAX_SEQUENCES),

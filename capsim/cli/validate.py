@@ -156,11 +156,18 @@ def _probe_sizes(value) -> tuple[int, ...] | None:
               help="Predict llama.cpp measured on this machine (validation/measured/llama.cpp/, 'capsim measure "
                    "--engine llama.cpp') with the shipped llama.cpp profile, and with its parameters fitted to the "
                    "other shapes (reported, not written).")
+@click.option("--serving", is_flag=True,
+              help="Predict published serving-benchmark runs under load (validation/published/serving/) with capsim "
+                   "serve: held-out error per statistic.")
+@click.option("--vllm-serve", "vllm_serve", is_flag=True,
+              help="Predict vLLM's CPU build serving under load on this machine (validation/measured/vllm-serve/) "
+                   "with capsim serve and the vllm-cpu profile: held-out error per statistic.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def validate_cmd(ctx: click.Context, config_path: Path, fit: bool, max_median_error: float | None,
                  plot_path: Path | None, report_path: Path | None, published: bool, disk: bool, routing_mode: bool,
-                 gpu: bool, cpu_corpus: bool, vllm_cpu: bool, llama_cpp: bool, as_json: bool) -> None:
+                 gpu: bool, cpu_corpus: bool, vllm_cpu: bool, llama_cpp: bool, vllm_serve: bool, serving: bool,
+                 as_json: bool) -> None:
     """Predict every measured case and report the error (held-out cases separately from the fitting subset).
 
     Exit codes: 0 ok; 1 a median error above --max-median-error; 2 bad input (config, run file, CSV row).
@@ -190,6 +197,12 @@ def validate_cmd(ctx: click.Context, config_path: Path, fit: bool, max_median_er
         from capsim.cli.validate_engines import validate_llama_cpp
 
         validate_llama_cpp(config_path.resolve().parent, max_median_error, report_path, as_json)
+        return
+    if vllm_serve or serving:
+        from capsim.cli.validate_engines import validate_serving
+
+        validate_serving(ctx, "vllm_serve" if vllm_serve else "serving", config_path.resolve().parent,
+                         max_median_error, report_path, as_json)
         return
     if vllm_cpu:
         from capsim.cli.validate_engines import validate_vllm_cpu

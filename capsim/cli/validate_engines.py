@@ -1,4 +1,4 @@
-"""``capsim validate --gpu``, ``--cpu-corpus``, ``--vllm-cpu`` and ``--llama-cpp``: the serving engines' profiles fitted and
+"""``capsim validate --gpu``, ``--cpu-corpus``, ``--vllm-cpu``, ``--vllm-serve``, ``--serving`` and ``--llama-cpp``: the serving engines' profiles fitted and
 cross-validated; :func:`finish` is how every ``validate`` mode reports (report file, JSON or table, the
 --max-median-error exit)."""
 
@@ -81,3 +81,22 @@ def validate_llama_cpp(root: Path, max_median_error, report_path, as_json: bool)
                                   f"{held[name]['median_abs']:.1%}", f"{held[name]['worst']:+.0%}"]
                                  for name, s in result["shipped"].items()]),
            median=median, what=f"llama.cpp shipped-profile median error {median:.1%}")
+
+
+def validate_serving(ctx, which: str, root: Path, max_median_error, report_path, as_json: bool) -> None:
+    """``--vllm-serve`` (measured here, capsim.validation.vllm_serve) or ``--serving`` (published,
+    capsim.validation.serving): held-out error per statistic; --max-median-error applies to the worst mean."""
+    import importlib
+
+    mod = importlib.import_module(f"capsim.validation.{which}")
+    flag = "--" + which.replace("_", "-")
+    result = mod.run(root) if which == "vllm_serve" else mod.run(root, hwdb.load(ctx.obj.get("hardware_db")
+                                                                              if ctx.obj else None))
+    means = [s["median_abs"] for k, s in result["summary"].items() if k.endswith("_mean")]
+    median = max(means) if means else None
+    finish(result, report_path=report_path, as_json=as_json, max_median_error=max_median_error,
+           markdown=lambda: mod.markdown(result, f"capsim validate {flag} --report {report_path}"),
+           table=lambda: render(["statistic", "runs", "held-out median", "within 25%", "worst"],
+                                [[k, str(s["runs"]), f"{s['median_abs']:.1%}", f"{s['within_25']:.0%}",
+                                  f"{s['worst_run']} {s['worst_error']:+.0%}"] for k, s in result["summary"].items()]),
+           median=median, what=f"{flag}: the worst mean statistic's held-out median error")

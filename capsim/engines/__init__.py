@@ -16,13 +16,14 @@ memory) live in the hardware entry, not here.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from capsim.atomic import write_text
+from capsim.engines import scheduler
 from capsim.engines.kernels import CpuKernels, parse
 from capsim.errors import CapsimError
 
@@ -57,6 +58,8 @@ PARAMETERS = {
     "host_op_offload_min_tokens": (0.0, 1e9),
     "sync_s_per_thread": (0.0, 1e-3),
     "cpu_attention_share": (0.0, 1.0),
+    "max_running_seqs": (0.0, 1e7),
+    "kv_block_tokens": (0.0, 1e6),
 }
 SWITCHES = ("mla_absorbed", "kv_on_host")  # booleans
 EFFICIENCIES = ("compute_efficiency", "memory_efficiency", "link_efficiency", "attention_efficiency",
@@ -150,6 +153,10 @@ class EngineProfile:
     # computes this share of the attention from DRAM (capsim.sim.offload)
     kv_on_host: bool = False
     cpu_attention_share: float = 0.0
+    # the serving scheduler (capsim serve): sequences a step may carry (0: as many as the KV cache holds) and
+    # tokens per KV-cache block (0: one)
+    max_running_seqs: float = 0.0
+    kv_block_tokens: float = 0.0
     # host time to launch one kernel outside a captured CUDA graph; launches are asynchronous, so an uncaptured
     # step takes at least its kernels x host_launch_s
     host_launch_s: float = 0.0
@@ -179,6 +186,7 @@ class EngineProfile:
     gemm_curves_file: str | None = None  # where they were read from, relative to the profile's folder
     fitted_cases: tuple[str, ...] = ()  # ids of the validation cases the parameters were fitted to
     cpu_kernels: CpuKernels | None = None  # on a CPU: the ISA paths its kernels take (capsim.engines.kernels)
+    scheduler: scheduler.SchedulerTiers | None = None  # its scheduler defaults by device (capsim.engines.scheduler)
 
     def parameters(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in (*PARAMETERS, *SWITCHES)}
@@ -277,7 +285,7 @@ def _load(path_text: str, mtime_ns: int, size: int) -> EngineProfile:
         fitted_to=data["fitted_to"], fitted_cases=tuple(data.get("fitted_cases") or ()),
         eager_cpu=None if raw_eager is None else eager_cpu(raw_eager, f"{path}: eager_cpu"),
         gemm_curves=curves, gemm_curves_file=curves_file, **params, **_domain(data.get("domain"), path),
-        cpu_kernels=parse(data.get("cpu_kernels"), path),
+        cpu_kernels=parse(data.get("cpu_kernels"), path), scheduler=scheduler.parse(data.get("scheduler"), path),
     )
 
 
@@ -363,7 +371,7 @@ def write(profile: EngineProfile, extra: dict | None = None, folder: Path = FOLD
                              for k in EAGER_CPU}
     if profile.gemm_curves:
         name = f"{CURVES_FOLDER}/{profile.id}.json"
-        _write_atomic(folder / name, json.dumps({
+        write_text(folder / name, json.dumps({
             "profile": profile.id, "what": "fraction of the compute peak a GEMM of `rows` rows reaches, per weight "
             "shape (K in, N out); written by capsim validate --fit from the probe's measured curves",
             "curves": [{"k": int(k), "n": int(n), "points": [[int(r), _round(f)] for r, f in pts]}
@@ -372,20 +380,14 @@ def write(profile: EngineProfile, extra: dict | None = None, folder: Path = FOLD
     if profile.domain_devices or profile.domain_offload or profile.domain_fitted_on:
         data["domain"] = {"devices": list(profile.domain_devices), "offload": list(profile.domain_offload),
                           "fitted_devices": list(profile.domain_fitted_devices), "fitted_on": profile.domain_fitted_on}
-    if profile.cpu_kernels is not None:
-        data["cpu_kernels"] = profile.cpu_kernels.to_yaml()
+    for key in ("cpu_kernels", "scheduler"):
+        if getattr(profile, key) is not None:
+            data[key] = getattr(profile, key).to_yaml()
     data["fitted_cases"] = list(profile.fitted_cases)
     data.update(extra or {})
     path = folder / f"{profile.id}.yaml"
     where = ("the corpus in validation/published/gpu/" if "--gpu" in command
              else "the fitting subset in validation/config.yaml")
-    _write_atomic(path, f"# Written by '{command}'; edit {where}.\n"
+    write_text(path, f"# Written by '{command}'; edit {where}.\n"
                   + yaml.safe_dump(data, sort_keys=False, width=110))
     return path
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -44,3 +44,10 @@ def cached_tokens_per_layer(windows: tuple[tuple[int, int], ...], layers: int, c
     """KV entries one sequence keeps, averaged over layers (windowed layers keep their window)."""
     c = f(context)
     return sum(n * (c if w == 0 else minimum(c, float(w))) for w, n in windows) / layers
+
+
+def chunk_pairs_per_layer(windows: tuple[tuple[int, int], ...], layers: int, context, tokens):
+    """(query, key) pairs of ``tokens`` new positions after ``context`` cached ones (a prefill chunk, or a decode
+    token: tokens = 1), averaged over layers."""
+    c = f(context)
+    return sum(n * _sum_min(c + 1, c + f(tokens), w) for w, n in windows) / layers

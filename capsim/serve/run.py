@@ -1,0 +1,116 @@
+"""``capsim serve``: one serving run of a scenario under a workload, and its statistics.
+
+The scenario is resolved as ``capsim predict`` resolves it (model, hardware, layout, engine profile, routing);
+the engine's scheduler comes from its profile (``max_running_seqs``, ``max_batched_tokens``,
+``kv_block_tokens``; flags override them) and the KV cache from the memory model: what the devices hold beside
+the weights and the activations of the largest step, over the K/V bytes a token takes.
+
+Statistics follow vLLM's benchmark (benchmarks/benchmark_serving.py ``calculate_metrics``): TTFT from a
+request's sending to its first token; TPOT per request over its tokens after the first, (e2e - TTFT) /
+(output - 1), for requests of more than one output token; ITL every gap between two tokens of a request;
+e2e from sending to the last token; throughputs over the run's duration (first sent to last done); goodput the
+requests per second that meet every SLO given.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from capsim.capacity import per_device
+from capsim.errors import CapsimError
+from capsim.serve import scheduler
+from capsim.serve.steps import StepCost
+from capsim.serve.workload import Workload
+
+PERCENTILES = (50, 90, 99)
+
+
+def _stats(x: np.ndarray) -> dict[str, float | None]:
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return {"mean": None, **{f"p{p}": None for p in PERCENTILES}}
+    return {"mean": float(x.mean()), **{f"p{p}": float(np.percentile(x, p)) for p in PERCENTILES}}
+
+
+def kv_capacity_tokens(sc, step_tokens: float) -> float:
+    """Tokens of K/V one replica's devices hold beside the weights, the reserve and the activations of a step
+    of ``step_tokens`` tokens (per device: its share of every token's K/V)."""
+    base = per_device(sc, 1, max(1.0, step_tokens), 1)
+    more = per_device(sc, 1, max(1.0, step_tokens) + 1000.0, 1)
+    per_token = (float(more.kv_cache) - float(base.kv_cache)) / 1000.0
+    room = float(sc.target.memory_capacity_bytes) - (float(base.total) - float(base.kv_cache))
+    if not math.isfinite(room) or per_token <= 0:
+        return math.inf
+    if room <= 0:
+        raise CapsimError(f"{sc.target.device_id}: no memory left for a KV cache beside the weights and "
+                          "activations; use more devices or a lower --precision")
+    return room / per_token
+
+
+def config_of(sc, max_num_seqs: int | None, max_batched_tokens: int | None) -> scheduler.SchedulerConfig:
+    prof = sc.profile
+    tier = prof.scheduler.pick(sc.target.memory_capacity_bytes, sc.target.device_id) if prof.scheduler else None
+    seqs = max_num_seqs or int(tier.max_running_seqs if tier else prof.max_running_seqs) or (1 << 30)
+    tokens = max_batched_tokens or (tier.max_batched_tokens if tier else prof.max_batched_tokens) or math.inf
+    block = int(prof.kv_block_tokens) or 1
+    step = min(tokens, 65536.0)
+    cap = kv_capacity_tokens(sc, step)
+    return scheduler.SchedulerConfig(seqs, float(tokens), block, scheduler.kv_blocks(cap, block), sc.shape.windows,
+                                     sc.shape.layers)
+
+
+def check(sc) -> None:
+    if sc.offload is not None:
+        raise CapsimError("capsim serve: --offload is not modelled under load yet (use capsim predict)")
+    if sc.pp != 1:
+        raise CapsimError(f"capsim serve: --pp {sc.pp}: pipeline stages are not modelled under load yet (use --pp 1)")
+    if sc.dp != 1:
+        raise CapsimError(f"capsim serve: --dp {sc.dp}: attention data-parallel request placement is not modelled "
+                          "under load yet (use --dp 1, or one serve run per replica at its share of the rate)")
+
+
+def serve(sc, w: Workload, *, max_num_seqs: int | None = None, max_batched_tokens: int | None = None,
+          slo_ttft_s: float | None = None, slo_tpot_s: float | None = None, exact: bool = False) -> dict[str, Any]:
+    check(sc)
+    cfg = config_of(sc, max_num_seqs, max_batched_tokens)
+    largest = int(min(cfg.max_batched_tokens, float(np.sum(w.input_len)) + w.n, 1 << 20))
+    cost = StepCost(sc, largest, exact)
+    tr = scheduler.run(w, cfg, cost)
+    ttft = tr.first_s - tr.sent_s
+    e2e = tr.done_s - tr.sent_s
+    many = w.output_len > 1
+    tpot = np.where(many, (tr.done_s - tr.first_s) / np.maximum(w.output_len - 1, 1), np.nan)
+    duration = float(np.nanmax(tr.done_s) - np.nanmin(tr.sent_s))
+    good = np.ones(w.n, bool)
+    if slo_ttft_s is not None:
+        good &= ttft <= slo_ttft_s
+    if slo_tpot_s is not None:
+        good &= ~many | (tpot <= slo_tpot_s)
+    out_tokens, in_tokens = float(w.output_len.sum()), float(w.input_len.sum())
+    seqs = tr.step_seqs
+    return {
+        "ttft_s": _stats(ttft), "tpot_s": _stats(tpot[many]), "itl_s": _stats(tr.itl_s), "e2e_s": _stats(e2e),
+        "request_throughput_per_s": w.n / duration if duration > 0 else math.inf,
+        "output_tokens_per_s": out_tokens / duration if duration > 0 else math.inf,
+        "total_tokens_per_s": (in_tokens + out_tokens) / duration if duration > 0 else math.inf,
+        "duration_s": duration,
+        "goodput_requests_per_s": float(good.sum()) / duration if duration > 0 else math.inf,
+        "batch_size": {"mean": float(np.average(seqs, weights=tr.step_s)) if len(seqs) else 0.0,
+                       "max": int(seqs.max()) if len(seqs) else 0},
+        "preemptions": tr.preemptions,
+        "steps": len(tr.step_s),
+        "scheduler": {"max_running_seqs": cfg.max_running if cfg.max_running < (1 << 30) else None,
+                      "max_batched_tokens": None if math.isinf(cfg.max_batched_tokens) else cfg.max_batched_tokens,
+                      "kv_block_tokens": cfg.block_tokens, "kv_cache_tokens": cfg.kv_blocks * cfg.block_tokens,
+                      "step_evaluations": cost.evaluations},
+        "workload": dict(w.description, slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s),
+    }
+
+
+def with_profile(sc, **params):
+    """``sc`` with its engine profile's parameters replaced (tests, what-ifs)."""
+    return replace(sc, profile=replace(sc.profile, **params))

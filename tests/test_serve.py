@@ -1,0 +1,183 @@
+"""capsim serve (issue 23): the scheduler's steps derived by hand with a made-up step cost, and the consistency of
+serving with the request pipeline: one request at a time is `predict` at batch 1; N equal requests at once with
+no chunking are `predict --batch N`."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from capsim.hardware.db import load
+from capsim.predict import Query, predict
+from capsim.scenario import resolve
+from capsim.serve import scheduler, workload
+from capsim.serve.run import serve
+
+DB = load()
+
+
+def cost(tokens, seqs, pairs, kv, decode):
+    """A made-up step cost for the derivations: 1 s per step plus 0.1 s per token processed."""
+    return 1.0 + 0.1 * tokens
+
+
+def cfg(blocks: int, budget: float = math.inf, seqs: int = 1 << 30, block: int = 1) -> scheduler.SchedulerConfig:
+    return scheduler.SchedulerConfig(seqs, budget, block, blocks, ((0, 1),), 1)
+
+
+def wl(n: int, i: int, o: int, arrival=None, concurrency=None) -> workload.Workload:
+    t = np.zeros(n) if arrival is None else np.asarray(arrival, float)
+    return workload.Workload(t, np.full(n, i, np.int64), np.full(n, o, np.int64), concurrency)
+
+
+def test_one_request():
+    # I = 4, O = 3: the prefill step takes 4 tokens (1.4 s) and samples token 1 (TTFT 1.4 s); two decode steps of
+    # 1 token (1.1 s each) sample tokens 2 and 3: E2E = 1.4 + 2.2 = 3.6 s, ITLs 1.1 s, TPOT (3.6 - 1.4) / 2 = 1.1 s
+    tr = scheduler.run(wl(1, 4, 3), cfg(100), cost)
+    assert tr.first_s[0] - tr.sent_s[0] == pytest.approx(1.4)
+    assert tr.done_s[0] == pytest.approx(3.6)
+    assert list(tr.itl_s) == pytest.approx([1.1, 1.1])
+    assert list(tr.step_seqs) == [1, 1, 1] and tr.preemptions == 0
+
+
+def test_two_requests_arriving_together():
+    # Both prompts (4 tokens each) share the first step: 8 tokens, 1.8 s; both sample token 1 at 1.8 s. Each
+    # decode step then carries 2 tokens (1.2 s): O = 3 ends both at 1.8 + 2 x 1.2 = 4.2 s
+    tr = scheduler.run(wl(2, 4, 3), cfg(100), cost)
+    assert list(tr.first_s) == pytest.approx([1.8, 1.8])
+    assert list(tr.done_s) == pytest.approx([4.2, 4.2])
+    assert list(tr.step_s) == pytest.approx([1.8, 1.2, 1.2])
+
+
+def test_a_kv_cache_that_fits_exactly_two_sequences_and_one_less():
+    # I = O = 4, blocks of 1 token. A request holds I + O - 1 = 7 tokens when its last token is sampled (the last
+    # one is never fed back): two requests need 14. Steps: prefill (8 tokens held), then decode steps holding 10,
+    # 12, 14: with 14 blocks nothing is preempted and both end after step 4.
+    fit = scheduler.run(wl(2, 4, 4), cfg(14), cost)
+    assert fit.preemptions == 0 and len(fit.step_s) == 4
+    # With 13, step 4 needs 14: the request admitted last (1) is preempted (its 6 blocks freed); request 0 takes its
+    # last step alone (1 token, 1.1 s) and ends. Step 5 re-prefills request 1's prompt and its 3 tokens so far
+    # (7 tokens, 1.7 s) and samples its 4th token: it ends at 1.8 + 1.2 + 1.2 + 1.1 + 1.7 = 7.0 s
+    tight = scheduler.run(wl(2, 4, 4), cfg(13), cost)
+    assert tight.preemptions == 1
+    assert list(tight.step_s) == pytest.approx([1.8, 1.2, 1.2, 1.1, 1.7])
+    assert list(tight.done_s) == pytest.approx([5.3, 7.0])
+    assert tight.itl_s[-1] == pytest.approx(1.1 + 1.7)  # its last gap spans the step it waited and the recompute
+
+
+def test_chunked_prefill_splits_a_prompt_and_mixes_it_with_decodes():
+    # A budget of 3 tokens per step: request 0 (I = 5) prefills 3 + 2 tokens (steps of 1.3 and 1.2 s, token 1 at
+    # 2.5 s). Request 1 arrives at 2.5 s: step 3 carries request 0's decode token and 2 of request 1's 4 prompt
+    # tokens (3 tokens, 1.3 s); step 4 the next decode token and the last 2 prompt tokens.
+    tr = scheduler.run(wl(2, 5, 3, arrival=[0.0, 2.5]), cfg(100, budget=3), cost)
+    assert list(tr.step_s[:2]) == pytest.approx([1.3, 1.2])
+    assert tr.first_s[0] == pytest.approx(2.5)
+    # request 1: I = 5 too: 2 tokens in step 3, 2 in step 4, its last prompt token in step 5 with request 0's gone
+    assert list(tr.step_s[2:4]) == pytest.approx([1.3, 1.3])  # request 0's decode token + 2 prompt tokens each
+    assert tr.done_s[0] == pytest.approx(2.5 + 1.3 + 1.3)
+
+
+def test_concurrency_one_serves_requests_one_after_another():
+    # --concurrency 1, all arriving at 0: request k is sent when request k - 1 is done; each takes 3.6 s (above)
+    tr = scheduler.run(wl(3, 4, 3, concurrency=1), cfg(100), cost)
+    assert list(tr.sent_s) == pytest.approx([0.0, 3.6, 7.2])
+    assert list(tr.done_s - tr.sent_s) == pytest.approx([3.6, 3.6, 3.6])
+
+
+def _q(batch, **kw):
+    return Query(model="mixtral-8x7b", hardware="dgx-h100", devices=8, engine="roofline", routing="uniform",
+                 batch=batch, input_len=512, output_len=64, **kw)
+
+
+def test_one_request_at_a_time_is_predict_at_batch_one():
+    rep, sim = predict(_q(1), DB), serve(resolve(_q(1), DB), workload.build(1, input_len=512, output_len=64), exact=True)
+    assert sim["ttft_s"]["mean"] == pytest.approx(rep["ttft_s"], rel=1e-9)
+    assert sim["tpot_s"]["mean"] == pytest.approx(rep["tpot_s"], rel=1e-9)  # the mean decode step (request.py)
+    assert sim["e2e_s"]["mean"] == pytest.approx(rep["request_latency_s"], rel=1e-9)
+
+
+@pytest.mark.parametrize("n", [8, 64])
+def test_n_equal_requests_at_once_without_chunking_are_predict_at_batch_n(n):
+    rep = predict(_q(n), DB)
+    sim = serve(resolve(_q(n), DB), workload.build(n, input_len=512, output_len=64), exact=True)
+    assert sim["ttft_s"]["p99"] == pytest.approx(rep["ttft_s"], rel=1e-9)
+    assert sim["tpot_s"]["mean"] == pytest.approx(rep["tpot_s"], rel=1e-9)
+
+
+def test_poisson_arrivals_have_the_asked_rate():
+    # gamma gaps of shape 1 and scale 1 / R: 20,000 requests at R = 5/s span about 4,000 s (sd of the sum ~ 0.7%)
+    t = workload.build(20_000, request_rate=5.0, input_len=1, output_len=1).arrival_s
+    assert t[0] == 0.0 and np.all(np.diff(t) >= 0)
+    assert t[-1] == pytest.approx(20_000 / 5.0, rel=0.03)
+
+
+def test_the_json_contract(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from capsim.cli.main import cli
+
+    lengths = tmp_path / "lengths.jsonl"
+    lengths.write_text('{"input_len": 100, "output_len": 20}\n{"input_len": 300, "output_len": 5}\n')
+    r = CliRunner().invoke(cli, ["serve", "-m", "mixtral", "-H", "dgx-h100", "--devices", "8", "--request-rate", "4",
+                                 "--num-requests", "2", "--dataset", str(lengths), "--slo-ttft", "1s", "--json"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    for k in ("ttft_s", "tpot_s", "itl_s", "e2e_s"):
+        assert set(rep[k]) == {"mean", "p50", "p90", "p99"}
+    for k in ("request_throughput_per_s", "output_tokens_per_s", "total_tokens_per_s", "duration_s",
+              "goodput_requests_per_s", "preemptions", "scenario"):
+        assert k in rep
+    assert set(rep["batch_size"]) == {"mean", "max"}
+    # the file's two rows, in order: 20 + 5 = 25 output tokens, 100 + 300 + 25 = 425 in all, over the duration
+    assert rep["output_tokens_per_s"] * rep["duration_s"] == pytest.approx(25)
+    assert rep["total_tokens_per_s"] * rep["duration_s"] == pytest.approx(425)
+
+
+def test_goodput_counts_the_requests_within_the_slos():
+    sc = resolve(_q(1), DB)
+    w = workload.build(16, request_rate=2.0, input_len=512, output_len=64, seed=3)
+    loose = serve(sc, w, slo_ttft_s=1e3, slo_tpot_s=1e3)
+    assert loose["goodput_requests_per_s"] == pytest.approx(loose["request_throughput_per_s"])
+    tight = serve(sc, w, slo_ttft_s=1e-9)
+    assert tight["goodput_requests_per_s"] == 0.0
+
+
+def test_the_published_serving_corpus_maps_to_scenarios():
+    # at least 30 runs (issue 23), each with the statistics vLLM's benchmark prints and a scenario capsim can run
+    from pathlib import Path
+
+    from capsim.validation import serving
+
+    rows = serving.load_rows(Path(__file__).resolve().parents[1] / "validation")
+    assert len(rows) >= 30
+    for r in rows:
+        s = serving.scenario_of(r)
+        assert s["requests"] == int(r["successful"]) and s["devices"] >= 1
+        assert float(r["mean_ttft_ms"]) > 0 and float(r["output_tokens_per_s"]) > 0
+    # G101's server ran --max-num-batched-tokens 16384: that overrides the profile's default
+    assert serving.scenario_of(next(r for r in rows if r["id"] == "G101"))["max_batched_tokens"] == 16384
+    rep = serving.predict_row(rows[0], DB)
+    assert rep["ttft_s"]["mean"] > 0 and rep["steps"] > 0
+
+
+def test_the_measured_vllm_serving_campaign_is_well_formed():
+    # 12 runs of vLLM's serving benchmark on this machine, each with its command and the statistics it saved
+    import json
+    from pathlib import Path
+
+    from capsim.validation import vllm_serve
+
+    root = Path(__file__).resolve().parents[1] / "validation"
+    runs = vllm_serve.load_runs(root)
+    assert len(runs) >= 12
+    data = json.loads((root / "measured/vllm-serve/olmoe-like.json").read_text())
+    assert data["machine"]["isa"]["avx512_vnni"] is True and data["versions"]["vllm"]
+    for r in runs:
+        res = r["result"]
+        assert res["completed"] == r["num_prompts"] and res["failed"] == 0
+        assert res["total_output_tokens"] == r["num_prompts"] * r["output_len"]  # --ignore-eos: every token
+        assert "vllm.benchmarks.serve" in r["command"] and res["mean_ttft_ms"] > 0
