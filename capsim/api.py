@@ -65,12 +65,37 @@ def predict(model: str, hardware: str, *, hardware_db=None, **options: Any) -> d
 
     >>> rep = predict("mixtral", "dgx-h100", devices=2, batch=32)
     >>> round(rep["tpot_s"] * 1e3, 1), rep["bottleneck"]["decode"]  # ms per output token
-    (27.4, 'memory')
+    (30.0, 'memory')
     """
     from capsim.predict import Query
     from capsim.predict import predict as _predict
 
     return _predict(Query(model=model, hardware=hardware, **options), _db(hardware_db))
+
+
+def serve(model: str, hardware: str, *, num_requests: int, request_rate: float = float("inf"),
+          concurrency: int | None = None, input_len: int | None = None, output_len: int | None = None,
+          dataset: str | None = None, seed: int = 0, slo_ttft_s: float | None = None, slo_tpot_s: float | None = None,
+          hardware_db=None, **options: Any) -> dict[str, Any]:
+    """Serve ``num_requests`` requests under load (``capsim serve --json``): Poisson arrivals at ``request_rate``
+    requests/s (inf: all at once) or ``concurrency`` in flight, fixed lengths or a ``dataset`` file; ``options``
+    are :class:`capsim.predict.Query` fields (``devices``, ``tp``, ``ep``, ``engine``, ``precision``, ``routing``).
+
+    >>> rep = serve("mixtral", "dgx-h100", devices=8, num_requests=50, request_rate=5, input_len=512, output_len=64)
+    >>> rep["ttft_s"]["p99"] > rep["ttft_s"]["p50"] > 0
+    True
+    """
+    from capsim.predict import Query
+    from capsim.scenario import resolve
+    from capsim.serve import workload
+    from capsim.serve.run import serve as _serve
+
+    w = workload.build(num_requests, request_rate=request_rate, concurrency=concurrency, input_len=input_len,
+                       output_len=output_len, dataset=dataset, seed=seed)
+    q = Query(model=model, hardware=hardware, batch=1, input_len=int(w.input_len.max()),
+              output_len=int(w.output_len.max()), check_memory=False, **options)
+    sc = resolve(q, _db(hardware_db))
+    return dict(_serve(sc, w, slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s), scenario=sc.describe())
 
 
 def sweep(grid: Mapping[str, Any], *, hardware_db=None) -> pd.DataFrame:

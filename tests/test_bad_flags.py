@@ -119,7 +119,7 @@ def _cases() -> list[tuple[str, list[str], str]]:
     add("cap radar", "--system", ["name=A", "bogus", "name=A,model=gpt-17,hardware=h100",
                                   "name=A,model=mixtral,hardware=nosuch",
                                   "name=A,model=mixtral,hardware=dgx-h100,devices=0"], "--system")
-    radar = "cap radar --system name=A,model=mixtral,hardware=rtx-4090,devices=4 --system " \
+    radar = "cap radar --system name=A,model=mixtral,hardware=rtx-4090,devices=8 --system " \
             "name=B,model=mixtral,hardware=rtx-5090,devices=4"
     add(radar, "--out", ["nosuchdir/radar", "."])
     add(radar, "-b", ["NOPE"], "NOPE")
@@ -201,6 +201,12 @@ def _cases() -> list[tuple[str, list[str], str]]:
     add(serve, "--dp", ["2"])
     add("serve -m mixtral -H dgx-h100 --num-requests 4 --request-rate 2", "--dataset",
         ["/nonexistent/lengths.jsonl", "pyproject.toml", "sharegpt"])
+    add("sweep -m mixtral -H dgx-h100 --devices 8", "--request-rate", ["0", "abc", "-1", "nan", ""])
+    add("sweep -m mixtral -H dgx-h100 --devices 8 --request-rate 5", "--num-requests", ["0", "-1"])
+    prov_load = "provision -m mixtral -H dgx-h100 --request-rate 5 --slo-ttft-p99 1s"
+    add(prov_load, "--num-requests", ["0", "-1"])
+    add(prov_load, "--slo-tpot-p99", ["0", "abc"])
+    add("provision -m mixtral -H dgx-h100 --slo-ttft-p99 1s", "--request-rate", ["0", "-1", "nan"])
     cases.append(("serve without a load", shlex.split("serve -m mixtral -H dgx-h100 --num-requests 4 --input-len 64 "
                                                      "--output-len 8"), "--concurrency"))
     cases.append(("--hardware-db nonexistent", ["--hardware-db", "/nonexistent/db", "hw", "list"], "--hardware-db"))

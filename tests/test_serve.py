@@ -181,3 +181,43 @@ def test_the_measured_vllm_serving_campaign_is_well_formed():
         assert res["completed"] == r["num_prompts"] and res["failed"] == 0
         assert res["total_output_tokens"] == r["num_prompts"] * r["output_len"]  # --ignore-eos: every token
         assert "vllm.benchmarks.serve" in r["command"] and res["mean_ttft_ms"] > 0
+
+
+def test_provision_under_load_ranks_the_layouts_that_hold_the_slos_by_price():
+    # every layout served the same Poisson load; the qualifying (p99 TTFT and TPOT within the SLOs) come first,
+    # cheapest first, and each qualifying row's p99s are within the SLOs
+    import json
+
+    from click.testing import CliRunner
+
+    from capsim.cli.main import cli
+
+    r = CliRunner().invoke(cli, ["provision", "-m", "mixtral-8x7b", "-H", "dgx-h100", "--request-rate", "5",
+                                 "--num-requests", "100", "--input-len", "512", "--output-len", "64",
+                                 "--slo-ttft-p99", "300ms", "--slo-tpot-p99", "40ms", "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    ok = [c for c in res["candidates"] if c["qualifies"]]
+    assert ok and res["qualifying"] == len(ok)
+    assert [c["usd_per_h"] for c in ok] == sorted(c["usd_per_h"] for c in ok)
+    assert all(c["ttft_p99_s"] <= 0.3 and c["tpot_p99_s"] <= 0.04 for c in ok)
+    assert all(not c["qualifies"] for c in res["candidates"][len(ok):])
+    # without an SLO there is nothing to hold
+    bad = CliRunner().invoke(cli, ["provision", "-m", "mixtral-8x7b", "-H", "dgx-h100", "--request-rate", "5"])
+    assert bad.exit_code == 2 and "--slo-ttft-p99" in bad.stderr
+
+
+def test_the_sweep_load_axis_is_serve_per_configuration_and_rate():
+    # 2 device counts x 1 prompt x 1 output x 2 rates = 4 rows, each the serve run of its configuration
+    from capsim import api
+    from capsim.sweep import grid as G
+    from capsim.sweep.load import load_sweep
+
+    g = G.build({"models": ["mixtral"], "hardware": ["dgx-h100"], "devices": [4, 8], "input_len": [256],
+                 "output_len": [32]}, source="test")
+    frame = load_sweep(g, DB, [2.0, 8.0], num_requests=40)
+    assert len(frame) == 4 and frame["error"].isna().all()
+    row = frame[(frame["devices"] == 8) & (frame["request_rate_per_s"] == 8.0)].iloc[0]
+    rep = api.serve("mixtral", "dgx-h100", devices=8, num_requests=40, request_rate=8.0, input_len=256, output_len=32)
+    assert row["ttft_p99_s"] == pytest.approx(rep["ttft_s"]["p99"], rel=1e-12)
+    assert row["output_tokens_per_s"] == pytest.approx(rep["output_tokens_per_s"], rel=1e-12)

@@ -181,13 +181,19 @@ def as_dict(res, top: int, plot: str | None) -> dict:
 @click.option("--utilisation", type=float, default=None, help="Fraction of hours spent serving (default 1).")
 @click.option("--top", type=int, default=DEFAULT_TOP, show_default=True, help="Rows shown per table.")
 @click.option("--plot", default=None, metavar="FILE", help="Write the cost-throughput Pareto plot (.png or .svg).")
+@click.option("--request-rate", type=float, default=None,
+              help="Serve this many requests/s (Poisson) with capsim serve and hold --slo-ttft-p99 / --slo-tpot-p99 "
+                   "instead of the static limits.")
+@click.option("--num-requests", type=int, default=1000, show_default=True, help="With --request-rate: requests sent.")
+@click.option("--slo-ttft-p99", default=None, metavar="TIME", help="With --request-rate: p99 TTFT limit, e.g. 500ms.")
+@click.option("--slo-tpot-p99", default=None, metavar="TIME", help="With --request-rate: p99 TPOT limit, e.g. 50ms.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (SI units).")
 @bars.option()
 @click.pass_context
 def provision_cmd(ctx, model, hardware, users, tokens_per_s, ttft, tpot, min_accuracy, benchmark,
                   accuracy_any_precision, input_len, output_len, precisions, offloads, engine, routing, max_nodes,
-                  max_batch,
-                  ttft_mode, cost_basis, usd_per_hour, prices, utilisation, top, plot, as_json, progress) -> None:
+                  max_batch, ttft_mode, cost_basis, usd_per_hour, prices, utilisation, top, plot, request_rate,
+                  num_requests, slo_ttft_p99, slo_tpot_p99, as_json, progress) -> None:
     """The cheapest hardware that serves MODEL within the limits: a ranked table with each candidate's binding
     constraint, and a cost-throughput Pareto plot.
 
@@ -206,6 +212,11 @@ def provision_cmd(ctx, model, hardware, users, tokens_per_s, ttft, tpot, min_acc
     from capsim.provision.requirements import Requirements
     from capsim.provision.search import search
 
+    if request_rate is not None:
+        _under_load(ctx, model, hardware, input_len, output_len, precisions, engine, routing, max_nodes, cost_basis,
+                    usd_per_hour, prices, utilisation, top, request_rate, num_requests, slo_ttft_p99, slo_tpot_p99,
+                    as_json, progress)
+        return
     req = Requirements(tokens_per_s=tokens_per_s, users=users, ttft_s=seconds_flag("--ttft", ttft),
                        tpot_s=seconds_flag("--tpot", tpot), min_accuracy=min_accuracy, benchmark=benchmark,
                        ttft_mode=ttft_mode).check()
@@ -236,3 +247,28 @@ def provision_cmd(ctx, model, hardware, users, tokens_per_s, ttft, tpot, min_acc
     click.echo(json.dumps(as_dict(res, top, plot), indent=2) if as_json else human(res, top))
     if plot is not None and not as_json:
         click.echo(f"plot: {plot}")
+
+
+def _under_load(ctx, model, hardware, input_len, output_len, precisions, engine, routing, max_nodes, cost_basis,
+                usd_per_hour, prices, utilisation, top, request_rate, num_requests, slo_ttft_p99, slo_tpot_p99,
+                as_json, progress) -> None:
+    """``--request-rate``: every layout served under the load with capsim serve (capsim.provision.load)."""
+    from capsim.cap import assumptions as cap_assumptions
+    from capsim.cap.hourly import Pricer
+    from capsim.provision.candidates import enumerate_layouts, system_ids
+    from capsim.provision.load import LoadQuery, human, search_under_load
+
+    checks.number(request_rate, "--request-rate", positive=True, high=None)
+    checks.integer(num_requests, "--num-requests", low=1, high=MAX_SEQUENCES)
+    for flag, v in (("--input-len", input_len), ("--output-len", output_len)):
+        checks.integer(v, flag, low=1, high=MAX_TOKENS)
+    q = LoadQuery(model, input_len, output_len, engine, routing, request_rate, num_requests,
+                  seconds_flag("--slo-ttft-p99", slo_ttft_p99), seconds_flag("--slo-tpot-p99", slo_tpot_p99)).check()
+    db = hwdb.load(ctx.obj.get("hardware_db") if ctx.obj else None)
+    a = cap_assumptions.load(db).with_overrides(flags={"utilisation": "--utilisation"}, utilisation=utilisation)
+    pricer = Pricer(db, a, cost_basis, _pairs("--price", prices), _pairs("--usd-per-hour", usd_per_hour))
+    layouts = enumerate_layouts(db, _split(hardware) or system_ids(db), _split(precisions) or [None], max_nodes,
+                                ["none"])
+    with bars.Progress(len(layouts), "serving", enabled=bars.wanted(progress, as_json), unit="layouts") as bar:
+        res = search_under_load(layouts, q, db, pricer, progress=bar.update)
+    click.echo(json.dumps(res, indent=2, default=float) if as_json else human(res, top))

@@ -112,10 +112,14 @@ def human(s: dict, seconds: float, out: str | None, configurations: int, where: 
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar with elapsed time and time left on stderr [on for a terminal and more than "
                    "200,000 scenarios, off with --json].")
+@click.option("--request-rate", "request_rates", default=None, metavar="R1,R2,...",
+              help="The load axis: serve every configuration at these Poisson request rates (capsim serve) instead of "
+                   "static batches; one row per configuration, lengths and rate, with p50 / p99 latencies.")
+@click.option("--num-requests", type=int, default=500, show_default=True, help="With --request-rate: requests sent.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.pass_context
-def sweep_cmd(ctx: click.Context, grid_file, out, scheduler, connect_timeout, chunk_rows, max_scenarios, top, progress, as_json,
-              **axes) -> None:
+def sweep_cmd(ctx: click.Context, grid_file, out, scheduler, connect_timeout, chunk_rows, max_scenarios, top, progress,
+              request_rates, num_requests, as_json, **axes) -> None:
     """Evaluate every combination of models x hardware x devices x precisions x engines x layouts (tp, ep,
     pp, dp) x expert placements (offload, cache) x routing (real, uniform or traces) x batch x input/output lengths,
     vectorised, and write one row per scenario.
@@ -164,6 +168,9 @@ def sweep_cmd(ctx: click.Context, grid_file, out, scheduler, connect_timeout, ch
         io.check_destination(out)
     db = hwdb.load(ctx.obj.get("hardware_db") if ctx.obj else None)
     G.check_names(grid, db)
+    if request_rates is not None:
+        _load_axis(grid, db, request_rates, num_requests, out, progress, as_json)
+        return
     show = progress if progress is not None else (not as_json and grid.size >= PROGRESS_FROM)
     bar = bars.Progress(grid.size, "evaluating", enabled=show, unit="scenarios")
     t0 = time.perf_counter()
@@ -192,3 +199,44 @@ def sweep_cmd(ctx: click.Context, grid_file, out, scheduler, connect_timeout, ch
 def _split(values: tuple[str, ...]) -> list[str] | None:
     """Repeated flags and comma lists as one list of items (None when the flag was not given)."""
     return [v for value in values for v in value.split(",")] if values else None
+
+
+def _load_axis(grid, db, request_rates: str, num_requests: int, out, progress, as_json: bool) -> None:
+    """``--request-rate``: every configuration served at each rate (capsim.sweep.load)."""
+    import math
+
+    from capsim import checks
+    from capsim.errors import CapsimError
+    from capsim.sweep import io
+    from capsim.sweep.load import load_sweep, size
+    from capsim.sweep.run import records
+
+    try:
+        rates = [float(r) for r in request_rates.split(",")]
+    except ValueError:
+        raise CapsimError(f"--request-rate {request_rates}: expected comma-separated requests per second") from None
+    if not rates or any(not (r > 0) or math.isnan(r) for r in rates):
+        raise CapsimError(f"--request-rate {request_rates}: expected positive requests per second (or inf)")
+    checks.integer(num_requests, "--num-requests", low=1, high=10_000_000)
+    runs = size(grid, rates)
+    with bars.Progress(runs, "serving", enabled=progress if progress is not None else not as_json,
+                       unit="runs") as bar:
+        frame = load_sweep(grid, db, rates, num_requests=num_requests, progress=bar.update)
+    if out:
+        io.write_results(frame, out)
+    ok = frame[frame["error"].isna()]
+    if as_json:
+        click.echo(json.dumps({"runs": len(frame), "errors": int(frame["error"].notna().sum()), "out": out,
+                               "rows": records(frame)}, indent=2, default=float))
+        return
+    from capsim.cli.table import render
+
+    def ms(x):
+        return "-" if x != x else f"{x * 1e3:,.1f} ms"
+    shown = ok.head(40)
+    click.echo(render(["model", "hardware", "devices", "tp", "ep", "in/out", "req/s", "p99 TTFT", "p99 TPOT",
+                       "output tok/s"],
+                      [[r.model, r.hardware, str(r.devices), str(r.tp), str(r.ep), f"{r.input_len}/{r.output_len}",
+                        f"{r.request_rate_per_s:g}", ms(r.ttft_p99_s), ms(r.tpot_p99_s),
+                        f"{r.output_tokens_per_s:,.0f}"] for r in shown.itertuples()]))
+    click.echo(f"{len(frame)} serving runs, {len(frame) - len(ok)} with an error" + (f"; written to {out}" if out else ""))
