@@ -200,7 +200,7 @@ def _cases() -> list[tuple[str, list[str], str]]:
     add(serve, "--pp", ["2"])
     add(serve, "--dp", ["2"])
     add("serve -m mixtral -H dgx-h100 --num-requests 4 --request-rate 2", "--dataset",
-        ["/nonexistent/lengths.jsonl", "pyproject.toml", "sharegpt"])
+        ["/nonexistent/lengths.jsonl", "pyproject.toml"])
     add("sweep -m mixtral -H dgx-h100 --devices 8", "--request-rate", ["0", "abc", "-1", "nan", ""])
     add("sweep -m mixtral -H dgx-h100 --devices 8 --request-rate 5", "--num-requests", ["0", "-1"])
     prov_load = "provision -m mixtral -H dgx-h100 --request-rate 5 --slo-ttft-p99 1s"

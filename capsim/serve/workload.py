@@ -7,11 +7,10 @@ more regular. ``--request-rate inf`` sends every request at time 0. ``--concurre
 ``--max-concurrency``) keeps at most N requests in flight: a request is sent when it has arrived and one of the
 N slots is free (the scheduler releases them, :mod:`capsim.serve.scheduler`).
 
-Lengths: fixed (``--input-len`` / ``--output-len``) or read from a file of lengths (JSONL objects or CSV rows
-with ``input_len`` and ``output_len``; as many requests as rows keep the file's order, otherwise rows are drawn
-with replacement). ``--dataset sharegpt`` (the length distribution of vLLM's and SGLang's benchmarks) is refused
-until a published distribution of those lengths is shipped: only token totals over 1,000-request samples were
-found.
+Lengths: fixed (``--input-len`` / ``--output-len``), drawn from the ShareGPT length distribution of vLLM's and
+SGLang's benchmarks (:mod:`capsim.serve.sharegpt`), or read from a file of lengths (JSONL objects or CSV rows with
+``input_len`` and ``output_len``; as many requests as rows keep the file's order, otherwise rows are drawn with
+replacement).
 """
 
 from __future__ import annotations
@@ -112,9 +111,10 @@ def build(num_requests: int, *, request_rate: float = math.inf, concurrency: int
         o = np.full(num_requests, output_len, np.int64)
         what = f"fixed lengths {input_len} / {output_len}"
     elif dataset == "sharegpt":
-        raise CapsimError("--dataset sharegpt: not available yet: no published distribution of the ShareGPT lengths "
-                          "vLLM's benchmark samples was found to ship (only token totals); pass --dataset FILE of "
-                          "input_len / output_len")
+        from capsim.serve import sharegpt
+
+        i, o = sharegpt.draw(num_requests, rng)
+        what = sharegpt.DESCRIPTION
     else:
         ai, ao = read_lengths(dataset)
         idx = rng.integers(0, len(ai), num_requests) if num_requests != len(ai) else np.arange(len(ai))

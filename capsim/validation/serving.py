@@ -3,7 +3,8 @@
 
 Each row of ``vllm.csv`` is one ``vllm bench serve`` / ``benchmark_serving.py`` result block copied verbatim
 (URL and place in its ``source`` column; every statistic as printed, in ms): vLLM on GPUs, the random dataset at
-stated lengths, every request released at once (``--request-rate`` inf), with or without ``--max-concurrency``.
+stated lengths or ShareGPT, every request released at once (``--request-rate`` inf), with or without
+``--max-concurrency``.
 The ``vllm`` profile is fitted on a declared subset that holds none of them (the static published rows of
 validation/published/gpu/), so every run is held out.
 
@@ -16,9 +17,13 @@ How a row becomes a ``capsim serve`` run (every choice the sources leave open, w
 - scheduler: vLLM's server defaults for the device (the profile's ``scheduler`` tiers), or the serve command's
   ``--max-num-seqs`` / ``--max-num-batched-tokens``; other flags (``--max-model-len``, ``--block-size``, compilation
   settings) are not modelled;
-- lengths: every request at the run's MEAN lengths (total input tokens / requests; total generated tokens /
-  requests): the random dataset's prompts are fixed-length, but runs without ``--ignore-eos`` stop some outputs
-  early, and the block prints only totals;
+- lengths: the random dataset: every request at the run's MEAN lengths (total input tokens / requests; total
+  generated tokens / requests): its prompts are fixed-length, but runs without ``--ignore-eos`` stop some outputs
+  early, and the block prints only totals; ShareGPT: drawn from capsim's ShareGPT table (``--dataset sharegpt``,
+  Llama-3 token counts; the served models' tokenizers count the same prompts within about 1%: 215,312 input tokens
+  for gpt-oss's 1,000 prompts against 215,196 for Llama 3.1), outputs at the dataset's lengths (the served
+  model may stop earlier);
+- expert parallelism: ``--enable-expert-parallel`` puts the experts over all the GPUs (ep = gpus);
 - routing: the catalogue's real routing (as ``capsim predict``).
 """
 
@@ -80,10 +85,11 @@ def scenario_of(row: dict[str, str]) -> dict[str, Any]:
         m = re.search(rf"--{name}[ =](\d+)", cmd)
         return int(m.group(1)) if m else None
 
-    n = int(row["successful"])
-    return {"model": model, "precision": prec, "hardware": device, "devices": int(row["gpus"]),
+    n, gpus = int(row["successful"]), int(row["gpus"])
+    return {"model": model, "precision": prec, "hardware": device, "devices": gpus,
+            "ep": gpus if "--enable-expert-parallel" in cmd else 1,
             "max_num_seqs": flag("max-num-seqs"), "max_batched_tokens": flag("max-num-batched-tokens"),
-            "requests": n, "input_len": max(1, round(int(row["total_input_tokens"]) / n)),
+            "requests": n, "dataset": row["dataset"], "input_len": max(1, round(int(row["total_input_tokens"]) / n)),
             "output_len": max(1, round(int(row["total_generated_tokens"]) / n)),
             "concurrency": int(row["max_concurrency"]) if row["max_concurrency"] else None}
 
@@ -95,9 +101,11 @@ def predict_row(row: dict[str, str], db) -> dict[str, Any]:
     from capsim.serve.run import serve
 
     s = scenario_of(row)
-    w = workload.build(s["requests"], request_rate=math.inf, concurrency=s["concurrency"], input_len=s["input_len"],
-                       output_len=s["output_len"])
-    q = Query(model=s["model"], hardware=s["hardware"], devices=s["devices"], tp=s["devices"], engine=ENGINE,
+    sharegpt = s["dataset"] == "sharegpt"
+    w = workload.build(s["requests"], request_rate=math.inf, concurrency=s["concurrency"],
+                       input_len=None if sharegpt else s["input_len"], output_len=None if sharegpt else s["output_len"],
+                       dataset="sharegpt" if sharegpt else None)
+    q = Query(model=s["model"], hardware=s["hardware"], devices=s["devices"], tp=s["devices"], ep=s["ep"], engine=ENGINE,
               precision=s["precision"], batch=1, input_len=s["input_len"], output_len=s["output_len"],
               check_memory=False)
     return serve(resolve(q, db), w, max_num_seqs=s["max_num_seqs"], max_batched_tokens=s["max_batched_tokens"])
