@@ -198,7 +198,7 @@ def _cases() -> list[tuple[str, list[str], str]]:
     add(serve, "--max-num-batched-tokens", ["0"])
     add(serve, "--engine", ["foo"])
     add(serve, "--pp", ["2"])
-    add(serve, "--dp", ["2"])
+    add(serve, "--dp", ["3"])
     add("serve -m mixtral -H dgx-h100 --num-requests 4 --request-rate 2", "--dataset",
         ["/nonexistent/lengths.jsonl", "pyproject.toml"])
     add("sweep -m mixtral -H dgx-h100 --devices 8", "--request-rate", ["0", "abc", "-1", "nan", ""])

@@ -98,10 +98,11 @@ def test_one_request_at_a_time_is_predict_at_batch_one():
     assert sim["e2e_s"]["mean"] == pytest.approx(rep["request_latency_s"], rel=1e-9)
 
 
-@pytest.mark.parametrize("n", [8, 64])
-def test_n_equal_requests_at_once_without_chunking_are_predict_at_batch_n(n):
-    rep = predict(_q(n), DB)
-    sim = serve(resolve(_q(n), DB), workload.build(n, input_len=512, output_len=64), exact=True)
+@pytest.mark.parametrize("n, layout", [(8, {}), (64, {}), (16, {"tp": 1, "dp": 8, "ep": 8})])
+def test_n_equal_requests_at_once_without_chunking_are_predict_at_batch_n(n, layout):
+    # with attention data parallelism the groups share the requests evenly and step together: predict's split
+    rep = predict(_q(n, **layout), DB)
+    sim = serve(resolve(_q(n, **layout), DB), workload.build(n, input_len=512, output_len=64), exact=True)
     assert sim["ttft_s"]["p99"] == pytest.approx(rep["ttft_s"], rel=1e-9)
     assert sim["tpot_s"]["mean"] == pytest.approx(rep["tpot_s"], rel=1e-9)
 

@@ -61,7 +61,7 @@ def human(rep: dict) -> str:
 @click.option("--nodes", type=int, default=1, show_default=True, help="Copies of a system over its scale-out link.")
 @click.option("--tp", type=int, default=None, help="Tensor-parallel size [default: the devices of a node].")
 @click.option("--ep", type=int, default=None, help="Expert-parallel size: 1 or the number of devices.")
-@click.option("--dp", type=int, default=None, help="Attention data-parallel groups (1 only, for now).")
+@click.option("--dp", type=int, default=None, help="Attention data-parallel groups (requests spread evenly, lockstep).")
 @click.option("--pp", type=int, default=1, show_default=True, help="Pipeline stages (1 only, for now).")
 @click.option("--precision", default=None, shell_complete=choices.complete_precisions,
               help=f"Weight format: {choices.PRECISIONS_HELP}.")

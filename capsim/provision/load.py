@@ -1,9 +1,8 @@
 """Provisioning against latency percentiles under load: ``capsim provision --request-rate R --slo-ttft-p99 T
 --slo-tpot-p99 T``.
 
-Each layout (:mod:`capsim.provision.candidates`) that ``capsim serve`` can run (all devices in one
-tensor-parallel group, no expert offload: serve does not model data-parallel request placement or offload yet) is
-served the same workload, ``num_requests`` requests at Poisson rate R with the query's lengths and seed
+Each layout (:mod:`capsim.provision.candidates`) that ``capsim serve`` can run (no expert offload: serve does not
+model offload yet) is served the same workload, ``num_requests`` requests at Poisson rate R with the query's lengths and seed
 (:mod:`capsim.serve`); it qualifies when its p99 TTFT and p99 TPOT are within the SLOs given. Qualifying, priced
 layouts are ranked by USD per hour (ties: lower p99 TTFT); the rest follow, closest to the SLOs first (the larger
 of p99 / SLO over the SLOs given).
@@ -56,9 +55,9 @@ def search_under_load(layouts, q: LoadQuery, db, pricer, progress=None) -> dict[
     for lay in layouts:
         if progress is not None:
             progress(1)
-        if lay.offload or lay.tp != lay.devices_total:
-            why = "expert offload" if lay.offload else "data-parallel groups (tp < devices)"
-            skipped[f"not served under load yet: {why}"] = skipped.get(f"not served under load yet: {why}", 0) + 1
+        if lay.offload:
+            skipped["not served under load yet: expert offload"] = skipped.get(
+                "not served under load yet: expert offload", 0) + 1
             continue
         try:
             sc = resolve(Query(model=q.model, hardware=lay.hardware, devices=lay.devices, nodes=lay.nodes, tp=lay.tp,

@@ -52,15 +52,19 @@ def kv_capacity_tokens(sc, step_tokens: float) -> float:
 
 
 def config_of(sc, max_num_seqs: int | None, max_batched_tokens: int | None) -> scheduler.SchedulerConfig:
-    prof = sc.profile
+    """The scheduler of the whole engine. With attention data parallelism (dp groups) every group has its own
+    scheduler limits and KV cache, requests are spread evenly over the groups and the groups step together (their
+    MoE layers are one collective): one scheduler with dp times each limit, whose steps the request pipeline splits
+    evenly over the groups (capsim.sim.ops.local_work), stands for them."""
+    prof, dp = sc.profile, sc.dp
     tier = prof.scheduler.pick(sc.target.memory_capacity_bytes, sc.target.device_id) if prof.scheduler else None
     seqs = max_num_seqs or int(tier.max_running_seqs if tier else prof.max_running_seqs) or (1 << 30)
     tokens = max_batched_tokens or (tier.max_batched_tokens if tier else prof.max_batched_tokens) or math.inf
     block = int(prof.kv_block_tokens) or 1
     step = min(tokens, 65536.0)
     cap = kv_capacity_tokens(sc, step)
-    return scheduler.SchedulerConfig(seqs, float(tokens), block, scheduler.kv_blocks(cap, block), sc.shape.windows,
-                                     sc.shape.layers)
+    return scheduler.SchedulerConfig(seqs * dp if seqs < (1 << 30) else seqs, float(tokens) * dp, block,
+                                     scheduler.kv_blocks(cap, block) * dp, sc.shape.windows, sc.shape.layers)
 
 
 def check(sc) -> None:
@@ -68,9 +72,6 @@ def check(sc) -> None:
         raise CapsimError("capsim serve: --offload is not modelled under load yet (use capsim predict)")
     if sc.pp != 1:
         raise CapsimError(f"capsim serve: --pp {sc.pp}: pipeline stages are not modelled under load yet (use --pp 1)")
-    if sc.dp != 1:
-        raise CapsimError(f"capsim serve: --dp {sc.dp}: attention data-parallel request placement is not modelled "
-                          "under load yet (use --dp 1, or one serve run per replica at its share of the rate)")
 
 
 def serve(sc, w: Workload, *, max_num_seqs: int | None = None, max_batched_tokens: int | None = None,
