@@ -199,6 +199,10 @@ def _cases() -> list[tuple[str, list[str], str]]:
     add(serve, "--engine", ["foo"])
     add(serve, "--pp", ["2"])
     add(serve, "--dp", ["3"])
+    add(serve, "--prefill-devices", ["0", "8", "-1", "abc"])
+    cases.append(("serve disaggregated under a concurrency limit", shlex.split(
+        "serve -m mixtral -H dgx-h100 --num-requests 4 --input-len 64 --output-len 8 --concurrency 2 "
+        "--prefill-devices 2"), "--prefill-devices"))
     add("serve -m mixtral -H dgx-h100 --num-requests 4 --request-rate 2", "--dataset",
         ["/nonexistent/lengths.jsonl", "pyproject.toml"])
     add("sweep -m mixtral -H dgx-h100 --devices 8", "--request-rate", ["0", "abc", "-1", "nan", ""])

@@ -235,3 +235,23 @@ def test_sharegpt_lengths_follow_vllms_filter():
     assert t[:, 0].mean() == pytest.approx(215.196, rel=0.03)
     w = workload.build(1000, request_rate=5.0, dataset="sharegpt", seed=0)
     assert w.input_len.min() >= 4 and len(set(zip(w.input_len, w.output_len, strict=True))) > 500
+
+
+def test_disaggregated_prefill_then_kv_transfer_then_decode():
+    # One request, I = 512, O = 64: TTFT is the prefill instance's alone; the prompt's K/V (Mixtral: 32 layers x 2 x
+    # 8 KV heads x 128 x 2 bytes = 131,072 B a token, x 512 tokens) crosses 1e11 B/s; the decode instance then runs
+    # the same 63 decode steps it would after its own prefill: E2E - TTFT - transfer = its own E2E - its own TTFT
+    from capsim.serve.run import serve_disaggregated
+
+    q = dict(model="mixtral-8x7b", hardware="dgx-h100", engine="roofline", routing="uniform", batch=1,
+             input_len=512, output_len=64)
+    sc_p = resolve(Query(devices=2, tp=2, **q), DB)
+    sc_d = resolve(Query(devices=4, tp=4, **q), DB)
+    w = workload.build(1, input_len=512, output_len=64)
+    rep = serve_disaggregated(sc_p, sc_d, w, 1e11, exact=True)
+    alone_p, alone_d = serve(sc_p, w, exact=True), serve(sc_d, w, exact=True)
+    transfer = 512 * 131072 / 1e11
+    assert rep["disaggregation"]["kv_transfer_s"]["mean"] == pytest.approx(transfer, rel=1e-12)
+    assert rep["ttft_s"]["mean"] == pytest.approx(alone_p["ttft_s"]["mean"], rel=1e-12)
+    decode_only = alone_d["e2e_s"]["mean"] - alone_d["ttft_s"]["mean"]
+    assert rep["e2e_s"]["mean"] - rep["ttft_s"]["mean"] - transfer == pytest.approx(decode_only, rel=1e-9)

@@ -87,11 +87,14 @@ def human(rep: dict) -> str:
 @click.option("--max-num-batched-tokens", type=int, default=None, help="Override the engine's tokens per step.")
 @click.option("--routing", default="real", show_default=True, metavar="uniform|real|PATH",
               help="Routing replayed for each step's tokens (as capsim predict).")
+@click.option("--prefill-devices", type=int, default=None,
+              help="Prefill/decode disaggregation: this many of the devices run a prefill instance (TP over them), the "
+                   "rest a decode instance; each prompt's K/V crosses the devices' link between them.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (SI units).")
 @click.pass_context
 def serve_cmd(ctx, model, hardware, devices, nodes, tp, ep, dp, pp, precision, kv_precision, engine, concurrency,
               request_rate, burstiness, num_requests, input_len, output_len, dataset, seed, slo_ttft, slo_tpot,
-              max_num_seqs, max_num_batched_tokens, routing, as_json) -> None:
+              max_num_seqs, max_num_batched_tokens, routing, prefill_devices, as_json) -> None:
     """Simulate serving MODEL on HARDWARE under a request load: continuous batching, chunked prefill, KV-cache
     preemption; TTFT / TPOT / ITL / E2E percentiles, throughput and goodput."""
     from capsim.predict import Query
@@ -117,10 +120,19 @@ def serve_cmd(ctx, model, hardware, devices, nodes, tp, ep, dp, pp, precision, k
               kv_precision=kv_precision, batch=1, input_len=int(w.input_len.max()), output_len=int(w.output_len.max()),
               tp=tp, ep=ep, pp=pp, dp=dp, routing=routing, check_memory=False)
     sc = resolve(q, db)
-    rep = serve(sc, w, max_num_seqs=max_num_seqs, max_batched_tokens=max_num_batched_tokens, slo_ttft_s=ttft,
-                slo_tpot_s=tpot)
+    if prefill_devices is not None:
+        rep = _disaggregated(q, sc, db, w, prefill_devices, max_num_seqs, max_num_batched_tokens, ttft, tpot)
+    else:
+        rep = serve(sc, w, max_num_seqs=max_num_seqs, max_batched_tokens=max_num_batched_tokens, slo_ttft_s=ttft,
+                    slo_tpot_s=tpot)
     rep["scenario"] = dict(sc.describe())
-    if as_json:
+    if as_json or prefill_devices is not None:
+        if not as_json:
+            click.echo(human(rep))
+            d = rep["disaggregation"]
+            click.echo(f"disaggregated: {d['prefill_devices']} prefill + {d['decode_devices']} decode devices; K/V "
+                       f"transfer mean {_t(d['kv_transfer_s']['mean'])} per request")
+            return
         click.echo(json.dumps(rep, indent=2, default=float))
         return
     text = human(rep)
@@ -140,3 +152,31 @@ def serve_cmd(ctx, model, hardware, devices, nodes, tp, ep, dp, pp, precision, k
             points.append(f"{load} {_t(r['ttft_s']['p99'])} / {_t(r['tpot_s']['p99'])}")
         text += "\np99 TTFT / TPOT vs load: " + " | ".join(points)
     click.echo(text)
+
+
+def _disaggregated(q, sc, db, w, prefill_devices: int, max_num_seqs, max_batched_tokens, ttft, tpot) -> dict:
+    """--prefill-devices P: P devices (TP over them) prefill, the other N - P decode (TP over them); the K/V of a
+    prompt crosses the devices' link, min(P, N - P) device pairs in parallel (capsim.serve.run)."""
+    from dataclasses import replace
+
+    from capsim.scenario import resolve
+    from capsim.serve.run import serve_disaggregated
+
+    n = sc.n
+    if not 1 <= prefill_devices < n:
+        raise CapsimError(f"--prefill-devices {prefill_devices}: expected 1 to {n - 1} of the {n} devices")
+    if w.concurrency is not None:
+        raise CapsimError("--prefill-devices: a concurrency limit over two instances is not modelled yet; use "
+                          "--request-rate")
+    d = n - prefill_devices
+    try:
+        sc_p = resolve(replace(q, devices=prefill_devices, tp=prefill_devices, dp=None, ep=None), db)
+        sc_d = resolve(replace(q, devices=d, tp=d, dp=None, ep=None), db)
+    except CapsimError as err:
+        raise CapsimError(f"--prefill-devices {prefill_devices}: {prefill_devices} prefill and {d} decode devices: "
+                          f"{err}") from None
+    link = sc.target.ring_bandwidth_bytes_per_s
+    if not math.isfinite(link):
+        raise CapsimError(f"--prefill-devices: {sc.target.hardware_id} has no link between its devices in the database")
+    return serve_disaggregated(sc_p, sc_d, w, link * min(prefill_devices, d), max_num_seqs=max_num_seqs,
+                               max_batched_tokens=max_batched_tokens, slo_ttft_s=ttft, slo_tpot_s=tpot)

@@ -74,13 +74,8 @@ def check(sc) -> None:
         raise CapsimError(f"capsim serve: --pp {sc.pp}: pipeline stages are not modelled under load yet (use --pp 1)")
 
 
-def serve(sc, w: Workload, *, max_num_seqs: int | None = None, max_batched_tokens: int | None = None,
-          slo_ttft_s: float | None = None, slo_tpot_s: float | None = None, exact: bool = False) -> dict[str, Any]:
-    check(sc)
-    cfg = config_of(sc, max_num_seqs, max_batched_tokens)
-    largest = int(min(cfg.max_batched_tokens, float(np.sum(w.input_len)) + w.n, 1 << 20))
-    cost = StepCost(sc, largest, exact)
-    tr = scheduler.run(w, cfg, cost)
+def _report(w: Workload, tr: scheduler.Trace, cfg: scheduler.SchedulerConfig, evaluations: int,
+            slo_ttft_s: float | None, slo_tpot_s: float | None) -> dict[str, Any]:
     ttft = tr.first_s - tr.sent_s
     e2e = tr.done_s - tr.sent_s
     many = w.output_len > 1
@@ -93,13 +88,14 @@ def serve(sc, w: Workload, *, max_num_seqs: int | None = None, max_batched_token
         good &= ~many | (tpot <= slo_tpot_s)
     out_tokens, in_tokens = float(w.output_len.sum()), float(w.input_len.sum())
     seqs = tr.step_seqs
+
+    def rate(x: float) -> float:
+        return x / duration if duration > 0 else math.inf
     return {
         "ttft_s": _stats(ttft), "tpot_s": _stats(tpot[many]), "itl_s": _stats(tr.itl_s), "e2e_s": _stats(e2e),
-        "request_throughput_per_s": w.n / duration if duration > 0 else math.inf,
-        "output_tokens_per_s": out_tokens / duration if duration > 0 else math.inf,
-        "total_tokens_per_s": (in_tokens + out_tokens) / duration if duration > 0 else math.inf,
-        "duration_s": duration,
-        "goodput_requests_per_s": float(good.sum()) / duration if duration > 0 else math.inf,
+        "request_throughput_per_s": rate(w.n), "output_tokens_per_s": rate(out_tokens),
+        "total_tokens_per_s": rate(in_tokens + out_tokens), "duration_s": duration,
+        "goodput_requests_per_s": rate(float(good.sum())),
         "batch_size": {"mean": float(np.average(seqs, weights=tr.step_s)) if len(seqs) else 0.0,
                        "max": int(seqs.max()) if len(seqs) else 0},
         "preemptions": tr.preemptions,
@@ -107,9 +103,59 @@ def serve(sc, w: Workload, *, max_num_seqs: int | None = None, max_batched_token
         "scheduler": {"max_running_seqs": cfg.max_running if cfg.max_running < (1 << 30) else None,
                       "max_batched_tokens": None if math.isinf(cfg.max_batched_tokens) else cfg.max_batched_tokens,
                       "kv_block_tokens": cfg.block_tokens, "kv_cache_tokens": cfg.kv_blocks * cfg.block_tokens,
-                      "step_evaluations": cost.evaluations},
+                      "step_evaluations": evaluations},
         "workload": dict(w.description, slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s),
     }
+
+
+def _run(sc, w: Workload, max_num_seqs, max_batched_tokens, exact: bool):
+    check(sc)
+    cfg = config_of(sc, max_num_seqs, max_batched_tokens)
+    largest = int(min(cfg.max_batched_tokens, float(np.sum(w.input_len)) + w.n, 1 << 20))
+    cost = StepCost(sc, largest, exact)
+    return scheduler.run(w, cfg, cost), cfg, cost
+
+
+def serve(sc, w: Workload, *, max_num_seqs: int | None = None, max_batched_tokens: int | None = None,
+          slo_ttft_s: float | None = None, slo_tpot_s: float | None = None, exact: bool = False) -> dict[str, Any]:
+    tr, cfg, cost = _run(sc, w, max_num_seqs, max_batched_tokens, exact)
+    return _report(w, tr, cfg, cost.evaluations, slo_ttft_s, slo_tpot_s)
+
+
+def serve_disaggregated(sc_prefill, sc_decode, w: Workload, link_bytes_per_s: float, *,
+                        max_num_seqs: int | None = None, max_batched_tokens: int | None = None,
+                        slo_ttft_s: float | None = None, slo_tpot_s: float | None = None,
+                        exact: bool = False) -> dict[str, Any]:
+    """Prefill/decode disaggregation: a prefill instance (``sc_prefill``) runs every prompt and samples its first
+    token; the prompt's K/V then crosses ``link_bytes_per_s`` (each request's transfer on its own, no queueing for
+    the link) to a decode instance (``sc_decode``), which admits the request as its scheduler allows and decodes
+    the rest. TTFT comes from the prefill instance; TPOT, ITL and E2E include the transfer and the wait."""
+    from capsim.sim.memory import memory_use
+
+    if w.concurrency is not None:
+        raise CapsimError("--prefill-devices: a concurrency limit over two instances is not modelled yet; use "
+                          "--request-rate")
+    ones = np.ones_like(w.output_len)
+    tr_p, cfg_p, cost_p = _run(sc_prefill, replace(w, output_len=ones), max_num_seqs, max_batched_tokens, exact)
+    kv = np.asarray(memory_use(sc_decode.shape, batch=1, input_len=w.input_len.astype(float), output_len=0,
+                               kv_bytes_per_element=sc_decode.kv_bytes, capacity_bytes=math.inf,
+                               reserve_fraction=0.0).kv_cache, float)
+    transfer = kv / link_bytes_per_s
+    ready = tr_p.first_s + transfer
+    order = np.argsort(ready, kind="stable")
+    wd = Workload(ready[order], w.input_len[order], w.output_len[order], None, w.description,
+                  handoff=(tr_p.sent_s[order], tr_p.first_s[order]))
+    tr_d, cfg_d, cost_d = _run(sc_decode, wd, max_num_seqs, max_batched_tokens, exact)
+    back = np.empty_like(order)
+    back[order] = np.arange(len(order))
+    tr = scheduler.Trace(tr_p.sent_s, tr_p.first_s, tr_d.done_s[back], tr_d.itl_s, tr_d.step_s, tr_d.step_seqs,
+                         tr_p.preemptions + tr_d.preemptions)
+    rep = _report(w, tr, cfg_d, cost_p.evaluations + cost_d.evaluations, slo_ttft_s, slo_tpot_s)
+    rep["disaggregation"] = {"prefill_devices": sc_prefill.n, "decode_devices": sc_decode.n,
+                             "kv_transfer_s": _stats(transfer), "link_bytes_per_s": link_bytes_per_s,
+                             "prefill_steps": len(tr_p.step_s), "prefill_kv_cache_tokens":
+                             cfg_p.kv_blocks * cfg_p.block_tokens}
+    return rep
 
 
 def with_profile(sc, **params):

@@ -18,6 +18,9 @@ Each step:
    its needed tokens samples one: its first (TTFT) or its next (an inter-token latency, ITL); a request with
    all its output leaves and frees its blocks.
 
+A request handed off by a prefill instance (prefill/decode disaggregation, ``Workload.handoff``) arrives with
+its prompt's K/V (its blocks taken on admission) and its first token, and needs one token per step from then on.
+
 With ``concurrency`` N a request is sent when it has arrived and fewer than N are in flight; its latencies run
 from when it is sent, as the benchmark measures them. Time jumps to the next arrival when nothing can run.
 """
@@ -76,6 +79,9 @@ def run(w: Workload, cfg: SchedulerConfig, cost, max_steps: int = 50_000_000) ->
     for _ in range(max_steps):
         while nxt < n and w.arrival_s[nxt] <= now and in_flight < limit:
             sent[nxt] = max(w.arrival_s[nxt], now) if w.concurrency else w.arrival_s[nxt]
+            if w.handoff is not None:  # its prompt's K/V and first token come from a prefill instance
+                sent[nxt], first[nxt] = w.handoff[0][nxt], w.handoff[1][nxt]
+                last[nxt], computed[nxt], gen[nxt] = first[nxt], inp[nxt], 1
             waiting.append(nxt)
             nxt, in_flight = nxt + 1, in_flight + 1
         if not running and not waiting:
@@ -103,7 +109,7 @@ def run(w: Workload, cfg: SchedulerConfig, cost, max_steps: int = 50_000_000) ->
         while not preempted and waiting and len(running) + len(new) < cfg.max_running and left > 0:
             r = waiting[0]
             t = int(min(inp[r] + gen[r] - computed[r], left))
-            nb = -(-t // bt)
+            nb = -(-(computed[r] + t) // bt) - blocks[r]  # a handed-off request brings its prompt's K/V
             if nb > free:
                 break
             waiting.popleft()

@@ -33,6 +33,8 @@ class Workload:
     output_len: np.ndarray  # output tokens, >= 1 (int64)
     concurrency: int | None = None  # at most this many requests in flight (None: no limit)
     description: dict = field(default_factory=dict)
+    # prefill/decode disaggregation: (sent, first token) times of requests that arrive with their prompt's K/V
+    handoff: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def n(self) -> int:
