@@ -25,6 +25,11 @@ grep -q "TTFT" "$WORK/predict.txt"
 "$WORK/venv/bin/python" -m capsim model list > /dev/null
 "$WORK/venv/bin/capsim" hw list --kind system > /dev/null
 "$WORK/venv/bin/capsim" validate --published > /dev/null
+# serving under load: the ShareGPT table and the serving corpora ship as package data
+"$WORK/venv/bin/capsim" serve -m mixtral -H dgx-h100 --devices 8 --request-rate 5 --num-requests 50 --dataset sharegpt \
+    | grep -q "TTFT"
+"$WORK/venv/bin/capsim" validate --serving > /dev/null
+"$WORK/venv/bin/capsim" validate --vllm-serve > /dev/null
 mkdir "$WORK/nb"
 cp -r "$ROOT/notebooks" "$ROOT/traces" "$WORK/nb/"
 "$WORK/venv/bin/python" "$WORK/nb/notebooks/execute.py" --timeout 120

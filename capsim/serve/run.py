@@ -156,8 +156,3 @@ def serve_disaggregated(sc_prefill, sc_decode, w: Workload, link_bytes_per_s: fl
                              "prefill_steps": len(tr_p.step_s), "prefill_kv_cache_tokens":
                              cfg_p.kv_blocks * cfg_p.block_tokens}
     return rep
-
-
-def with_profile(sc, **params):
-    """``sc`` with its engine profile's parameters replaced (tests, what-ifs)."""
-    return replace(sc, profile=replace(sc.profile, **params))

@@ -35,9 +35,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from capsim.errors import CapsimError
+from capsim.validation.serving_stats import error, get, summary, summary_lines
 
 FOLDER = "published/serving"
 ENGINE = "vllm"
@@ -111,37 +110,19 @@ def predict_row(row: dict[str, str], db) -> dict[str, Any]:
     return serve(resolve(q, db), w, max_num_seqs=s["max_num_seqs"], max_batched_tokens=s["max_batched_tokens"])
 
 
-def _get(d: dict, path: tuple[str, ...]):
-    for k in path:
-        d = d[k]
-    return d
-
-
 def run(root: Path, db, progress=None) -> dict[str, Any]:
     rows = load_rows(root)
     out = []
     for k, row in enumerate(rows):
         pred = predict_row(row, db)
-        errs, meas, prd = {}, {}, {}
-        for name, (col, unit, path) in STATS.items():
-            m = row.get(col) or ""
-            p = _get(pred, path)
-            meas[name] = float(m) * unit if m else None
-            prd[name] = p
-            errs[name] = None if not m or p is None or float(m) == 0 else p / (float(m) * unit) - 1.0
+        meas = {name: float(row[col]) * unit if row.get(col) else None for name, (col, unit, _) in STATS.items()}
+        prd = {name: get(pred, path) for name, (_, _, path) in STATS.items()}
+        errs = {name: error(meas[name], prd[name]) for name in STATS}
         out.append({"id": row["id"], "scenario": scenario_of(row), "errors": errs, "measured": meas,
                     "predicted": prd, "source": row["source"]})
         if progress:
             progress(k + 1, len(rows))
-    summary = {}
-    for name in STATS:
-        e = [(r["id"], r["errors"][name]) for r in out if r["errors"][name] is not None]
-        if e:
-            a = np.abs([x for _, x in e])
-            worst = max(e, key=lambda t: abs(t[1]))
-            summary[name] = {"runs": len(e), "median_abs": float(np.median(a)), "within_25": float(np.mean(a <= 0.25)),
-                             "worst_run": worst[0], "worst_error": worst[1]}
-    return {"runs": out, "summary": summary, "engine": ENGINE}
+    return {"runs": out, "summary": summary(out, STATS), "engine": ENGINE}
 
 
 def markdown(result: dict[str, Any], command: str) -> str:
@@ -150,10 +131,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
              "`source` column; the mapping to capsim's scenario in capsim/validation/serving.py). The `vllm` profile "
              "is fitted on the static published rows of validation/published/gpu/ only, so every run here is held "
              f"out. Targets: means within {TARGETS['mean']:.0%}, p99 within {TARGETS['p99']:.0%}.", "",
-             "| statistic | runs | held-out median abs error | within 25% | worst run |", "|---|---|---|---|---|"]
-    for name, s in result["summary"].items():
-        lines.append(f"| {name} | {s['runs']} | {s['median_abs']:.1%} | {s['within_25']:.0%} | "
-                     f"{s['worst_run']} {s['worst_error']:+.0%} |")
+             *summary_lines(result["summary"])]
     lines += ["", "| run | model | device x n | requests | lengths (mean) | TTFT mean meas / pred (s) | TPOT mean "
               "(ms) | output tok/s |", "|---|---|---|---|---|---|---|---|"]
     for r in result["runs"]:

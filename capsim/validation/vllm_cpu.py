@@ -20,7 +20,6 @@ log error; each shape's cases are predicted by the profile fitted to the other s
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from capsim import engines, precision
 from capsim.errors import CapsimError
 from capsim.model.spec import spec_from_config
 from capsim.sim.shape import shape_of
+from capsim.validation import run_files
 from capsim.validation.cases import Case, predict_case
 from capsim.validation.fit import fit_parameters
 from capsim.validation.report import summary_by
@@ -49,18 +49,9 @@ TARGET_MEDIAN = 0.15  # the issue's held-out target
 
 def load_cases(root: Path) -> list[Case]:
     """Every case of every run file in validation/measured/vllm-cpu/."""
-    files = sorted((root / RUNS).glob("*.json"))
-    if not files:
-        raise CapsimError(f"{root / RUNS}: no run files (*.json); record them with 'capsim measure --engine vllm'")
     prec = precision.get(DTYPE)
     out: list[Case] = []
-    for path in files:
-        try:
-            run = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise CapsimError(f"{path}: not a readable JSON run file ({err})") from None
-        if not isinstance(run, dict) or run.get("format") != FORMAT:
-            raise CapsimError(f"{path}: field format: expected {FORMAT!r}")
+    for path, run in run_files.read(root / RUNS, FORMAT, "'capsim measure --engine vllm'"):
         try:
             shape = shape_of(spec_from_config(run["config"], run["shape"]), prec)
             budget = int(run["engine_config"]["max_num_batched_tokens"])

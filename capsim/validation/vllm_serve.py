@@ -18,9 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from capsim.errors import CapsimError
+from capsim.validation import run_files
+from capsim.validation.serving_stats import error, get, summary, summary_lines
 
 RUNS = "measured/vllm-serve"
 HARDWARE_DB = "measured/vllm-cpu/hardware"
@@ -38,24 +37,9 @@ STATS = {
 TARGETS = {"mean": 0.20, "p99": 0.30}  # issue 23's held-out targets for means and p99 on this machine
 
 
-def _get(d: dict, path: tuple[str, ...]) -> float:
-    for k in path:
-        d = d[k]
-    return float(d)
-
-
 def load_runs(root: Path) -> list[dict[str, Any]]:
-    files = sorted((root / RUNS).glob("*.json"))
-    if not files:
-        raise CapsimError(f"{root / RUNS}: no run files; record them with capsim/measure/vllm_serve.py")
     out = []
-    for path in files:
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise CapsimError(f"{path}: not a readable JSON run file ({err})") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise CapsimError(f"{path}: field format: expected {FORMAT!r}")
+    for path, data in run_files.read(root / RUNS, FORMAT, "capsim/measure/vllm_serve.py"):
         for r in data.get("runs", []):
             out.append(dict(r, shape=data["shape"], config=data["config"], server_args=data["server_args"],
                             file=path.name))
@@ -91,26 +75,14 @@ def run(root: Path) -> dict[str, Any]:
     for r in load_runs(root):
         pred = predict_run(r, db)
         res = r["result"]
-        errs = {}
-        for name, (key, unit, path) in STATS.items():
-            measured = res.get(key)
-            predicted = _get(pred, path)
-            errs[name] = (None if measured in (None, 0) or not math.isfinite(predicted)
-                          else predicted / (float(measured) * unit) - 1.0)
+        errs = {name: error(None if res.get(key) is None else float(res[key]) * unit, float(get(pred, path)))
+                for name, (key, unit, path) in STATS.items()}
         rows.append({"id": f"{r['shape']}/{r['kind']}-{r['value']:g}/{r['input_len']}x{r['output_len']}",
                      "kind": r["kind"], "value": r["value"], "input_len": r["input_len"], "output_len": r["output_len"],
                      "num_prompts": r["num_prompts"], "errors": errs,
                      "measured": {n: res.get(k) for n, (k, _, _) in STATS.items()},
-                     "predicted": {n: _get(pred, p) for n, (_, _, p) in STATS.items()}})
-    summary = {}
-    for name in STATS:
-        e = [(row["id"], row["errors"][name]) for row in rows if row["errors"][name] is not None]
-        if e:
-            a = np.abs([x for _, x in e])
-            worst = max(e, key=lambda t: abs(t[1]))
-            summary[name] = {"runs": len(e), "median_abs": float(np.median(a)), "worst_run": worst[0],
-                             "worst_error": worst[1], "within_25": float(np.mean(a <= 0.25))}
-    return {"runs": rows, "summary": summary, "engine": ENGINE, "hardware": HARDWARE}
+                     "predicted": {n: float(get(pred, p)) for n, (_, _, p) in STATS.items()}})
+    return {"runs": rows, "summary": summary(rows, STATS), "engine": ENGINE, "hardware": HARDWARE}
 
 
 def markdown(result: dict[str, Any], command: str) -> str:
@@ -119,11 +91,7 @@ def markdown(result: dict[str, Any], command: str) -> str:
              "measured: capsim/measure/vllm_serve.py); predicted with the `vllm-cpu` profile, fitted on the offline "
              "batch campaign only (validation/measured/vllm-cpu/), so every run here is held out; hardware: the "
              f"probed entry {HARDWARE}. Targets: means within {TARGETS['mean']:.0%}, p99 within {TARGETS['p99']:.0%} "
-             "(median over runs).", "",
-             "| statistic | runs | held-out median abs error | within 25% | worst run |", "|---|---|---|---|---|"]
-    for name, s in result["summary"].items():
-        lines.append(f"| {name} | {s['runs']} | {s['median_abs']:.1%} | {s['within_25']:.0%} | "
-                     f"{s['worst_run']} {s['worst_error']:+.0%} |")
+             "(median over runs).", "", *summary_lines(result["summary"])]
     lines += ["", "| run | requests | TTFT mean measured / predicted (s) | TTFT p99 | TPOT mean | ITL mean | "
               "output tokens/s |", "|---|---|---|---|---|---|---|"]
     def pair(row: dict, name: str, unit: float = 1e-3) -> str:
