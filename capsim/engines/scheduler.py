@@ -6,6 +6,7 @@ step and their running-sequence limit from the device they run on, and ``capsim 
       - {min_device_memory_gib: 160, max_batched_tokens: 16384, max_running_seqs: 1024}
       - {min_device_memory_gib: 70, not_device: a100, max_batched_tokens: 8192, max_running_seqs: 1024}
       - {min_device_memory_gib: 0, max_batched_tokens: 2048, max_running_seqs: 256}
+      prefix_caching: true         # optional (default false): a preempted request's cached blocks survive
       source: where the rule was read (the engine's code)
 
 ``not_device``: the tier does not apply to a device whose id contains this text. Without the section the profile's
@@ -35,6 +36,7 @@ class Tier:
 class SchedulerTiers:
     tiers: tuple[Tier, ...]
     source: str
+    prefix_caching: bool = False  # the engine keeps freed blocks' K/V for prefix hits (capsim.serve.blocks)
 
     def pick(self, memory_bytes: float, device_id: str) -> Tier | None:
         """The first tier the device meets (None: none does)."""
@@ -47,7 +49,8 @@ class SchedulerTiers:
         return {"tiers": [{"min_device_memory_gib": t.min_memory_bytes / GIB,
                            **({"not_device": t.not_device} if t.not_device else {}),
                            "max_batched_tokens": t.max_batched_tokens, "max_running_seqs": t.max_running_seqs}
-                          for t in self.tiers], "source": self.source}
+                          for t in self.tiers], **({"prefix_caching": True} if self.prefix_caching else {}),
+                "source": self.source}
 
 
 def parse(raw, path: Path) -> SchedulerTiers | None:
@@ -58,6 +61,11 @@ def parse(raw, path: Path) -> SchedulerTiers | None:
         raise CapsimError(f"{where}: expected a mapping with a non-empty list 'tiers' and a 'source'")
     if not isinstance(raw.get("source"), str) or not raw["source"].strip():
         raise CapsimError(f"{where}.source: expected the text saying where the defaults were read")
+    if set(raw) - {"tiers", "source", "prefix_caching"}:
+        raise CapsimError(f"{where}: unknown key(s) {sorted(set(raw) - {'tiers', 'source', 'prefix_caching'})}; "
+                          "expected tiers, source and optionally prefix_caching")
+    if not isinstance(raw.get("prefix_caching", False), bool):
+        raise CapsimError(f"{where}.prefix_caching: expected true or false")
     tiers = []
     for k, t in enumerate(raw["tiers"]):
         if not isinstance(t, dict) or set(t) - KEYS or not {"min_device_memory_gib", "max_batched_tokens",
@@ -72,4 +80,4 @@ def parse(raw, path: Path) -> SchedulerTiers | None:
         if mem < 0 or tokens < 1 or seqs < 1:
             raise CapsimError(f"{where}.tiers[{k}]: expected memory >= 0 and positive token and sequence limits")
         tiers.append(Tier(mem * GIB, str(t.get("not_device", "")).lower(), tokens, seqs))
-    return SchedulerTiers(tuple(tiers), raw["source"])
+    return SchedulerTiers(tuple(tiers), raw["source"], bool(raw.get("prefix_caching", False)))

@@ -64,7 +64,8 @@ def config_of(sc, max_num_seqs: int | None, max_batched_tokens: int | None) -> s
     step = min(tokens, 65536.0)
     cap = kv_capacity_tokens(sc, step)
     return scheduler.SchedulerConfig(seqs * dp if seqs < (1 << 30) else seqs, float(tokens) * dp, block,
-                                     scheduler.kv_blocks(cap, block) * dp, sc.shape.windows, sc.shape.layers)
+                                     scheduler.kv_blocks(cap, block) * dp, sc.shape.windows, sc.shape.layers,
+                                     bool(prof.scheduler and prof.scheduler.prefix_caching))
 
 
 def check(sc) -> None:

@@ -9,8 +9,9 @@ Each step:
    token budget (``max_batched_tokens``; none: unlimited): decode tokens first in effect (they need one) and
    prefill chunks from what is left (chunked prefill).
 2. Their K/V must fit in the cache, counted in blocks of ``block_tokens``: while they do not, the request
-   admitted last is preempted (recompute: its blocks are freed, ``computed`` returns to 0 and it waits at the
-   head of the queue).
+   admitted last is preempted (recompute: its blocks are freed and it waits at the head of the queue; without
+   prefix caching ``computed`` returns to 0, with it the request keeps the prefix whose blocks are still cached
+   when it is admitted again, :mod:`capsim.serve.blocks`).
 3. Waiting requests (first come, first served; a preempted one first) are admitted while sequences stay
    within ``max_running``, budget is left, and the blocks of their first chunk fit; none in a step that
    preempted (vLLM schedules waiting requests only ``if not preempted_reqs``).
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from capsim.errors import CapsimError
+from capsim.serve.blocks import BlockPool
 from capsim.serve.workload import Workload
 from capsim.sim.span import cached_tokens_per_layer, chunk_pairs_per_layer
 
@@ -46,6 +48,7 @@ class SchedulerConfig:
     kv_blocks: int  # blocks the KV cache holds
     windows: tuple[tuple[int, int], ...]  # the model's attention windows (capsim.sim.span)
     layers: int
+    prefix_caching: bool = False  # a preempted request's blocks stay cached until evicted (vLLM V1's default)
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,8 @@ def run(w: Workload, cfg: SchedulerConfig, cost, max_steps: int = 50_000_000) ->
     sent, first, done, last = (np.full(n, np.nan) for _ in range(4))
     running: list[int] = []
     waiting: deque[int] = deque()
-    free, nxt, in_flight, finished, preempt, now = cfg.kv_blocks, 0, 0, 0, 0, 0.0
+    pool = BlockPool(cfg.kv_blocks, cfg.prefix_caching)
+    nxt, in_flight, finished, preempt, now = 0, 0, 0, 0, 0.0
     itls, step_s, step_seqs = [], [], []
     budget, bt = cfg.max_batched_tokens, cfg.block_tokens
     limit = w.concurrency or n
@@ -94,26 +98,29 @@ def run(w: Workload, cfg: SchedulerConfig, cost, max_steps: int = 50_000_000) ->
         take = np.clip(budget - (np.cumsum(need) - need), 0, need).astype(np.int64)
         extra = -(-(computed[ids] + take) // bt) - blocks[ids]
         preempted = False
-        while len(ids) and int(extra.sum()) > free:  # preempt the request admitted last (recompute)
+        while len(ids) and int(extra.sum()) > pool.free:  # preempt the request admitted last (recompute)
             preempted = True
             v = running.pop()
-            free += int(blocks[v])
+            pool.preempt(v, int(blocks[v]), int(computed[v] // bt))
             blocks[v], computed[v] = 0, 0
             waiting.appendleft(v)
             preempt += 1
             ids, need, take, extra = ids[:-1], need[:-1], take[:-1], extra[:-1]
-        free -= int(extra.sum())
+        pool.take(int(extra.sum()))
         blocks[ids] += extra
         left = budget - float(take.sum())
         new, new_take = [], []
         while not preempted and waiting and len(running) + len(new) < cfg.max_running and left > 0:
             r = waiting[0]
-            t = int(min(inp[r] + gen[r] - computed[r], left))
-            nb = -(-(computed[r] + t) // bt) - blocks[r]  # a handed-off request brings its prompt's K/V
-            if nb > free:
+            hit = min(pool.cached_tokens(r, bt), int(inp[r] + gen[r]) - 1)  # its prefix still cached
+            done_tokens = max(int(computed[r]), hit)
+            t = int(min(inp[r] + gen[r] - done_tokens, left))
+            nb = -(-(done_tokens + t) // bt) - blocks[r]  # a handed-off request brings its prompt's K/V
+            if nb > pool.free:
                 break
             waiting.popleft()
-            free -= nb
+            pool.take(int(nb), r)
+            computed[r] = done_tokens
             blocks[r] = nb
             new.append(r)
             new_take.append(t)
@@ -148,7 +155,7 @@ def run(w: Workload, cfg: SchedulerConfig, cost, max_steps: int = 50_000_000) ->
         ended = sampled[gen[sampled] >= out[sampled]]
         if len(ended):
             done[ended] = now
-            free += int(blocks[ended].sum())
+            pool.release(int(blocks[ended].sum()))
             blocks[ended] = 0
             gone = set(ended.tolist())
             running = [r for r in running if r not in gone]

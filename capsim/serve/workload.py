@@ -1,9 +1,12 @@
 """The requests a serving run sends: when each arrives and its prompt and output lengths.
 
-Arrivals follow vLLM's serving benchmark (benchmarks/benchmark_serving.py ``get_request``): at a request rate
-R (requests/s) the gaps between requests are gamma-distributed with shape ``burstiness`` and scale
-1 / (R x burstiness), so their mean is 1 / R; burstiness 1 is a Poisson process, below 1 burstier, above 1
-more regular. ``--request-rate inf`` sends every request at time 0. ``--concurrency N`` (the benchmark's
+Arrivals follow vLLM's serving benchmark (vllm/benchmarks/serve.py ``get_request``, vllm 0.32) draw for draw:
+at a request rate R (requests/s) the gaps between requests are gamma-distributed with shape ``burstiness`` and
+scale 1 / (R x burstiness), so their mean is 1 / R (burstiness 1 is a Poisson process, below 1 burstier, above
+1 more regular), drawn from numpy's legacy global generator seeded with ``--seed``; their running sum is then
+rescaled so the last request is sent at exactly N / R, as the benchmark does. The same ``--seed`` therefore
+gives the same send times as ``vllm bench serve --seed`` (checked against vLLM's function in the tests).
+``--request-rate inf`` sends every request at time 0. ``--concurrency N`` (the benchmark's
 ``--max-concurrency``) keeps at most N requests in flight: a request is sent when it has arrived and one of the
 N slots is free (the scheduler releases them, :mod:`capsim.serve.scheduler`).
 
@@ -41,17 +44,17 @@ class Workload:
         return len(self.arrival_s)
 
 
-def arrivals(n: int, rate: float, burstiness: float, rng: np.random.Generator) -> np.ndarray:
-    """Arrival times of ``n`` requests at ``rate`` requests/s (inf: all at 0)."""
+def arrivals(n: int, rate: float, burstiness: float, seed: int) -> np.ndarray:
+    """Send times of ``n`` requests at ``rate`` requests/s (inf: all at 0), as vLLM's benchmark draws them."""
     if not (rate > 0):
         raise CapsimError(f"--request-rate {rate}: expected a positive number of requests per second, or inf")
     if not (burstiness > 0 and math.isfinite(burstiness)):
         raise CapsimError(f"--burstiness {burstiness}: expected a positive finite number (1 = Poisson)")
     if math.isinf(rate):
         return np.zeros(n)
-    gaps = rng.gamma(shape=burstiness, scale=1.0 / (rate * burstiness), size=n)
-    gaps[0] = 0.0  # the first request is sent at once, as the benchmark does
-    return np.cumsum(gaps)
+    legacy = np.random.RandomState(seed)  # the benchmark's np.random.seed(args.seed); nothing draws before
+    t = np.cumsum(legacy.gamma(shape=burstiness, scale=1.0 / (rate * burstiness), size=n))
+    return t * ((n / rate) / t[-1]) if t[-1] > 0 else t
 
 
 def read_lengths(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -102,8 +105,10 @@ def build(num_requests: int, *, request_rate: float = math.inf, concurrency: int
         raise CapsimError(f"--num-requests {num_requests}: expected a positive whole number")
     if concurrency is not None and (not isinstance(concurrency, int) or concurrency < 1):
         raise CapsimError(f"--concurrency {concurrency}: expected a positive whole number of requests in flight")
-    rng = np.random.default_rng(seed)
-    t = arrivals(num_requests, request_rate, burstiness, rng)
+    if not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise CapsimError(f"--seed {seed}: expected a whole number from 0 to 2**32 - 1")
+    rng = np.random.default_rng(seed)  # lengths
+    t = arrivals(num_requests, request_rate, burstiness, seed)
     if dataset is None:
         if input_len is None or output_len is None:
             raise CapsimError("--input-len and --output-len: both are needed without --dataset")
