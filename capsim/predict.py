@@ -79,7 +79,7 @@ def predict(q: Query, db, profile=None) -> dict[str, Any]:
     return {
         **{k: float(m[k]) for k in head},
         "num_experts": sc.shape.num_experts, "top_k": sc.shape.top_k,
-        "memory_bytes": report.memory(mem, sc, place),
+        "memory_bytes": report.memory(mem, sc, place, batch=b),
         "fits": fits,
         "capacity": capacity.limits(sc, frac),
         "bottleneck": {"prefill": pre["bottleneck"], "decode": dec["bottleneck"]},

@@ -52,9 +52,15 @@ def phase(step, timing, util: dict[str, Any], tokens: float) -> dict[str, Any]:
     }
 
 
-def memory(mem, sc: Scenario, residency=None) -> dict[str, Any]:
-    """Bytes per device, and the offloaded routed experts in DRAM or on the drive."""
+def memory(mem, sc: Scenario, residency=None, batch=None) -> dict[str, Any]:
+    """Bytes per device, and the offloaded routed experts in DRAM or on the drive. A hybrid model's KV cache
+    includes its linear-attention layers' state (``linear_state``: that part, for ``batch`` sequences)."""
     device = {k: mean(getattr(mem, k)) for k in ("weights", "kv_cache", "activations", "reserve", "total", "capacity")}
+    if sc.shape.linear_layers and batch is not None:
+        from capsim.sim.memory import linear_state_bytes
+
+        group = math.ceil(float(batch) / sc.dp - 1e-9)  # the fullest data-parallel group's sequences
+        device["linear_state"] = group * float(linear_state_bytes(sc.shape, sc.kv_bytes, sc.tp))
     if math.isinf(device["capacity"]):
         device["capacity"] = None
     off = {"dram": 0.0, "ssd": 0.0}

@@ -135,6 +135,7 @@ class Scenario:
         q, t, w = self.query, self.target, self.whole
         return {
             "model": self.model_id, "model_source": self.model_source, "hardware": t.hardware_id,
+            "features": self.spec.features() if self.spec else [],
             "device": t.device_id, "device_role": t.device_role, "devices": w.n_devices,
             "engine": self.profile.id, "engine_version": self.profile.version, "precision": self.precision.name,
             "bits_per_weight": self.precision.bits_per_weight, "precision_scope": self.precision.scope,
@@ -275,6 +276,10 @@ def _resolve(q: Query, db, profile: engines.EngineProfile | None) -> Scenario:
     if q.socket_layout == "span":
         target = numa.span(target)
     prec = precision.get(q.precision or info["native_precision"])
+    bits = None if q.precision else info.get("native_bits_per_weight")
+    if bits and bits != prec.bits_per_weight:  # the checkpoint's own groups and scales (capsim.model.quant)
+        prec = replace(prec, bits_per_weight=bits, source=f"{prec.source}; {bits:.4g} bits: the checkpoint's "
+                       "quantization_config")
     kv_name = (q.kv_precision or ("fp32" if prec.name == "fp32" else "bf16")).lower()
     kv_b = precision.kv_bytes(kv_name)
     profile = profile or engines.load(q.engine)

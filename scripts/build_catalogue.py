@@ -20,7 +20,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from capsim.model.catalogue import CATALOGUE, MODELS_JSON, native_precision  # noqa: E402
+from capsim.model.catalogue import CATALOGUE, MODELS_JSON, native_bits_per_weight, native_precision  # noqa: E402
 from capsim.model.spec import spec_from_config  # noqa: E402
 from capsim.traces.format import config_hash  # noqa: E402
 
@@ -32,7 +32,11 @@ def build(with_meta: bool) -> dict:
     published = yaml.safe_load((CATALOGUE / "published.yaml").read_text())
     models = []
     for mid, extra in aliases.items():
-        file = CATALOGUE / "configs" / (mid.replace("/", "__") + ".json")
+        # config_of: this entry shares another entry's config.json (same architecture; source in published.yaml)
+        base = extra.get("config_of", mid)
+        if base != mid and base not in aliases:
+            raise SystemExit(f"{mid}: config_of {base} is not a catalogue entry")
+        file = CATALOGUE / "configs" / (base.replace("/", "__") + ".json")
         if not file.is_file():
             print(f"skip {mid}: no committed config ({file.name})", file=sys.stderr)
             continue
@@ -47,6 +51,8 @@ def build(with_meta: bool) -> dict:
             if meta != breakdown:
                 raise SystemExit(f"{mid}: analytic {breakdown} != transformers meta {meta}")
         pub = published.get(mid, {})
+        if base != mid and not str(pub.get("config_source", "")).startswith(f"same architecture as {base}"):
+            raise SystemExit(f"{mid}: published.yaml config_source must say 'same architecture as {base}: <source>'")
         models.append({
             "id": mid,
             "aliases": [*extra.get("aliases", []), *extra.get("same_shape", [])],
@@ -54,11 +60,14 @@ def build(with_meta: bool) -> dict:
             "config_sha256": hashlib.sha256(raw).hexdigest(),
             "config_hash": config_hash(cfg),  # what traces record (capsim.traces.format.config_hash)
             "native_precision": native_precision(cfg),
+            "native_bits_per_weight": native_bits_per_weight(cfg),  # scales included (capsim.model.quant)
             "params_counted": COUNTED,
             "total_params": spec.total_params,
             "active_params": spec.active_params,
+            "mtp_params": spec.mtp_params,  # multi-token-prediction modules, outside total_params
             "params_breakdown": breakdown,
             "published": {k: pub.get(k) for k in ("total_params", "active_params", "source")},
+            **({"config_of": base} if base != mid else {}),
             "spec": dataclasses.asdict(spec),
         })
     return {"generated_by": "scripts/build_catalogue.py", "models": models}

@@ -222,9 +222,8 @@ def test_error_end_to_end_in_a_real_process(tmp_path):
 def test_model_list_has_the_catalogue():
     r = run("model", "list")
     assert r.exit_code == 0, r.output
-    assert "17 models" in r.stdout
     ids = [m["id"] for m in json.loads(run("model", "list", "--json").stdout)]
-    assert len(ids) == 17
+    assert f"{len(ids)} models" in r.stdout and len(ids) >= 30  # issue 24: at least 30 models
     assert "Qwen/Qwen3-30B-A3B" in ids and "allenai/OLMoE-1B-7B-0924" in ids
 
 

@@ -56,10 +56,19 @@ def _half_unit(n: int) -> float:
     return 0.5 * 10**zeros
 
 
+# No author figure found (published.yaml says so and why; the counts are checked in tests/test_models_2026.py).
+NO_AUTHOR_TOTAL = {"deepseek-ai/DeepSeek-V3.2-Exp", "zai-org/GLM-4.6"}
+# The author's headline truncates: ERNIE-4.5-21B-A3B computes to 21.825B (test_models_2026.py checks 21B <= n < 22B).
+TRUNCATED_TOTAL = {"baidu/ERNIE-4.5-21B-A3B-PT"}
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_total_params_match_published(path):
     model_id = path.stem.replace("__", "/")
     pub = PUBLISHED[model_id]  # figures and their source URL: capsim/catalogue/published.yaml
+    if model_id in NO_AUTHOR_TOTAL | TRUNCATED_TOTAL:
+        assert (pub["total_params"] is None) == (model_id in NO_AUTHOR_TOTAL)
+        pytest.skip("no author total" if pub["total_params"] is None else "headline truncates: test_models_2026.py")
     total = spec_from_config(json.loads(path.read_text()), model_id).total_params
     # Llama-4's published totals include the vision tower and projector, which the text-only ModelSpec leaves
     # out: published.yaml records their count (vision_params; checked by test_llama4_vision_params_recorded).
@@ -131,6 +140,19 @@ RECONSTRUCTED = {
     # aiconfigurator-core 0.12.0 -Instruct config; Meta blog: one shared expert per MoE layer, top-1.
     "meta-llama__Llama-4-Scout-17B-16E.json": (5120, 48, 40, 8, 16, 1, 8192, 8192, 202048),
     "meta-llama__Llama-4-Maverick-17B-128E.json": (5120, 48, 40, 8, 128, 1, 8192, 8192, 202048),
+    # Issue 24, second batch (fields and sources: MISSING.md). Qwen3-Next: trimmed Instruct dump + card (48 layers)
+    # + -Thinking file (vocab); 16 / 2 heads x 256 on the full-attention layers, 512 x 512 top-10, shared 512.
+    "Qwen__Qwen3-Next-80B-A3B-Instruct.json": (2048, 48, 16, 2, 512, 10, 512, 512, 151936),
+    # Megatron-Bridge glm45.md + slime glm4.5-355B-A32B.sh: 92 layers, 96 / 8 heads, 160 x 1536 top-8, 1 shared.
+    "zai-org__GLM-4.5.json": (5120, 92, 96, 8, 160, 8, 1536, 1536, 151552),
+    "zai-org__GLM-4.6.json": (5120, 92, 96, 8, 160, 8, 1536, 1536, 151552),  # manifest: GLM-4.5's shapes
+    # HF config fields (model table citing the raw config.json) + Go fixture: 256 x 1536 top-8, no shared expert.
+    "MiniMaxAI__MiniMax-M2.json": (3072, 62, 48, 8, 256, 8, 1536, 0, 200064),
+    # MindIE fixtures (+ llm_memory_calculator for 21B): 64 experts, 2 shared of 1536 / none.
+    "baidu__ERNIE-4.5-21B-A3B-PT.json": (2560, 28, 20, 4, 64, 6, 1536, 3072, 103424),
+    "baidu__ERNIE-4.5-300B-A47B-PT.json": (8192, 54, 64, 8, 64, 8, 3584, 0, 103424),
+    # DeepSeek-V3.1's shapes (card: built on V3.1-Terminus) + the V3.2 indexer (checked in test_models_2026.py).
+    "deepseek-ai__DeepSeek-V3.2-Exp.json": (7168, 61, 128, 128, 256, 8, 2048, 2048, 129280),
 }
 
 

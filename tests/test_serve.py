@@ -18,7 +18,7 @@ from capsim.serve.run import serve
 DB = load()
 
 
-def cost(tokens, seqs, pairs, kv, decode):
+def cost(tokens, seqs, pairs, kv, decode, dense=None):
     """A made-up step cost for the derivations: 1 s per step plus 0.1 s per token processed."""
     return 1.0 + 0.1 * tokens
 

@@ -157,7 +157,18 @@ def test_catalogue_is_generated_and_complete():
         "openai/gpt-oss-20b", "openai/gpt-oss-120b", "meta-llama/Llama-4-Scout-17B-16E",
         "meta-llama/Llama-4-Maverick-17B-128E", "moonshotai/Kimi-K2-Instruct", "meta-llama/Llama-3.1-8B",
     }
-    assert ids == issue_ids
+    # issue 24 (models of 2026), those with a verbatim config so far
+    issue_ids |= {"deepseek-ai/DeepSeek-V3.1", "zai-org/GLM-4.5-Air", "Qwen/Qwen3-Coder-30B-A3B-Instruct",
+                  "Qwen/Qwen3-Coder-480B-A35B-Instruct"}
+    # issue 24, second batch: reconstructed configs (configs/MISSING.md), one verbatim (-Thinking), and Instruct /
+    # Chat ids that share a base config (aliases.yaml config_of)
+    issue_ids |= {"Qwen/Qwen3-Next-80B-A3B-Instruct", "Qwen/Qwen3-Next-80B-A3B-Thinking", "zai-org/GLM-4.5",
+                  "zai-org/GLM-4.6", "MiniMaxAI/MiniMax-M2", "baidu/ERNIE-4.5-300B-A47B-PT",
+                  "baidu/ERNIE-4.5-21B-A3B-PT", "deepseek-ai/DeepSeek-V3.2-Exp",
+                  "mistralai/Mixtral-8x7B-Instruct-v0.1", "deepseek-ai/DeepSeek-V2-Lite-Chat",
+                  "deepseek-ai/DeepSeek-V2-Chat", "meta-llama/Llama-4-Scout-17B-16E-Instruct",
+                  "meta-llama/Llama-4-Maverick-17B-128E-Instruct"}
+    assert ids == issue_ids and len(ids) >= 30
     assert load_spec("deepseek-r1")[1]["id"] == "deepseek-ai/DeepSeek-V3"
 
 

@@ -52,11 +52,14 @@ def show_cmd(name: str, as_json: bool) -> None:
     prec = PRECISIONS[info["native_precision"]]
     weights = weight_bytes(shape_of(spec, prec))
     a = spec.attention
+    kv_layers = spec.layers - spec.num_linear_layers  # linear-attention layers keep a state, not K/V per token
+    state = spec.num_linear_layers * spec.linear_attention.state_elements() if spec.linear_attention else 0
     if as_json:
         out = {"id": info["id"], "source": info["source"], "native_precision": prec.name,
                "total_params": spec.total_params, "active_params": spec.active_params,
                "params_breakdown": spec.params_breakdown(), "weight_bytes_native": weights,
-               "kv_elements_per_token": a.kv_elements_per_token() * spec.layers,
+               "kv_elements_per_token": a.kv_elements_per_token() * kv_layers,
+               "linear_state_elements_per_sequence": state, "features": spec.features(),
                "published": e.get("published"), "aliases": e.get("aliases", []), "spec": e.get("spec")}
         if not e:
             from dataclasses import asdict
@@ -73,7 +76,9 @@ def show_cmd(name: str, as_json: bool) -> None:
         f"{info['id']}   (from {info['source']})",
         f"aliases: {', '.join(e.get('aliases', [])) or '-'}",
         f"layers {spec.layers} ({spec.num_moe_layers} MoE), hidden {spec.hidden}, vocab {spec.vocab}",
-        f"attention: {attn}; KV cache {a.kv_elements_per_token() * spec.layers:,} elements per token",
+        f"attention: {attn}; KV cache {a.kv_elements_per_token() * kv_layers:,} elements per token"
+        + (f" ({kv_layers} layers) + linear-attention state {state:,} elements per sequence" if state else ""),
+        f"features: {'; '.join(spec.features())}",
         f"FFN: {moe if spec.num_experts else f'dense {spec.dense_intermediate}'}",
         f"parameters: {_b(spec.total_params)} total, {_b(spec.active_params)} active per token",
     ]

@@ -109,6 +109,7 @@ def human(rep: dict, verbose: bool = False) -> str:
         + (f" on the {sc['kernel_path']} ISA path" if sc.get("kernel_path") else "")
         + f"; batch {sc['batch']}, input {sc['input_len']}, "
         f"output {sc['output_len']} tokens",
+        *([f"architecture: {'; '.join(sc['features'])}"] if sc.get("features") else []),
         "",
     ]
     ne = rep["num_experts"]
@@ -138,7 +139,9 @@ def human(rep: dict, verbose: bool = False) -> str:
         f"{_rate(rep['decode_tokens_per_s_per_user'])} tokens/s per user   "
         f"{_rate(rep['output_tokens_per_s_total'])} output tokens/s over the request",
         f"memory per device {format_quantity(mem['total'], 'B')} of {cap} "
-        f"(weights {format_quantity(mem['weights'], 'B')}, KV {format_quantity(mem['kv_cache'], 'B')})"
+        f"(weights {format_quantity(mem['weights'], 'B')}, KV {format_quantity(mem['kv_cache'], 'B')}"
+        + (f", of which linear-attention state {format_quantity(mem['linear_state'], 'B')}"
+           if "linear_state" in mem else "") + ")"
         + ("" if rep["fits"] else "  DOES NOT FIT"),
         _capacity_line(rep["capacity"]),
         *([_collectives_line(rep["collectives"])] if nodes > 1 else []),

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from capsim.errors import CapsimError
-from capsim.model.spec import _SYNONYMS, Attention, ModelSpec, spec_from_config
+from capsim.model.spec import _SYNONYMS, Attention, Indexer, LinearAttention, ModelSpec, spec_from_config
 
 CATALOGUE = Path(__file__).parents[1] / "catalogue"
 MODELS_JSON = CATALOGUE / "models.json"
@@ -29,6 +29,10 @@ def spec_from_dict(d: dict[str, Any]) -> ModelSpec:
     d = dict(d)
     d["attention"] = Attention(**d["attention"])
     d["moe_layers"] = tuple(d["moe_layers"])
+    d["attention_windows"] = tuple(d.get("attention_windows", ()))
+    for key, cls in (("linear_attention", LinearAttention), ("indexer", Indexer)):
+        if d.get(key) is not None:
+            d[key] = cls(**d[key])
     return ModelSpec(**d)
 
 
@@ -89,16 +93,33 @@ def load_spec(name: str, allow_dense: bool = True) -> tuple[ModelSpec, dict[str,
         from capsim.traces.format import config_hash
 
         return spec, {"id": str(path), "source": "local config.json", "native_precision": native,
-                      "config_hash": config_hash(cfg)}
+                      "native_bits_per_weight": native_bits_per_weight(cfg), "config_hash": config_hash(cfg)}
     mid = resolve(name)
     e = entries()[mid]
     return spec_from_dict(e["spec"]), {"id": mid, "source": e["config_file"], "native_precision": e["native_precision"],
+                                       "native_bits_per_weight": e.get("native_bits_per_weight"),
                                        "config_hash": e["config_hash"]}
 
 
 # quantization_config -> capsim weight format: quant_method, then the bit width it states.
 _QUANT_METHODS = {"fp8": "fp8", "mxfp4": "mxfp4", "fbgemm_fp8": "fp8"}
 _INT_BITS = {4: "int4", 8: "int8"}  # AWQ / GPTQ / compressed-tensors integer weights (group-wise scales)
+
+
+def _quantization_config(cfg: dict[str, Any]) -> Any:
+    q = cfg.get("quantization_config")
+    if q is None and isinstance(cfg.get("text_config"), dict):
+        q = cfg["text_config"].get("quantization_config")
+    return q
+
+
+def native_bits_per_weight(cfg: dict[str, Any]) -> float | None:
+    """The checkpoint's real bits per quantised weight, scales included (:mod:`capsim.model.quant`; None: no
+    quantization_config, or nothing beyond its named format)."""
+    from capsim.model.quant import bits_per_weight
+
+    q = _quantization_config(cfg)
+    return bits_per_weight(q, native_precision(cfg)) if isinstance(q, dict) else None
 
 
 def native_precision(cfg: dict[str, Any]) -> str:

@@ -41,8 +41,17 @@ def attention_gemms(a: Attention, hidden: int) -> tuple[Gemm, ...]:
         return (*q, Gemm(h, a.kv_lora_rank + a.qk_rope_head_dim), Gemm(a.kv_lora_rank, up),
                 Gemm(nh * a.v_head_dim, h, True))
     kv = a.num_kv_heads * a.head_dim
-    return (Gemm(h, nh * a.head_dim), Gemm(h, kv), Gemm(h, a.num_kv_heads * a.v_head_dim),
+    return (Gemm(h, nh * a.head_dim * (2 if a.output_gate else 1)), Gemm(h, kv), Gemm(h, a.num_kv_heads * a.v_head_dim),
             Gemm(nh * a.v_head_dim, h, True))
+
+
+def indexer_gemms(spec: ModelSpec) -> tuple[Gemm, ...]:
+    """DeepSeek-V3.2's indexer (DeepseekV32Indexer): wq_b over the query latent, wk and weights_proj over the hidden."""
+    ix = spec.indexer
+    if not ix:
+        return ()
+    return (Gemm(ix.q_lora_rank, ix.num_heads * ix.head_dim), Gemm(spec.hidden, ix.head_dim),
+            Gemm(spec.hidden, ix.num_heads))
 
 
 def ffn_gemms(hidden: int, intermediate: int, gated: bool, fused_gate_up: bool) -> tuple[Gemm, ...]:
@@ -60,7 +69,7 @@ def model_gemms(spec: ModelSpec) -> dict[str, tuple[Gemm, ...]]:
     """Per component (the simulator's operator names), the weight matrices of one layer (lm_head: of the model)."""
     h = spec.hidden
     out = {
-        "attn_proj": attention_gemms(spec.attention, h),
+        "attn_proj": attention_gemms(spec.attention, h) + indexer_gemms(spec),
         "router": (Gemm(h, spec.num_experts),) if spec.num_experts else (),
         "routed_experts": ffn_gemms(h, spec.expert_intermediate, spec.gated_ffn, True) if spec.num_experts else (),
         "shared_experts": ffn_gemms(h, spec.shared_intermediate, spec.gated_ffn, False),

@@ -15,11 +15,13 @@ from capsim.model.spec import ALIASED_MODEL_TYPES
 _COMPONENTS = (
     ("embedding", re.compile(r"embed_tokens|\.wte\.")),
     ("lm_head", re.compile(r"^lm_head\.")),
+    ("attention", re.compile(r"\.indexer\.")),  # DeepSeek-V3.2's indexer, k_norm included: part of attention
     ("norms", re.compile(r"(layernorm|norm)\.weight$|\.norm\.weight$|norm_[12f]\.weight$")),  # DBRX: norm_1, norm_2, norm_f
-    ("attention", re.compile(r"self_attn\.|\.attn\.|norm_attn_norm\.attn")),
+    ("attention", re.compile(r"self_attn\.|\.attn\.|norm_attn_norm\.attn|\.linear_attn\.")),
     ("shared_experts", re.compile(r"shared_expert")),
     ("routed_experts", re.compile(r"\.experts\.")),
-    ("router", re.compile(r"\.(gate|router)\.(weight|bias)$|\.router\.layer\.weight$")),
+    # ERNIE-4.5: gate.moe_statics.e_score_correction_bias is a router parameter
+    ("router", re.compile(r"\.(gate|router)\.(weight|bias)$|\.router\.layer\.weight$|\.moe_statics\.")),
     ("dense_ffn", re.compile(r"\.mlp\.|feed_forward\.")),
 )
 

@@ -13,80 +13,52 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from capsim import checks
-from capsim.checks import MAX_EXPERTS, MAX_LAYERS, MAX_WIDTH
+from capsim.checks import MAX_EXPERTS, MAX_LAYERS
 from capsim.errors import CapsimError
+from capsim.model.config_read import (
+    _SYNONYMS,
+    INDEXER_MODEL_TYPES,
+    LINEAR_FIELDS,
+    _attention_windows,
+    _flatten,
+    _int,
+    _moe_layer_mask,
+    _opt,
+    _refuse_unmodelled,
+    _top_k,
+)
+from capsim.model.mixers import LINEAR, Attention, Indexer, LinearAttention
+
+__all__ = ["LINEAR", "Attention", "Indexer", "LinearAttention", "ModelSpec", "spec_from_config", "_SYNONYMS"]
 
 # Facts the config does not carry, from the transformers modelling code (v5.23):
 QKV_BIAS_MODEL_TYPES = {"qwen2_moe", "qwen2"}  # Qwen2MoeAttention: q/k/v_proj bias=True, o_proj bias=False
 EXPERT_BIAS_MODEL_TYPES = {"gpt_oss"}  # GptOssExperts: gate_up_proj_bias, down_proj_bias; GptOssTopKRouter: bias
 ATTENTION_SINK_MODEL_TYPES = {"gpt_oss"}  # GptOssAttention.sinks: one parameter per attention head
-SHARED_EXPERT_GATE_MODEL_TYPES = {"qwen2_moe"}  # Qwen2MoeSparseMoeBlock.shared_expert_gate: Linear(h, 1)
-QK_NORM_MODEL_TYPES = {"qwen3_moe", "qwen3"}  # Qwen3MoeAttention.q_norm / k_norm: RMSNorm(head_dim) each
+# Qwen2MoeSparseMoeBlock / Qwen3NextSparseMoeBlock.shared_expert_gate: Linear(h, 1)
+SHARED_EXPERT_GATE_MODEL_TYPES = {"qwen2_moe", "qwen3_next"}
+# Qwen3MoeAttention / Qwen3NextAttention.q_norm / k_norm: RMSNorm(head_dim) each
+QK_NORM_MODEL_TYPES = {"qwen3_moe", "qwen3", "qwen3_next"}
+# Glm4MoeAttention: q/k/v biased by attention_bias, o_proj always bias=False
+O_BIAS_FREE_MODEL_TYPES = {"glm4_moe"}
+# Qwen3NextAttention.q_proj: hidden -> heads x head_dim x 2 (the query and a sigmoid output gate)
+OUTPUT_GATE_MODEL_TYPES = {"qwen3_next"}
 # OlmoeAttention.q_norm: RMSNorm(hidden_size = heads x head_dim), k_norm: RMSNorm(kv_heads x head_dim):
 # one norm over the whole projection width, not one per head.
-FULL_WIDTH_QK_NORM_MODEL_TYPES = {"olmoe"}
+# MiniMaxM2Attention.q_norm / k_norm likewise (RMSNorm(heads x head_dim), RMSNorm(kv_heads x head_dim)).
+FULL_WIDTH_QK_NORM_MODEL_TYPES = {"olmoe", "minimax_m2"}
+# Ernie4_5_MoeStatics.e_score_correction_bias: a parameter (1 x experts) in the router, not a buffer as in
+# DeepSeek-V3 / GLM-4.5 / MiniMax-M2 (whose routing bias is a buffer and holds no parameter).
+ROUTER_BIAS_PARAM_MODEL_TYPES = {"ernie4_5_moe"}
+# DeepseekV32Indexer defaults (DeepseekV32Config) when the config leaves the index_* fields out.
+INDEXER_DEFAULTS = {"index_n_heads": 64, "index_head_dim": 128, "index_topk": 2048}
+# Multi-token-prediction modules: the fields that count them. transformers builds none of them (the checkpoint's
+# MTP weights are dropped on load), so they are counted apart from the main model (ModelSpec.mtp_params).
+MTP_FIELDS = ("num_nextn_predict_layers", "num_mtp_layers")  # DeepSeek-V3 / GLM-4.5; ERNIE-4.5
+TIED_BY_DEFAULT_MODEL_TYPES = {"ernie4_5_moe"}  # Ernie4_5_MoeConfig.tie_word_embeddings defaults to True
 # DbrxNormAttentionNorm.norm_1 / norm_2 and DbrxModel.norm_f are nn.LayerNorm(d_model, bias=False): a weight
 # only, so they count like the RMSNorms of the other families. DbrxAttention.Wqkv fuses q, k, v without bias.
 ALIASED_MODEL_TYPES = {"kimi_k2": "deepseek_v3"}  # Kimi-K2 ships DeepseekV3 code (remote code)
-
-_SYNONYMS: dict[str, tuple[str, ...]] = {
-    "num_experts": ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts"),
-    "top_k": ("num_experts_per_tok", "experts_per_token", "moe_top_k"),
-    # OLMoE has no moe_intermediate_size: its intermediate_size is the expert width (OlmoeExperts).
-    "expert_intermediate": ("moe_intermediate_size", "ffn_hidden_size"),  # DBRX: ffn_config.ffn_hidden_size
-    "layers": ("num_hidden_layers", "n_layers"),
-    "hidden": ("hidden_size", "d_model"),
-    "heads": ("num_attention_heads", "n_heads"),
-}
-
-
-@dataclass(frozen=True)
-class Attention:
-    kind: str  # "gqa" or "mla"
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int  # q/k per head (MLA: qk_nope + qk_rope)
-    v_head_dim: int
-    q_lora_rank: int | None = None
-    kv_lora_rank: int | None = None
-    qk_rope_head_dim: int | None = None
-    qkv_bias: bool = False
-    o_bias: bool = False
-    sinks: bool = False
-    qk_norm: bool = False
-    qk_norm_full_width: bool = False  # OLMoE: q/k norms span all heads rather than one head_dim
-
-    def norm_params(self) -> int:
-        """RMSNorm weights inside the attention block: MLA latent norms, Qwen3 per-head or OLMoE full q/k norms."""
-        if self.kind == "mla":
-            return (self.q_lora_rank or 0) + self.kv_lora_rank
-        if not self.qk_norm:
-            return 0
-        if self.qk_norm_full_width:
-            return (self.num_heads + self.num_kv_heads) * self.head_dim
-        return 2 * self.head_dim
-
-    def params(self, hidden: int) -> int:
-        """Weights of one layer's attention projections, biases and sinks (norms: see norm_params)."""
-        h, nh = hidden, self.num_heads
-        if self.kind == "mla":
-            q_out = nh * self.head_dim
-            q = h * q_out if not self.q_lora_rank else h * self.q_lora_rank + self.q_lora_rank * q_out
-            kv_a = h * (self.kv_lora_rank + self.qk_rope_head_dim)
-            kv_b = self.kv_lora_rank * nh * (self.head_dim - self.qk_rope_head_dim + self.v_head_dim)
-            return q + kv_a + kv_b + nh * self.v_head_dim * h
-        q = h * nh * self.head_dim
-        kv = 2 * h * self.num_kv_heads * self.head_dim
-        o = nh * self.head_dim * h
-        bias = (nh * self.head_dim + 2 * self.num_kv_heads * self.head_dim) if self.qkv_bias else 0
-        return q + kv + o + bias + (h if self.o_bias else 0) + (nh if self.sinks else 0)
-
-    def kv_elements_per_token(self) -> int:
-        """Cached elements per token per layer: K and V heads (GQA) or the compressed latent + rope key (MLA)."""
-        if self.kind == "mla":
-            return self.kv_lora_rank + self.qk_rope_head_dim
-        return self.num_kv_heads * (self.head_dim + self.v_head_dim)
 
 
 @dataclass(frozen=True)
@@ -110,6 +82,69 @@ class ModelSpec:
     # Per layer: how many past positions attention sees (0 = all). Sliding windows (gpt-oss) and
     # Llama-4's chunked attention (treated as a window of the chunk size: an upper bound). Empty: all full.
     attention_windows: tuple[int, ...] = ()
+    linear_attention: LinearAttention | None = None  # the mixer of the layers whose window is LINEAR
+    router_bias_param: bool = False  # ERNIE-4.5: the routing (score-correction) bias is a parameter
+    indexer: Indexer | None = None  # DeepSeek-V3.2 sparse attention: every layer's indexer
+    # Node-limited (group-limited) routing: experts in n_group groups, a token's top_k chosen among topk_group
+    # groups (DeepSeek-V3: 8 groups, 4 chosen). 1 / 1: no limit. Read for the simulator; no weight depends on it.
+    n_group: int = 1
+    topk_group: int = 1
+    mtp_layers: int = 0  # multi-token-prediction modules (not in the published-comparable counts)
+
+    @property
+    def index_topk(self) -> int:
+        """Keys one query reads under DeepSeek Sparse Attention (0: dense attention, every key)."""
+        return self.indexer.topk if self.indexer else 0
+
+    @property
+    def mtp_params(self) -> int:
+        """Parameters of the multi-token-prediction modules, counted apart from total_params: transformers does
+        not build them and the published totals leave them out (DeepSeek-V3: "685B ... includes 671B of the Main
+        Model weights and 14B of the Multi-Token Prediction (MTP) Module weights"). One module, DeepSeek-V3's
+        layout: a decoder layer like the last main layer, enorm + hnorm (RMSNorm(hidden) each), eh_proj
+        (2 hidden -> hidden) and shared_head.norm (RMSNorm(hidden)). The embedding and output head it uses are the
+        main model's; DeepSeek's checkpoint stores a copy of each in the module, which is not counted here
+        (``mtp_params + mtp_layers * 2 * vocab * hidden`` gives the stored size)."""
+        if not self.mtp_layers:
+            return 0
+        last_moe = bool(self.moe_layers) and self.moe_layers[-1]
+        ffn = (self.router_params + self.shared_params + self.num_experts * self.expert_params if last_moe
+               else self.ffn_params(self.dense_intermediate))
+        layer = self.attention.params(self.hidden) + self.attention.norm_params() + 2 * self.hidden + ffn
+        layer += self.indexer.params(self.hidden) if self.indexer else 0
+        return self.mtp_layers * (layer + 2 * self.hidden * self.hidden + 3 * self.hidden)
+
+    @property
+    def num_linear_layers(self) -> int:
+        return sum(1 for w in self.attention_windows if w == LINEAR)
+
+    def features(self) -> list[str]:
+        """The architecture features this spec models, named for the user."""
+        a, out = self.attention, []
+        out.append("multi-head latent attention (MLA)" if a.kind == "mla" else
+                   f"{'grouped-query' if a.num_kv_heads < a.num_heads else 'multi-head'} attention")
+        if self.num_linear_layers:
+            out.append(f"hybrid: {self.num_linear_layers} of {self.layers} layers Gated DeltaNet linear attention "
+                       "(a fixed state per sequence, no KV cache)")
+        windowed = sorted({w for w in self.attention_windows if w > 0})
+        if windowed:
+            out.append(f"sliding/chunked attention windows {windowed} on "
+                       f"{sum(1 for w in self.attention_windows if w > 0)} layers")
+        if a.output_gate:
+            out.append("gated attention output")
+        if self.num_experts:
+            out.append(f"MoE {self.num_experts} experts top-{self.top_k} on {self.num_moe_layers} layers")
+        if self.shared_intermediate:
+            out.append("shared expert" + (" with a gate" if self.shared_expert_gate else ""))
+        if self.indexer:
+            out.append(f"DeepSeek sparse attention: an indexer keeps the top {self.indexer.topk} keys per query")
+        if self.n_group > 1:
+            out.append(f"group-limited routing: top-{self.top_k} within {self.topk_group} of {self.n_group} "
+                       "expert groups")
+        if self.mtp_layers:
+            out.append(f"{self.mtp_layers} multi-token-prediction module(s), {self.mtp_params / 1e9:.2f}B "
+                       "parameters outside the totals")
+        return out
 
     # ------------------------------------------------------------ parameter counts
     def ffn_params(self, intermediate: int, bias: bool = False) -> int:
@@ -123,7 +158,7 @@ class ModelSpec:
 
     @property
     def router_params(self) -> int:
-        return self.hidden * self.num_experts + (self.num_experts if self.expert_bias else 0)
+        return self.hidden * self.num_experts + (self.num_experts if self.expert_bias or self.router_bias_param else 0)
 
     @property
     def shared_params(self) -> int:
@@ -140,11 +175,17 @@ class ModelSpec:
         n_moe = self.num_moe_layers
         n_dense = self.layers - n_moe
         embed = self.vocab * self.hidden
+        n_lin = self.num_linear_layers
+        n_full = self.layers - n_lin
+        la = self.linear_attention
+        lin_params, lin_norm = (la.params(self.hidden), la.norm_params()) if la else (0, 0)
         return {
             "embedding": embed,
             "lm_head": 0 if self.tie_embeddings else embed,
-            "attention": self.layers * self.attention.params(self.hidden),
-            "norms": (2 * self.layers + 1) * self.hidden + self.layers * self.attention.norm_params(),
+            "attention": n_full * (self.attention.params(self.hidden) + (self.indexer.params(self.hidden)
+                                                                          if self.indexer else 0))
+            + n_lin * lin_params,
+            "norms": (2 * self.layers + 1) * self.hidden + n_full * self.attention.norm_params() + n_lin * lin_norm,
             "dense_ffn": n_dense * self.ffn_params(self.dense_intermediate),
             "router": n_moe * self.router_params,
             "shared_experts": n_moe * self.shared_params,
@@ -162,135 +203,11 @@ class ModelSpec:
         return self.total_params - b["routed_experts"] + self.num_moe_layers * self.top_k * self.expert_params
 
 
-def _get(cfg: dict[str, Any], name: str, default: Any = None, required: bool = True) -> Any:
-    for key in _SYNONYMS.get(name, (name,)):
-        if cfg.get(key) is not None:
-            return cfg[key]
-    if required:
-        raise CapsimError(f"config.json: field {'/'.join(_SYNONYMS.get(name, (name,)))} is missing")
-    return default
-
-
-def _int(cfg: dict[str, Any], name: str, default: int | None = None, required: bool = True, minimum: int = 1,
-         maximum: int = MAX_WIDTH) -> int:
-    """An integer field (synonyms allowed), checked: CapsimError naming the field otherwise."""
-    raw = _get(cfg, name, default, required)
-    keys = "/".join(_SYNONYMS.get(name, (name,)))
-    return checks.integer(raw, f"config.json: field {keys}", low=minimum, high=maximum)
-
-
-def _opt(cfg: dict[str, Any], key: str, default: int, minimum: int = 0, maximum: int = MAX_WIDTH) -> int:
-    """An optional integer field (absent or null: ``default``), checked like :func:`_int`."""
-    raw = cfg.get(key)
-    return default if raw is None else checks.integer(raw, f"config.json: field {key}", low=minimum, high=maximum)
-
-
-def _int_list(cfg: dict[str, Any], key: str, length: int | None = None, maximum: int = MAX_WIDTH) -> list[int]:
-    """An optional list of integers (absent or null: empty), each checked, of ``length`` items when given."""
-    raw = cfg.get(key)
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        raise CapsimError(f"config.json: field {key} is {raw!r}, expected a list of integers")
-    if length is not None and len(raw) != length:
-        raise CapsimError(f"config.json: field {key} has {len(raw)} entries, expected one per layer ({length})")
-    return [checks.integer(v, f"config.json: field {key}[{i}]", low=0, high=maximum) for i, v in enumerate(raw)]
-
-
-# Fields of architectures capsim does not model: hybrid linear-attention / state-space layers (Qwen3-Next,
-# MiniMax, Jamba, Nemotron-H, Zamba). Pricing such a model as full attention would be wrong without a word.
-UNMODELLED_FIELDS = ("full_attention_interval", "linear_conv_kernel_dim", "linear_key_head_dim",
-                     "linear_num_key_heads", "linear_num_value_heads", "linear_value_head_dim", "attn_type_list",
-                     "layers_block_type", "hybrid_override_pattern", "attn_layer_period", "mamba_d_state",
-                     "ssm_state_size", "mamba_expand")
-ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention")
-
-
-def _refuse_unmodelled(cfg: dict[str, Any]) -> None:
-    found = [k for k in UNMODELLED_FIELDS if cfg.get(k) is not None]
-    if found:
-        raise CapsimError(f"config.json: field(s) {', '.join(found)} describe linear-attention or state-space "
-                          "layers, which capsim does not model (it models softmax attention only)")
-
-
-def _flatten(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Nested sub-configs (Llama-4 text_config, DBRX ffn_config / attn_config) lifted to the top.
-
-    text_config's keys win (Llama-4: model_type llama4_text, and the text model's shapes). DBRX's sub-configs
-    only fill keys the top level lacks: transformers dumps of them carry PretrainedConfig defaults such as
-    ``"model_type": ""`` and ``"tie_word_embeddings": true`` that must not override the model's own keys.
-    """
-    out = dict(cfg)
-    if isinstance(cfg.get("text_config"), dict):
-        out = {**out, **cfg["text_config"]}
-    for sub in ("ffn_config", "attn_config"):
-        if isinstance(cfg.get(sub), dict):
-            out = {**cfg[sub], **out}
-    return out
-
-
-LLAMA4_NOPE_INTERVAL = 4  # Llama4TextConfig.no_rope_layer_interval: every 4th layer is NoPE, full attention
-
-
-def _attention_windows(cfg: dict[str, Any], model_type: str, layers: int) -> tuple[int, ...]:
-    """Per-layer attention span from layer_types / sliding_window / attention_chunk_size (0 = full)."""
-    window = 0 if cfg.get("use_sliding_window") is False else _opt(cfg, "sliding_window", 0)
-    chunk = _opt(cfg, "attention_chunk_size", 0)
-    types = cfg.get("layer_types")
-    if types is not None:
-        if not isinstance(types, list) or len(types) != layers:
-            got = f"{len(types)} entries" if isinstance(types, list) else repr(types)
-            raise CapsimError(f"config.json: field layer_types is {got}, expected a list of one entry per layer "
-                              f"({layers})")
-        unknown = sorted({str(t) for t in types} - set(ATTENTION_LAYER_TYPES))
-        if unknown:
-            raise CapsimError(f"config.json: field layer_types: {', '.join(unknown)} layers are not modelled "
-                              f"(capsim models {', '.join(ATTENTION_LAYER_TYPES)})")
-    if not types and chunk and model_type.startswith("llama4"):
-        nope = _int_list(cfg, "no_rope_layers", layers, maximum=1) or [
-            int((i + 1) % LLAMA4_NOPE_INTERVAL != 0) for i in range(layers)]
-        types = ["chunked_attention" if rope else "full_attention" for rope in nope]
-    if types:
-        spans = {"sliding_attention": window, "chunked_attention": chunk}
-        out = tuple(spans.get(t, 0) for t in types)
-        return out if any(out) else ()
-    return (window,) * layers if window else ()
-
-
-def _moe_layer_mask(cfg: dict[str, Any], layers: int, num_experts: int) -> tuple[bool, ...]:
-    if not num_experts:
-        return (False,) * layers
-    first_dense = _opt(cfg, "first_k_dense_replace", 0, maximum=MAX_LAYERS)  # DeepSeek-V2/V3
-    flags = None  # moe_layer_freq given as one 0/1 flag per layer
-    if isinstance(cfg.get("moe_layer_freq"), list):
-        flags, freq = _int_list(cfg, "moe_layer_freq", layers, maximum=1), 1
-    else:
-        freq = _opt(cfg, "moe_layer_freq", 1, minimum=1, maximum=MAX_LAYERS)
-    step = _opt(cfg, "decoder_sparse_step", 1, minimum=1, maximum=MAX_LAYERS)  # Qwen2-MoE / Qwen3-MoE
-    mlp_only = set(_int_list(cfg, "mlp_only_layers", maximum=MAX_LAYERS))
-    interleave = _opt(cfg, "interleave_moe_layer_step", 1, minimum=1, maximum=MAX_LAYERS)  # Llama-4: every n-th
-    mask = []
-    for i in range(layers):  # layers <= MAX_LAYERS (checked where read)
-        moe = i >= first_dense and i % freq == 0 and (i + 1) % step == 0 and i not in mlp_only
-        moe = moe and (i + 1) % interleave == 0 and (flags is None or flags[i] == 1)
-        mask.append(moe)
-    return tuple(mask)
-
-
-def _top_k(cfg: dict[str, Any], num_experts: int) -> int:
-    if not num_experts:
-        return 0
-    k = _int(cfg, "top_k")
-    if k > num_experts:
-        raise CapsimError(f"config.json: top-k {k} exceeds the {num_experts} routed experts")
-    return k
-
-
 def spec_from_config(cfg: dict[str, Any], model_id: str = "custom") -> ModelSpec:
     """A ModelSpec from a config.json dict; CapsimError naming the missing field otherwise."""
     cfg = _flatten(cfg)
-    _refuse_unmodelled(cfg)
     model_type = ALIASED_MODEL_TYPES.get(str(cfg.get("model_type", "")), str(cfg.get("model_type", "")))
+    _refuse_unmodelled(cfg, model_type)
     hidden = _int(cfg, "hidden")
     layers = _int(cfg, "layers", maximum=MAX_LAYERS)
     heads = _int(cfg, "heads")
@@ -314,28 +231,49 @@ def spec_from_config(cfg: dict[str, Any], model_id: str = "custom") -> ModelSpec
         bias = bool(cfg.get("attention_bias", False))
         attn = Attention(
             "gqa", heads, kv_heads, head_dim, head_dim,
-            qkv_bias=bias or model_type in QKV_BIAS_MODEL_TYPES, o_bias=bias,
+            qkv_bias=bias or model_type in QKV_BIAS_MODEL_TYPES, o_bias=bias and model_type not in O_BIAS_FREE_MODEL_TYPES,
             sinks=model_type in ATTENTION_SINK_MODEL_TYPES,
-            qk_norm=model_type in QK_NORM_MODEL_TYPES | FULL_WIDTH_QK_NORM_MODEL_TYPES,
+            # use_qk_norm: Glm4MoeAttention's per-head q_norm / k_norm (weighted) when the config turns them on
+            # (Llama-4's use_qk_norm is a weightless L2 norm: not a parameter)
+            qk_norm=model_type in QK_NORM_MODEL_TYPES | FULL_WIDTH_QK_NORM_MODEL_TYPES
+            or (model_type == "glm4_moe" and cfg.get("use_qk_norm") is True),
             qk_norm_full_width=model_type in FULL_WIDTH_QK_NORM_MODEL_TYPES,
+            output_gate=model_type in OUTPUT_GATE_MODEL_TYPES,
         )
     inter = _int(cfg, "intermediate_size", 0, required=not num_experts, minimum=0 if num_experts else 1)
     expert_inter = _int(cfg, "expert_intermediate", inter, required=False, minimum=1 if num_experts else 0)
     shared = _opt(cfg, "shared_expert_intermediate_size", 0)
-    if cfg.get("n_shared_experts"):
-        shared = _opt(cfg, "n_shared_experts", 0, maximum=MAX_EXPERTS) * expert_inter
+    for key in ("n_shared_experts", "moe_num_shared_experts"):  # DeepSeek / GLM; ERNIE-4.5: one FFN that wide
+        if cfg.get(key):
+            shared = _opt(cfg, key, 0, maximum=MAX_EXPERTS) * expert_inter
     if model_type.startswith("llama4"):  # one shared expert of the expert width in every MoE layer
         shared = expert_inter
     dense_inter = _opt(cfg, "intermediate_size_mlp", 0) or inter
+    windows = _attention_windows(cfg, model_type, layers)
+    linear = None
+    if LINEAR in windows:
+        linear = LinearAttention(*(_int(cfg, k) for k in LINEAR_FIELDS))
+    indexer = None
+    if model_type in INDEXER_MODEL_TYPES:
+        if attn.kind != "mla" or not attn.q_lora_rank:
+            raise CapsimError("config.json: field q_lora_rank: the DeepSeek-V3.2 indexer reads the query latent, so "
+                              "kv_lora_rank and q_lora_rank must be set")
+        n, d, k = (_opt(cfg, key, INDEXER_DEFAULTS[key], minimum=1) for key in INDEXER_DEFAULTS)
+        indexer = Indexer(n, d, k, attn.q_lora_rank)
+    n_group = _opt(cfg, "n_group", 1, minimum=1, maximum=MAX_EXPERTS) if num_experts else 1
+    topk_group = _opt(cfg, "topk_group", 1, minimum=1, maximum=MAX_EXPERTS) if num_experts else 1
+    if n_group > 1 and (num_experts % n_group or topk_group > n_group):
+        raise CapsimError(f"config.json: fields n_group {n_group} / topk_group {topk_group} do not split the "
+                          f"{num_experts} routed experts into groups")
     return ModelSpec(
         id=model_id,
         model_type=model_type,
         hidden=hidden,
         layers=layers,
         vocab=_int(cfg, "vocab_size"),
-        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", model_type in TIED_BY_DEFAULT_MODEL_TYPES)),
         attention=attn,
-        moe_layers=_moe_layer_mask(cfg, layers, num_experts),
+        moe_layers=_moe_layer_mask(cfg, layers, num_experts, model_type),
         num_experts=num_experts,
         top_k=_top_k(cfg, num_experts),
         expert_intermediate=expert_inter,
@@ -343,5 +281,23 @@ def spec_from_config(cfg: dict[str, Any], model_id: str = "custom") -> ModelSpec
         dense_intermediate=dense_inter,
         expert_bias=model_type in EXPERT_BIAS_MODEL_TYPES,
         shared_expert_gate=model_type in SHARED_EXPERT_GATE_MODEL_TYPES and bool(shared),
-        attention_windows=_attention_windows(cfg, model_type, layers),
+        attention_windows=windows,
+        linear_attention=linear,
+        router_bias_param=model_type in ROUTER_BIAS_PARAM_MODEL_TYPES and bool(num_experts),
+        indexer=indexer,
+        n_group=n_group,
+        topk_group=topk_group,
+        mtp_layers=_mtp_layers(cfg),
     )
+
+
+def _mtp_layers(cfg: dict[str, Any]) -> int:
+    """Multi-token-prediction modules: num_nextn_predict_layers (DeepSeek-V3, GLM-4.5), num_mtp_layers (ERNIE-4.5),
+    or MiniMax-M2's use_mtp with num_mtp_modules x mtp_transformer_layers."""
+    for key in MTP_FIELDS:
+        if cfg.get(key) is not None:
+            return _opt(cfg, key, 0, maximum=MAX_LAYERS)
+    if cfg.get("use_mtp"):
+        return (_opt(cfg, "num_mtp_modules", 1, minimum=1, maximum=MAX_LAYERS)
+                * _opt(cfg, "mtp_transformer_layers", 1, minimum=1, maximum=MAX_LAYERS))
+    return 0

@@ -65,7 +65,7 @@ def config_of(sc, max_num_seqs: int | None, max_batched_tokens: int | None) -> s
     cap = kv_capacity_tokens(sc, step)
     return scheduler.SchedulerConfig(seqs * dp if seqs < (1 << 30) else seqs, float(tokens) * dp, block,
                                      scheduler.kv_blocks(cap, block) * dp, sc.shape.windows, sc.shape.layers,
-                                     bool(prof.scheduler and prof.scheduler.prefix_caching))
+                                     bool(prof.scheduler and prof.scheduler.prefix_caching), sc.shape.cache_windows)
 
 
 def check(sc) -> None:

@@ -49,6 +49,7 @@ class SchedulerConfig:
     windows: tuple[tuple[int, int], ...]  # the model's attention windows (capsim.sim.span)
     layers: int
     prefix_caching: bool = False  # a preempted request's blocks stay cached until evicted (vLLM V1's default)
+    cache_windows: tuple[tuple[int, int], ...] = ()  # sparse attention: the dense spans its indexer scores
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,9 @@ def run(w: Workload, cfg: SchedulerConfig, cost, max_steps: int = 50_000_000) ->
         pairs = float(np.sum(chunk_pairs_per_layer(cfg.windows, cfg.layers, ctx, s_take)))
         kv = float(np.sum(np.where(is_decode, chunk_pairs_per_layer(cfg.windows, cfg.layers, ctx, 1),
                                    cached_tokens_per_layer(cfg.windows, cfg.layers, ctx))))
-        dt = cost(tokens, float(len(s_ids)), pairs, kv, bool(is_decode.all()))
+        dense = (float(np.sum(chunk_pairs_per_layer(cfg.cache_windows, cfg.layers, ctx, s_take)))
+                 if cfg.cache_windows and cfg.cache_windows != cfg.windows else None)
+        dt = cost(tokens, float(len(s_ids)), pairs, kv, bool(is_decode.all()), dense)
         now += dt
         step_s.append(dt)
         step_seqs.append(len(s_ids))

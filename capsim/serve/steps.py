@@ -76,14 +76,15 @@ class StepCost:
         lt = math.log(max(tokens, 1.0))
         return {k: float(np.interp(lt, x, v)) for k, v in arrays.items()}
 
-    def __call__(self, tokens: float, seqs: float, pairs: float, kv_read: float, decode: bool) -> float:
+    def __call__(self, tokens: float, seqs: float, pairs: float, kv_read: float, decode: bool,
+                 dense_pairs: float | None = None) -> float:
         q = (lambda x: float(x)) if self.exact else _q
-        key = (q(tokens), q(seqs), q(pairs), q(kv_read), bool(decode))
+        key = (q(tokens), q(seqs), q(pairs), q(kv_read), bool(decode), None if dense_pairs is None else q(dense_pairs))
         hit = self.cache.get(key)
         if hit is not None:
             return hit
-        t, s, p, k, d = key
-        _, timing = simulate_step(self.sc, Work(t, s, p, k, d), self._routing(t))
+        t, s, p, k, d, dp = key
+        _, timing = simulate_step(self.sc, Work(t, s, p, k, d, dp), self._routing(t))
         seconds = float(np.asarray(timing.step_s).ravel()[0])
         self.cache[key] = seconds
         self.evaluations += 1

@@ -53,7 +53,14 @@ def kv_bytes_per_token(s: Shape, kv_bytes_per_element, tp=1) -> np.ndarray:
     """KV-cache bytes one token of one sequence takes on one device (all layers)."""
     tp = f(tp)
     frac = 1.0 if s.mla else ceil(s.num_kv_heads / tp) / s.num_kv_heads
-    return s.kv_elements_per_token_layer * s.layers * frac * f(kv_bytes_per_element)
+    # + sparse attention's indexer keys (one head_dim key per token and layer, replicated like the MLA latent)
+    return (s.kv_elements_per_token_layer * frac + s.indexer_dim) * s.layers * f(kv_bytes_per_element)
+
+
+def linear_state_bytes(s: Shape, kv_bytes_per_element, tp=1) -> np.ndarray:
+    """Bytes one sequence's linear-attention state takes on one device (hybrid models; 0 otherwise), in the KV
+    cache's element type (an assumption: vLLM's mamba cache dtype defaults to the model's), heads split by TP."""
+    return f(s.linear_layers * s.linear_state_elements) * f(kv_bytes_per_element) / f(tp)
 
 
 def memory_use(s: Shape, *, batch, input_len, output_len, kv_bytes_per_element, capacity_bytes,
@@ -64,7 +71,9 @@ def memory_use(s: Shape, *, batch, input_len, output_len, kv_bytes_per_element, 
     dp = n / tp
     b_g = ceil(f(batch) / dp - 1e-9)  # the fullest data-parallel group
     ctx = f(input_len) + f(output_len)
-    kv = b_g * cached_tokens_per_layer(s.windows, s.layers, ctx) * kv_bytes_per_token(s, kv_bytes_per_element, tp)
+    kv = (b_g * cached_tokens_per_layer(s.cache_windows or s.windows, s.layers, ctx)
+          * kv_bytes_per_token(s, kv_bytes_per_element, tp))
+    kv = kv + b_g * linear_state_bytes(s, kv_bytes_per_element, tp)  # hybrid models: each sequence's fixed state
     t_g = b_g * f(input_len)
     if max_batched_tokens > 0:
         t_g = np.minimum(t_g, max_batched_tokens)

@@ -135,17 +135,22 @@ def simulate(sc: Scenario, batch, input_len, output_len, routing: Routing | None
     m = pipeline.microbatches(b, pp)
     mb = ceil(b / m)  # sequences per micro-batch
     chunks = prefill_chunks(mb * i, sc.profile.max_batched_tokens)
+    full = s.cache_windows or s.windows  # what a dense attention would see (sparse attention's indexer scores it)
     pre = _costs(sc, Work(mb * i / chunks, mb, mb * prefill_pairs_per_layer(s.windows, s.layers, i) / chunks, 0.0,
-                          False), routing.prefill if routing else None)
+                          False, mb * prefill_pairs_per_layer(full, s.layers, i) / chunks),
+                 routing.prefill if routing else None)
     keys = decode_keys_per_layer(s.windows, s.layers, i, o)
+    dense_keys = decode_keys_per_layer(full, s.layers, i, o)
     k, accept = sc.query.spec_tokens, sc.query.spec_acceptance
     q = 1 + k  # query tokens per sequence in a decode (verify) step
-    dec = _costs(sc, Work(mb * q, mb, mb * q * keys, mb * keys, True), routing.decode if routing else None)
+    dec = _costs(sc, Work(mb * q, mb, mb * q * keys, mb * keys, True, mb * q * dense_keys),
+                 routing.decode if routing else None)
     t_pre, off_pre = _phase(sc, pre, step_time(pre, sc), pipeline.prefill_factor(m, pp) * chunks, h_pre)
     t_dec, off_dec = _phase(sc, dec, step_time(dec, sc), pipeline.decode_factor(m, pp), h_dec)
     tpot, kept = t_dec.step_s, 1.0
     if k:
-        plain = _costs(sc, Work(mb, mb, mb * keys, mb * keys, True), routing.decode if routing else None)
+        plain = _costs(sc, Work(mb, mb, mb * keys, mb * keys, True, mb * dense_keys),
+                       routing.decode if routing else None)
         draft = k * step_time(plain, sc).step_s / s.layers
         kept = float(k + 1) if accept >= 1.0 else (1.0 - accept ** (k + 1)) / (1.0 - accept)
         tpot = (t_dec.step_s + draft) / kept

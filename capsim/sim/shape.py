@@ -57,7 +57,7 @@ class Shape:
     lm_head_weight_bytes: float
     other_weight_bytes: float  # router, norms (and the embedding table unless embedding_weight_bytes)
     tie_embeddings: bool
-    windows: tuple[tuple[int, int], ...]  # (attention window or 0 for full, number of layers)
+    windows: tuple[tuple[int, int], ...]  # (attention window, 0 for full, -1 linear; number of layers)
     act_bytes: float = 2.0  # bytes per activation element
     embedding_weight_bytes: float = 0.0  # the token-embedding table (0: other_weight_bytes)
     # Per operator, the weight matrices one layer multiplies (:mod:`capsim.model.gemms`)
@@ -67,6 +67,19 @@ class Shape:
     # Per operator, the share of its FLOPs on weights a block format could not hold (GGUF fallback to 16 bit):
     # they multiply on the 16-bit path (capsim.precision.Precision.bits_for_row)
     sixteen_bit_share: tuple[tuple[str, float], ...] = ()
+    # Hybrid models: layers of Gated DeltaNet linear attention (their projections are in attn_params, the
+    # average over all layers), the state elements one sequence keeps per such layer and the recurrence's FLOPs
+    # per token per such layer (capsim.model.mixers.LinearAttention)
+    linear_layers: int = 0
+    # DeepSeek-V3.2 sparse attention: keys the attention keeps per query (0: dense), the indexer's heads and key
+    # width (it scores every cached key and caches one key of indexer_dim per token and layer); ``windows`` then
+    # count the kept keys (a window of topk: the same count) and ``cache_windows`` what the cache holds
+    sparse_topk: int = 0
+    indexer_heads: int = 0
+    indexer_dim: int = 0
+    cache_windows: tuple[tuple[int, int], ...] = ()
+    linear_state_elements: int = 0
+    linear_flops_per_token: float = 0.0
 
     def sixteen_share_of(self, op: str) -> float:
         return dict(self.sixteen_bit_share).get(op, 0.0)
@@ -132,7 +145,7 @@ def shape_of(spec: ModelSpec, prec: Precision) -> Shape:
         v_dim_decode=v_dec,
         mla_latent=(a.kv_lora_rank or 0) if a.kind == "mla" else 0,
         mla_up_width=a.num_heads * (a.head_dim - (a.qk_rope_head_dim or 0) + a.v_head_dim) if a.kind == "mla" else 0,
-        attn_params=a.params(spec.hidden),
+        attn_params=spec.params_breakdown()["attention"] / spec.layers,
         attn_io_width=io,
         num_experts=spec.num_experts,
         top_k=spec.top_k,
@@ -152,7 +165,8 @@ def shape_of(spec: ModelSpec, prec: Precision) -> Shape:
         lm_head_weight_bytes=prec.lm_head_bits / 8.0,
         other_weight_bytes=sixteen,
         tie_embeddings=spec.tie_embeddings,
-        windows=_window_groups(spec),
+        windows=((spec.indexer.topk, spec.layers),) if spec.indexer else _window_groups(spec),
+        cache_windows=_window_groups(spec),
         act_bytes=prec.activation_bytes,
         embedding_weight_bytes=prec.embedding_bits / 8.0,
         gemms=tuple(gemms.items()),
@@ -160,6 +174,12 @@ def shape_of(spec: ModelSpec, prec: Precision) -> Shape:
                                                               ("dense_ffn", ffn_16), ("shared_experts", ffn_16))
                                 if share > 0),
         eager=tuple(eager_tensors(spec).items()),
+        linear_layers=spec.num_linear_layers,
+        sparse_topk=spec.indexer.topk if spec.indexer else 0,
+        indexer_heads=spec.indexer.num_heads if spec.indexer else 0,
+        indexer_dim=spec.indexer.head_dim if spec.indexer else 0,
+        linear_state_elements=spec.linear_attention.state_elements() if spec.linear_attention else 0,
+        linear_flops_per_token=spec.linear_attention.flops_per_token() if spec.linear_attention else 0.0,
     )
 
 

@@ -1,7 +1,8 @@
 """How many cached positions attention reads, averaged over layers, when some layers use windows.
 
 A layer with window w (0 = full attention) lets the token at position p (1-based)
-attend to min(p, w) positions. Sums over positions have closed forms, so the
+attend to min(p, w) positions; a linear-attention layer (w < 0, :data:`capsim.model.spec.LINEAR`) keeps no
+K/V and attends to none (its fixed per-sequence state is priced apart). Sums over positions have closed forms, so the
 averages over a prompt or over the decode steps of a request are exact.
 """
 
@@ -15,6 +16,8 @@ from capsim.sim.num import clip, f, maximum, minimum, where
 def _sum_min(lo, hi, w):
     """Sum over integer p in [lo, hi] of min(p, w), with w = 0 meaning no window (w = inf)."""
     lo, hi = f(lo), f(hi)
+    if w < 0:  # linear attention: no (query, key) pairs
+        return 0.0 * lo * hi
     w = math.inf if w == 0 else float(w)
     below_hi = clip(hi, lo - 1, w)  # positions lo..below_hi count p
     n_below = maximum(below_hi - lo + 1, 0.0)
@@ -43,7 +46,7 @@ def decode_keys_per_layer(windows: tuple[tuple[int, int], ...], layers: int, inp
 def cached_tokens_per_layer(windows: tuple[tuple[int, int], ...], layers: int, context):
     """KV entries one sequence keeps, averaged over layers (windowed layers keep their window)."""
     c = f(context)
-    return sum(n * (c if w == 0 else minimum(c, float(w))) for w, n in windows) / layers
+    return sum(n * (c if w == 0 else minimum(c, float(max(w, 0)))) for w, n in windows) / layers
 
 
 def chunk_pairs_per_layer(windows: tuple[tuple[int, int], ...], layers: int, context, tokens):

@@ -40,6 +40,9 @@ class Work:
     pairs: np.ndarray | float
     kv_read_tokens: np.ndarray | float
     decode: bool
+    # sparse attention (DeepSeek-V3.2): the (query, key) pairs of full causal attention, which its indexer scores
+    # while ``pairs`` counts the keys the attention keeps (None: the same as ``pairs``)
+    dense_pairs: np.ndarray | float | None = None
 
 
 @dataclass(slots=True)
@@ -62,6 +65,7 @@ class Local:
     v: float
     kv_frac: np.ndarray | float  # share of the KV heads one device caches
     kv_bytes_per_element: np.ndarray
+    dense_pairs_g: np.ndarray | float = 0.0  # its pairs of full causal attention (sparse attention's indexer)
     load: np.ndarray | float = 1.0  # the slowest EP rank's expert-token assignments over the mean rank's
     assignments: np.ndarray | float = 0.0  # token-expert pairs the device runs per MoE layer
 
@@ -79,7 +83,8 @@ def local_work(s: Shape, work: Work, *, kv_bytes_per_element, tp, ep, n, mla_abs
              else (s.qk_dim_prefill, s.v_dim_prefill))
     kv_frac = 1.0 if s.mla else ceil(s.num_kv_heads / tp) / s.num_kv_heads  # MLA latent: replicated over TP
     return Local(tp, ep, n, ep > 1, b_g, t_g, pairs_g, kv_g, f(work.tokens), zeros_like(t_g, tp, ep),
-                 work.decode, expand, qk, v, kv_frac, f(kv_bytes_per_element))
+                 work.decode, expand, qk, v, kv_frac, f(kv_bytes_per_element),
+                 pairs_g if work.dense_pairs is None else f(work.dense_pairs) * share)
 
 
 def on_device(gemms: tuple[Gemm, ...], split) -> tuple[tuple[np.ndarray | float, np.ndarray | float, float], ...]:
