@@ -276,8 +276,9 @@ def _resolve(q: Query, db, profile: engines.EngineProfile | None) -> Scenario:
     if q.socket_layout == "span":
         target = numa.span(target)
     prec = precision.get(q.precision or info["native_precision"])
-    bits = None if q.precision else info.get("native_bits_per_weight")
-    if bits and bits != prec.bits_per_weight:  # the checkpoint's own groups and scales (capsim.model.quant)
+    # the checkpoint's own format (asked for, or by name): its real groups and scales (capsim.model.quant)
+    bits = info.get("native_bits_per_weight") if prec.name == info["native_precision"] else None
+    if bits and bits != prec.bits_per_weight:
         prec = replace(prec, bits_per_weight=bits, source=f"{prec.source}; {bits:.4g} bits: the checkpoint's "
                        "quantization_config")
     kv_name = (q.kv_precision or ("fp32" if prec.name == "fp32" else "bf16")).lower()

@@ -93,6 +93,35 @@ def main() -> None:
     tmp.write_text(text)
     tmp.replace(MODELS_JSON)
     print(f"wrote {MODELS_JSON.relative_to(ROOT)}: {len(data['models'])} models")
+    if with_meta:
+        write_config_fields()
+
+
+def write_config_fields() -> None:
+    """capsim/catalogue/config_fields.json: per model type of the catalogue, the fields its transformers config
+    class dumps (and the catalogue's configs carry), and the generic PretrainedConfig fields
+    (capsim.model.known_fields)."""
+    from transformers import AutoConfig, PretrainedConfig
+
+    from capsim.model.config_read import _flatten
+    from capsim.model.known_fields import FIELDS_JSON
+    from capsim.model.spec import ALIASED_MODEL_TYPES
+
+    by_type: dict[str, set[str]] = {}
+    for file in sorted((CATALOGUE / "configs").glob("*.json")):
+        flat = _flatten(json.loads(file.read_text()))
+        mt = str(flat.get("model_type", ""))
+        keys = by_type.setdefault(ALIASED_MODEL_TYPES.get(mt, mt), set())
+        keys |= set(flat)
+        try:
+            keys |= set(AutoConfig.for_model(mt).to_dict())
+        except ValueError:  # a remote-code type (kimi_k2): its configs' own keys only
+            pass
+    data = {"generated_by": "scripts/build_catalogue.py", "transformers": __import__("transformers").__version__,
+            "generic": sorted(PretrainedConfig().to_dict()),
+            "by_model_type": {k: sorted(v) for k, v in sorted(by_type.items())}}
+    FIELDS_JSON.write_text(json.dumps(data, indent=1) + "\n")
+    print(f"wrote {FIELDS_JSON.relative_to(ROOT)}: {len(by_type)} model types")
 
 
 if __name__ == "__main__":

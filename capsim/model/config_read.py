@@ -210,3 +210,18 @@ def _top_k(cfg: dict[str, Any], num_experts: int) -> int:
     return k
 
 
+# Every field the reader above consults, for any model type: these are known wherever they appear
+# (capsim.model.known_fields); the per-type lists come from the transformers config classes.
+READ_FIELDS = tuple(sorted({
+    *(k for keys in _SYNONYMS.values() for k in keys), *UNMODELLED_FIELDS, *LINEAR_FIELDS, *INDEXER_FIELDS,
+    "attention_bias", "attention_chunk_size", "decoder_sparse_step", "first_k_dense_replace",
+    "full_attention_interval", "head_dim", "intermediate_size", "intermediate_size_mlp", "interleave_moe_layer_step",
+    "kv_lora_rank", "kv_n_heads", "layer_types", "mlp_layer_types", "mlp_only_layers", "moe_layer_end_index",
+    "moe_layer_freq", "moe_layer_interval", "moe_layer_start_index", "mtp_transformer_layers", "n_group",
+    "n_shared_experts", "no_rope_layers", "num_key_value_heads", "num_mtp_modules", "q_lora_rank",
+    "qk_nope_head_dim", "qk_norm_type", "qk_rope_head_dim", "shared_expert_intermediate_size",
+    "shared_intermediate_size", "sliding_window", "tie_word_embeddings", "topk_group", "use_bias", "use_mtp",
+    "use_qk_norm", "use_sliding_window", "v_head_dim", "vocab_size", "moe_num_shared_experts",
+    "num_nextn_predict_layers", "num_mtp_layers", "torch_dtype", "dtype", "quantization_config",
+}))
+

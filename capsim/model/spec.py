@@ -15,10 +15,12 @@ from typing import Any
 
 from capsim.checks import MAX_EXPERTS, MAX_LAYERS
 from capsim.errors import CapsimError
+from capsim.model import known_fields
 from capsim.model.config_read import (
     _SYNONYMS,
     INDEXER_MODEL_TYPES,
     LINEAR_FIELDS,
+    READ_FIELDS,
     _attention_windows,
     _flatten,
     _int,
@@ -265,6 +267,7 @@ def spec_from_config(cfg: dict[str, Any], model_id: str = "custom") -> ModelSpec
     if n_group > 1 and (num_experts % n_group or topk_group > n_group):
         raise CapsimError(f"config.json: fields n_group {n_group} / topk_group {topk_group} do not split the "
                           f"{num_experts} routed experts into groups")
+    known_fields.check(cfg, model_type, READ_FIELDS)  # last: the specific refusals above name what they refuse
     return ModelSpec(
         id=model_id,
         model_type=model_type,

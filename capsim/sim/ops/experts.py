@@ -41,6 +41,9 @@ def expert_ops(s: Shape, w: Local, activated=None, rank_activated=None, rank_loa
     else:
         on_rank = f(rank_activated)
     load = where(is_ep, f(rank_load), 1.0)
+    # tokens whose experts this device runs: its TP group's (ep == 1), or under expert parallelism its share of
+    # every group's tokens (the busiest rank's excess is ``load``), not the busiest attention group's
+    t_g = where(is_ep, w.all_tokens * tp / w.n, t_g)
     routed_w = where(is_ep, on_rank * expert_bytes, activated * expert_bytes / tp)
     all_w = where(is_ep, e / w.ep * expert_bytes, e * expert_bytes / tp)
     on_device = where(is_ep, on_rank, activated)
