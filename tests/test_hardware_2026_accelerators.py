@@ -5,6 +5,7 @@ hardware_db/sources/nvidia-datacenter.yaml for the full source notes.
 """
 
 import pytest
+from hw_spot import BF16, BW, CAP, check_spot
 
 from capsim.hardware import db as hwdb
 
@@ -23,9 +24,6 @@ GAUDI3 = "intel-gaudi3-hotchips2024"
 # NVIDIA L40 spec table, https://www.nvidia.com/en-us/data-center/l40/ (copy: https://www.mullet.se/product.html?product_id=355414)
 L40 = "nv-l40-datasheet"
 
-CAP = "memory.capacity_bytes"
-BW = "memory.bandwidth_bytes_per_s"
-BF16 = "peak_flop_per_s.bf16"
 
 
 @pytest.fixture(scope="module")
@@ -79,12 +77,7 @@ def db():
     ],
 )
 def test_spot_values(db, item_id, field, expected, source):
-    item = db.get(item_id, "accelerator")
-    obj = item
-    for part in field.split("."):
-        obj = obj[part] if isinstance(obj, dict) else getattr(obj, part)
-    assert obj.value == pytest.approx(expected, rel=1e-9)
-    assert obj.source == source
+    check_spot(db, item_id, field, expected, source)
 
 
 def test_blackwell_ultra_bins_differ(db):

@@ -13,6 +13,7 @@ import math
 
 import pytest
 from click.testing import CliRunner
+from hw_spot import BF16, BW, CAP, FP16, check_spot, problems_in
 
 from capsim.cli.main import cli
 from capsim.hardware import db as hwdb
@@ -41,10 +42,6 @@ CN_A800 = "cn-a800-spec-table"
 # https://github.com/atineoSE/coding-model-seeks-gpu/blob/ff052946489e8bb55dce164802bdb7c01251fde6/pipeline/pipeline/sources/rtx6000ada_specs.md
 RTX6000ADA = "nv-rtx6000ada-datasheet"
 
-CAP = "memory.capacity_bytes"
-BW = "memory.bandwidth_bytes_per_s"
-BF16 = "peak_flop_per_s.bf16"
-FP16 = "peak_flop_per_s.fp16"
 
 NEW_ACCELERATORS = ("mi250x", "a10", "a30", "t4", "h20", "h800-sxm5-80gb", "a800-sxm4-80gb", "rtx-6000-ada")
 NEW_LINKS = ("nvlink-4-h800", "nvlink-3-a800")
@@ -53,15 +50,8 @@ NEW_FILES = (*NEW_ACCELERATORS, *NEW_LINKS, "gb300-nvl72", "hgx-h20", "hgx-h800"
              "gcp-a3-highgpu-8g", "accelerators-2026", "cpus-systems-2026")
 
 
-def _value(item, field: str):
-    obj = item
-    for part in field.split("."):
-        obj = obj[part] if isinstance(obj, dict) else getattr(obj, part)
-    return obj
-
-
 def test_new_files_load_without_problems():
-    assert not [str(p) for p in PROBLEMS if any(f in str(p) for f in NEW_FILES)]
+    assert not problems_in(PROBLEMS, NEW_FILES)
 
 
 @pytest.mark.parametrize(
@@ -107,9 +97,7 @@ def test_new_files_load_without_problems():
     ],
 )
 def test_spot_values(item_id, field, expected, source):
-    q = _value(DB.get(item_id, "accelerator"), field)
-    assert q.value == pytest.approx(expected, rel=1e-9)
-    assert q.source == source
+    check_spot(DB, item_id, field, expected, source)
 
 
 def test_sparse_figures_are_halved():

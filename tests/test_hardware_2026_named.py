@@ -13,6 +13,7 @@ import math
 
 import pytest
 from click.testing import CliRunner
+from hw_spot import BF16, BW, CAP, FP16, check_spot, problems_in
 
 from capsim.cli.main import cli
 from capsim.hardware import db as hwdb
@@ -32,10 +33,6 @@ GAUDI_NET = "intel-gaudi-network-config"
 # dated EC2 instance table (Price List API, us-east-1, checked 2026-07-27), GitHub file index id 57802202665
 EC2_2026_07 = "spawn-ec2-instance-types-2026-07-27"
 
-CAP = "memory.capacity_bytes"
-BW = "memory.bandwidth_bytes_per_s"
-BF16 = "peak_flop_per_s.bf16"
-FP16 = "peak_flop_per_s.fp16"
 
 NEW_ACCELERATORS = ("a10g", "rtx-pro-6000-server")
 NEW_LINKS = ("gaudi3-roce-scaleup", "nvlink-4-bridge-h100-nvl")
@@ -44,15 +41,8 @@ NEW_SYSTEMS = ("aws-g5-xlarge", "aws-g5-48xlarge", "aws-g7e-48xlarge", "aws-p5e-
 NEW_FILES = (*NEW_ACCELERATORS, *NEW_LINKS, *NEW_SYSTEMS, "gaudi-3", "named-2026")
 
 
-def _value(item, field: str):
-    obj = item
-    for part in field.split("."):
-        obj = obj[part] if isinstance(obj, dict) else getattr(obj, part)
-    return obj
-
-
 def test_new_files_load_without_problems():
-    assert not [str(p) for p in PROBLEMS if any(f in str(p) for f in NEW_FILES)]
+    assert not problems_in(PROBLEMS, NEW_FILES)
 
 
 @pytest.mark.parametrize(
@@ -77,9 +67,7 @@ def test_new_files_load_without_problems():
     ],
 )
 def test_spot_values(item_id, field, expected, source):
-    q = _value(DB.get(item_id, "accelerator"), field)
-    assert q.value == pytest.approx(expected, rel=1e-9)
-    assert q.source == source
+    check_spot(DB, item_id, field, expected, source)
 
 
 def test_a10g_is_not_the_a10():

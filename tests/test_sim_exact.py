@@ -168,6 +168,11 @@ def test_catalogue_is_generated_and_complete():
                   "mistralai/Mixtral-8x7B-Instruct-v0.1", "deepseek-ai/DeepSeek-V2-Lite-Chat",
                   "deepseek-ai/DeepSeek-V2-Chat", "meta-llama/Llama-4-Scout-17B-16E-Instruct",
                   "meta-llama/Llama-4-Maverick-17B-128E-Instruct"}
+    # issue 24, third batch: more Instruct / Chat / Thinking ids sharing a base config (config_of)
+    issue_ids |= {"Qwen/Qwen3-30B-A3B-Instruct-2507", "Qwen/Qwen3-30B-A3B-Thinking-2507",
+                  "Qwen/Qwen3-235B-A22B-Instruct-2507", "Qwen/Qwen3-235B-A22B-Thinking-2507",
+                  "moonshotai/Kimi-K2-Instruct-0905", "Qwen/Qwen1.5-MoE-A2.7B-Chat",
+                  "allenai/OLMoE-1B-7B-0924-Instruct", "deepseek-ai/DeepSeek-R1-0528"}
     assert ids == issue_ids and len(ids) >= 30
     assert load_spec("deepseek-r1")[1]["id"] == "deepseek-ai/DeepSeek-V3"
 
