@@ -5,6 +5,7 @@ no chunking are `predict --batch N`."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -73,6 +74,18 @@ def test_a_kv_cache_that_fits_exactly_two_sequences_and_one_less():
     assert cached.preemptions == 1
     assert list(cached.step_s) == pytest.approx([1.8, 1.2, 1.2, 1.1, 1.1])
     assert list(cached.done_s) == pytest.approx([5.3, 6.4])
+
+
+def test_sliding_window_layers_hold_their_last_window_only():
+    # vLLM's hybrid KV manager: one full-attention layer and one sliding layer of window 4, blocks of 2 tokens.
+    # A 10-token prompt holds ceil(10 / 2) = 5 blocks of the full layer and, of the sliding layer, at most
+    # ceil((4 - 1) / 2) + 1 = 3 blocks (its last window): 8 blocks. It runs in a cache of 8 and not in one of 7.
+    sliding = scheduler.SchedulerConfig(1 << 30, math.inf, 2, 8, ((0, 1), (4, 1)), 2)
+    assert scheduler.run(wl(1, 10, 1), sliding, cost).first_s[0] == pytest.approx(2.0)  # 1 + 0.1 x 10
+    from capsim.errors import CapsimError
+
+    with pytest.raises(CapsimError, match="cannot hold"):
+        scheduler.run(wl(1, 10, 1), replace(sliding, kv_blocks=7), cost)
 
 
 def test_the_block_pool_evicts_a_preempted_requests_last_blocks_first():

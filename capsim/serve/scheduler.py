@@ -77,6 +77,18 @@ def run(w: Workload, cfg: SchedulerConfig, cost, max_steps: int = 50_000_000) ->
     running: list[int] = []
     waiting: deque[int] = deque()
     pool = BlockPool(cfg.kv_blocks, cfg.prefix_caching)
+    # blocks a request of c tokens holds: its full-attention layers' ceil(c / block), plus (vLLM's hybrid KV
+    # manager, vllm/v1/core/single_type_kv_cache_manager.py SlidingWindowManager) each sliding layer group's last
+    # window, ceil((w - 1) / block) + 1 blocks at most, in units of the full layers' blocks (layer count ratio)
+    full = sum(n for w, n in cfg.windows if w == 0)
+    slide = [(w, n / full) for w, n in cfg.windows if w > 0] if full else []
+
+    def held(c):
+        out = -(-c // bt)
+        for w, ratio in slide:
+            out = out + np.ceil(ratio * np.minimum(out, -(-(w - 1) // bt) + 1)).astype(np.int64)
+        return out
+
     nxt, in_flight, finished, preempt, now = 0, 0, 0, 0, 0.0
     itls, step_s, step_seqs = [], [], []
     budget, bt = cfg.max_batched_tokens, cfg.block_tokens
@@ -97,7 +109,7 @@ def run(w: Workload, cfg: SchedulerConfig, cost, max_steps: int = 50_000_000) ->
         ids = np.array(running, np.int64)
         need = inp[ids] + gen[ids] - computed[ids]
         take = np.clip(budget - (np.cumsum(need) - need), 0, need).astype(np.int64)
-        extra = -(-(computed[ids] + take) // bt) - blocks[ids]
+        extra = held(computed[ids] + take) - blocks[ids]
         preempted = False
         while len(ids) and int(extra.sum()) > pool.free:  # preempt the request admitted last (recompute)
             preempted = True
@@ -116,7 +128,7 @@ def run(w: Workload, cfg: SchedulerConfig, cost, max_steps: int = 50_000_000) ->
             hit = min(pool.cached_tokens(r, bt), int(inp[r] + gen[r]) - 1)  # its prefix still cached
             done_tokens = max(int(computed[r]), hit)
             t = int(min(inp[r] + gen[r] - done_tokens, left))
-            nb = -(-(done_tokens + t) // bt) - blocks[r]  # a handed-off request brings its prompt's K/V
+            nb = int(held(np.int64(done_tokens + t))) - blocks[r]  # a handed-off request brings its prompt's K/V
             if nb > pool.free:
                 break
             waiting.popleft()
