@@ -58,9 +58,9 @@ def memory(mem, sc: Scenario, residency=None, batch=None) -> dict[str, Any]:
     device = {k: mean(getattr(mem, k)) for k in ("weights", "kv_cache", "activations", "reserve", "total", "capacity")}
     if sc.shape.linear_layers and batch is not None:
         from capsim.sim.memory import linear_state_bytes
+        from capsim.sim.num import fullest_group
 
-        group = math.ceil(float(batch) / sc.dp - 1e-9)  # the fullest data-parallel group's sequences
-        device["linear_state"] = group * float(linear_state_bytes(sc.shape, sc.kv_bytes, sc.tp))
+        device["linear_state"] = float(fullest_group(batch, sc.dp) * linear_state_bytes(sc.shape, sc.kv_bytes, sc.tp))
     if math.isinf(device["capacity"]):
         device["capacity"] = None
     off = {"dram": 0.0, "ssd": 0.0}

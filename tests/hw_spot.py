@@ -28,3 +28,28 @@ def check_spot(db, item_id: str, field: str, expected: float, source: str) -> No
 def problems_in(problems, files) -> list[str]:
     """The database problems that concern any of ``files`` (ids or source-file stems)."""
     return [str(p) for p in problems if any(f in str(p) for f in files)]
+
+
+def alias_clashes(db, ids) -> list[str]:
+    """Names (ids or aliases) that point at two items, one of them in ``ids``."""
+    seen: dict[str, str] = {}
+    out = []
+    for item_id, item in db.items.items():
+        for name in (item_id, *item.aliases):
+            if name in seen and seen[name] != item_id and {item_id, seen[name]} & set(ids):
+                out.append(f"{name!r} names both {seen[name]} and {item_id}")
+            seen.setdefault(name, item_id)
+    return out
+
+
+def forecast(*args: str) -> dict:
+    """``capsim predict ... --json`` run in process; it must succeed."""
+    import json
+
+    from click.testing import CliRunner
+
+    from capsim.cli.main import cli
+
+    r = CliRunner().invoke(cli, ["predict", *args, "--json"])
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)

@@ -8,14 +8,11 @@ hardware_db/sources/cpus-systems-2026.yaml hold the full source notes (where the
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
-from click.testing import CliRunner
-from hw_spot import BF16, BW, CAP, FP16, check_spot, problems_in
+from hw_spot import BF16, BW, CAP, FP16, alias_clashes, check_spot, forecast, problems_in
 
-from capsim.cli.main import cli
 from capsim.hardware import db as hwdb
 from capsim.hardware.topology import build_graph, devices
 
@@ -142,13 +139,7 @@ def test_new_accelerators_link_to_existing_items():
 
 
 def test_aliases_do_not_collide():
-    seen: dict[str, str] = {}
-    for item_id, item in DB.items.items():
-        for name in (item_id, *item.aliases):
-            new = {item_id, seen.get(name)} & {*NEW_FILES, "gb300"}
-            if name in seen and seen[name] != item_id and new:
-                pytest.fail(f"{name!r} names both {seen[name]} and {item_id}")
-            seen.setdefault(name, item_id)
+    assert not alias_clashes(DB, {*NEW_FILES, "gb300"})
 
 
 # system id: (accelerator item, count, scale-up link of every GPU)
@@ -198,9 +189,7 @@ def test_dated_cloud_prices():
 
 @pytest.mark.parametrize("sys_id", ["hgx-h800", "hgx-h20", "aws-p5en-48xlarge", "server-8x-mi355x"])
 def test_mixtral_forecast_runs(sys_id):
-    r = CliRunner().invoke(cli, ["predict", "-m", "mixtral", "-H", sys_id, "--json"])
-    assert r.exit_code == 0, r.output
-    out = json.loads(r.stdout)
+    out = forecast("-m", "mixtral", "-H", sys_id)
     assert out["scenario"]["hardware"] == sys_id
     assert out["tpot_s"] > 0 and math.isfinite(out["tpot_s"])
 
@@ -208,8 +197,6 @@ def test_mixtral_forecast_runs(sys_id):
 def test_h800_nvlink_cut_slows_collectives_against_hgx_h100_stand_in():
     """Same GPUs' compute and memory, NVLink cut 900 -> 400 GB/s: the prefill of an 8-way TP forecast is slower."""
     def ttft(sys_id):
-        r = CliRunner().invoke(cli, ["predict", "-m", "mixtral", "-H", sys_id, "--json"])
-        assert r.exit_code == 0, r.output
-        return json.loads(r.stdout)["ttft_s"]
+        return forecast("-m", "mixtral", "-H", sys_id)["ttft_s"]
 
     assert ttft("hgx-h800") > ttft("gcp-a3-highgpu-8g")

@@ -8,12 +8,11 @@ source notes (where the copy was read, its tier).
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 from click.testing import CliRunner
-from hw_spot import BF16, BW, CAP, FP16, check_spot, problems_in
+from hw_spot import BF16, BW, CAP, FP16, alias_clashes, check_spot, forecast, problems_in
 
 from capsim.cli.main import cli
 from capsim.hardware import db as hwdb
@@ -151,12 +150,7 @@ def test_named_aliases_resolve():
 
 
 def test_aliases_do_not_collide():
-    seen: dict[str, str] = {}
-    for item_id, item in DB.items.items():
-        for name in (item_id, *item.aliases):
-            if name in seen and seen[name] != item_id and {item_id, seen[name]} & set(NEW_FILES):
-                pytest.fail(f"{name!r} names both {seen[name]} and {item_id}")
-            seen.setdefault(name, item_id)
+    assert not alias_clashes(DB, NEW_FILES)
 
 
 def test_gaudi3_all_to_all_beats_a_pcie_box():
@@ -187,9 +181,7 @@ def test_dated_cloud_prices():
 @pytest.mark.parametrize("sys_id", ["aws-g5-48xlarge", "aws-g7e-48xlarge", "aws-p5e-48xlarge",
                                     "aws-p6-b200-48xlarge", "gaudi3-server", "server-2x-h100-nvl"])
 def test_mixtral_forecast_runs(sys_id):
-    r = CliRunner().invoke(cli, ["predict", "-m", "mixtral", "-H", sys_id, "--json"])
-    assert r.exit_code == 0, r.output
-    out = json.loads(r.stdout)
+    out = forecast("-m", "mixtral", "-H", sys_id)
     assert out["scenario"]["hardware"] == sys_id
     assert out["tpot_s"] > 0 and math.isfinite(out["tpot_s"])
 
@@ -198,17 +190,12 @@ def test_single_a10g_needs_a_smaller_mixtral():
     # bf16 Mixtral (93 GB of weights) does not fit one 24 GB A10G; a 3-bit GGUF does
     r = CliRunner().invoke(cli, ["predict", "-m", "mixtral", "-H", "aws-g5-xlarge", "--json"])
     assert r.exit_code != 0
-    r = CliRunner().invoke(cli, ["predict", "-m", "mixtral", "-H", "aws-g5-xlarge", "--precision", "gguf-q3_k_s",
-                                 "--json"])
-    assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["tpot_s"] > 0
+    assert forecast("-m", "mixtral", "-H", "aws-g5-xlarge", "--precision", "gguf-q3_k_s")["tpot_s"] > 0
 
 
 def test_pcie_only_g5_decodes_slower_than_g7e():
     """Same 8-card PCIe shape, the A10G has 600 GB/s against the Server Edition's 1597 GB/s per card."""
     def tpot(sys_id):
-        r = CliRunner().invoke(cli, ["predict", "-m", "mixtral", "-H", sys_id, "--json"])
-        assert r.exit_code == 0, r.output
-        return json.loads(r.stdout)["tpot_s"]
+        return forecast("-m", "mixtral", "-H", sys_id)["tpot_s"]
 
     assert tpot("aws-g5-48xlarge") > tpot("aws-g7e-48xlarge")

@@ -119,15 +119,13 @@ def native_bits_per_weight(cfg: dict[str, Any]) -> float | None:
     from capsim.model.quant import bits_per_weight
 
     q = _quantization_config(cfg)
-    return bits_per_weight(q, native_precision(cfg)) if isinstance(q, dict) else None
+    return bits_per_weight(q) if isinstance(q, dict) else None
 
 
 def native_precision(cfg: dict[str, Any]) -> str:
     """The precision of the published checkpoint: its quantization_config, else torch_dtype. A
     quantization_config capsim cannot read is an error naming it, never read as 16-bit."""
-    q = cfg.get("quantization_config")
-    if q is None:
-        q = (cfg.get("text_config") or {}).get("quantization_config") if isinstance(cfg.get("text_config"), dict) else None
+    q = _quantization_config(cfg)
     if q is not None:
         return _quantized(q)
     dtype = cfg.get("torch_dtype") or cfg.get("dtype") or (cfg.get("text_config") or {}).get("torch_dtype")

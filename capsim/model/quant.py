@@ -33,8 +33,8 @@ def _group(bits: float, group: Any, per_group_bits: float) -> float:
     return bits + per_group_bits / group
 
 
-def bits_per_weight(q: dict[str, Any], name: str) -> float | None:
-    """Bits per quantised weight of ``q`` read as the format ``name`` (None: nothing beyond the named format)."""
+def bits_per_weight(q: dict[str, Any]) -> float | None:
+    """Bits per quantised weight of ``q``, scales included (None: a format this does not size)."""
     method = str(q.get("quant_method", ""))
     if method in ("fp8", "fbgemm_fp8"):
         block = q.get("weight_block_size")

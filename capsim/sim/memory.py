@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from capsim.sim.num import ceil, f, where
+from capsim.sim.num import ceil, f, fullest_group, where
 from capsim.sim.shape import Shape, weight_bytes
 from capsim.sim.span import cached_tokens_per_layer
 
@@ -69,7 +69,7 @@ def memory_use(s: Shape, *, batch, input_len, output_len, kv_bytes_per_element, 
     activations of one chunk, not of the whole batch's prompts (0: the whole batch in one pass)."""
     tp, n = f(tp), f(n)
     dp = n / tp
-    b_g = ceil(f(batch) / dp - 1e-9)  # the fullest data-parallel group
+    b_g = fullest_group(batch, dp)
     ctx = f(input_len) + f(output_len)
     kv = (b_g * cached_tokens_per_layer(s.cache_windows or s.windows, s.layers, ctx)
           * kv_bytes_per_token(s, kv_bytes_per_element, tp))

@@ -49,6 +49,12 @@ def ceil(x):
     return float(math.ceil(x)) if math.isfinite(x) else float(x)
 
 
+def fullest_group(seqs, dp):
+    """Sequences of the fullest of ``dp`` data-parallel groups sharing ``seqs`` evenly (the tolerance keeps an
+    exact division from rounding up)."""
+    return ceil(f(seqs) / f(dp) - 1e-9)
+
+
 def clip(x, lo, hi):
     if isinstance(x, ndarray) or isinstance(lo, ndarray) or isinstance(hi, ndarray):
         return np.clip(x, lo, hi)

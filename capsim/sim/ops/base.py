@@ -15,7 +15,7 @@ import numpy as np
 
 from capsim.model.gemms import Gemm
 from capsim.sim.cost import OpCost
-from capsim.sim.num import any_true, ceil, f, zeros_like
+from capsim.sim.num import any_true, ceil, f, fullest_group, zeros_like
 from capsim.sim.shape import Shape
 
 # Kernel launches per layer (per step for embedding and LM head) of a fused engine; the engine
@@ -75,7 +75,7 @@ def local_work(s: Shape, work: Work, *, kv_bytes_per_element, tp, ep, n, mla_abs
     if any_true((ep > 1) & (ep != n)):
         raise ValueError("ep must be 1 or equal to the number of devices")
     dp = n / tp
-    b_g = ceil(f(work.seqs) / dp - 1e-9)
+    b_g = fullest_group(work.seqs, dp)
     share = b_g / f(work.seqs)
     t_g, pairs_g, kv_g = f(work.tokens) * share, f(work.pairs) * share, f(work.kv_read_tokens) * share
     expand = bool(s.mla and work.decode and not mla_absorbed)
