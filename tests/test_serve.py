@@ -304,3 +304,24 @@ def test_disaggregated_prefill_then_kv_transfer_then_decode():
     assert rep["ttft_s"]["mean"] == pytest.approx(alone_p["ttft_s"]["mean"], rel=1e-12)
     decode_only = alone_d["e2e_s"]["mean"] - alone_d["ttft_s"]["mean"]
     assert rep["e2e_s"]["mean"] - rep["ttft_s"]["mean"] - transfer == pytest.approx(decode_only, rel=1e-9)
+
+
+def test_published_serving_runs_are_held_out_by_page():
+    # a page is one published document whatever commit it was read at: the serving corpus cites gpustack's pages
+    # at commit 47277d7, the static corpus at 'main'; both name the same page, whose static rows (GV010-GV019:
+    # gpt-oss-120b on H100, 10 rows) are statistics of the same benchmark runs and leave that page's fit
+    from pathlib import Path
+
+    from capsim.validation import serving
+
+    page = "gpustack/gpustack/docs/performance-lab/gpt-oss-120b/h100.md"
+    assert serving.page_key("https://github.com/gpustack/gpustack/blob/47277d79f4a5bae12a2d25e9ecbed2a2177a5f2d/docs/"
+                            "performance-lab/gpt-oss-120b/h100.md (block 3)") == page
+    assert serving.page_key("https://github.com/gpustack/gpustack/blob/main/docs/performance-lab/gpt-oss-120b/"
+                            "h100.md") == page
+    assert serving.page_key("https://example.org/a?b=1#c") == "https://example.org/a"
+    root = Path(__file__).resolve().parents[1] / "validation"
+    same = [r.id for r in serving.static_rows(root) if serving.page_key(r.source) == page]
+    assert same == [f"GV0{k}" for k in range(10, 20)]
+    rows = serving.load_rows(root)
+    assert "G032" in {r["id"] for r in rows if serving.page_key(r["source"]) == page}
