@@ -325,3 +325,31 @@ def test_published_serving_runs_are_held_out_by_page():
     assert same == [f"GV0{k}" for k in range(10, 20)]
     rows = serving.load_rows(root)
     assert "G032" in {r["id"] for r in rows if serving.page_key(r["source"]) == page}
+
+
+def test_vllm_start_up_sampler_peak_comes_out_of_the_kv_cache():
+    # vLLM sizes its KV cache after a profiling run whose dummy sampler draws min(max_num_seqs, max_num_batched_tokens)
+    # requests over the whole vocabulary, 14 B per logit at its peak (capsim/engines/vllm.yaml). gpt-oss-120b on one
+    # H100 (80 GB: the 8,192-token / 1,024-sequence tier): 1,024 x 201,088 x 14 B = 2,882,797,568 B, less the
+    # 8,192-token step's activations already set aside, at 18 full-attention layers x 2 (K, V) x 8 heads x 64 x
+    # 2 B = 36,864 B per token (the 18 sliding layers hold their 128-token window only)
+    import dataclasses
+    from pathlib import Path
+
+    from capsim.engines import scheduler as esched
+    from capsim.serve.run import config_of, per_device
+
+    sc = resolve(Query(model="gpt-oss-120b", hardware="h100-sxm5-80gb", engine="vllm", precision="mxfp4",
+                       check_memory=False), DB)
+    assert sc.profile.scheduler.startup_sampler_bytes_per_logit == 14.0 and sc.shape.vocab == 201_088
+    off = dataclasses.replace(sc.profile, scheduler=dataclasses.replace(sc.profile.scheduler,
+                                                                        startup_sampler_bytes_per_logit=0.0))
+    sc_off = resolve(Query(model="gpt-oss-120b", hardware="h100-sxm5-80gb", engine="vllm", precision="mxfp4",
+                           check_memory=False), DB, off)
+    act = float(per_device(sc, 1, 8192.0, 1).activations)
+    lost = (1024 * 201_088 * 14 - act) / 36_864
+    with_peak, without = config_of(sc, None, None), config_of(sc_off, None, None)
+    assert (without.kv_blocks - with_peak.kv_blocks) * 16 == pytest.approx(lost, abs=16)
+    assert esched.parse({"tiers": [{"min_device_memory_gib": 0, "max_batched_tokens": 1, "max_running_seqs": 1}],
+                         "source": "s", "startup_sampler_bytes_per_logit": 14}, Path("p")).to_yaml()[
+        "startup_sampler_bytes_per_logit"] == 14.0

@@ -7,10 +7,17 @@ step and their running-sequence limit from the device they run on, and ``capsim 
       - {min_device_memory_gib: 70, not_device: a100, max_batched_tokens: 8192, max_running_seqs: 1024}
       - {min_device_memory_gib: 0, max_batched_tokens: 2048, max_running_seqs: 256}
       prefix_caching: true         # optional (default false): a preempted request's cached blocks survive
+      startup_sampler_bytes_per_logit: 14  # optional (default 0): see below
       source: where the rule was read (the engine's code)
 
 ``not_device``: the tier does not apply to a device whose id contains this text. Without the section the profile's
 own ``max_batched_tokens`` and ``max_running_seqs`` hold everywhere.
+
+``startup_sampler_bytes_per_logit``: an engine that sizes its KV cache from a profiling run at start-up (vLLM:
+``gpu_worker.determine_available_memory`` leaves the run's torch peak out of the cache) and samples, in that run,
+min(max_running_seqs, max_batched_tokens) dummy requests over the whole vocabulary on every tensor-parallel rank
+(``gpu_model_runner._dummy_sampler_run``) peaks at this many bytes per (request, vocabulary entry); the KV cache
+loses that peak where it exceeds the forward pass's activations (``capsim.serve.run.kv_capacity_tokens``).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ class SchedulerTiers:
     tiers: tuple[Tier, ...]
     source: str
     prefix_caching: bool = False  # the engine keeps freed blocks' K/V for prefix hits (capsim.serve.blocks)
+    startup_sampler_bytes_per_logit: float = 0.0  # B per (dummy request, vocabulary entry) at start-up's peak
 
     def pick(self, memory_bytes: float, device_id: str) -> Tier | None:
         """The first tier the device meets (None: none does)."""
@@ -50,6 +58,8 @@ class SchedulerTiers:
                            **({"not_device": t.not_device} if t.not_device else {}),
                            "max_batched_tokens": t.max_batched_tokens, "max_running_seqs": t.max_running_seqs}
                           for t in self.tiers], **({"prefix_caching": True} if self.prefix_caching else {}),
+                **({"startup_sampler_bytes_per_logit": self.startup_sampler_bytes_per_logit}
+                   if self.startup_sampler_bytes_per_logit else {}),
                 "source": self.source}
 
 
@@ -61,11 +71,15 @@ def parse(raw, path: Path) -> SchedulerTiers | None:
         raise CapsimError(f"{where}: expected a mapping with a non-empty list 'tiers' and a 'source'")
     if not isinstance(raw.get("source"), str) or not raw["source"].strip():
         raise CapsimError(f"{where}.source: expected the text saying where the defaults were read")
-    if set(raw) - {"tiers", "source", "prefix_caching"}:
-        raise CapsimError(f"{where}: unknown key(s) {sorted(set(raw) - {'tiers', 'source', 'prefix_caching'})}; "
-                          "expected tiers, source and optionally prefix_caching")
+    known = {"tiers", "source", "prefix_caching", "startup_sampler_bytes_per_logit"}
+    if set(raw) - known:
+        raise CapsimError(f"{where}: unknown key(s) {sorted(set(raw) - known)}; expected tiers, source and "
+                          "optionally prefix_caching, startup_sampler_bytes_per_logit")
     if not isinstance(raw.get("prefix_caching", False), bool):
         raise CapsimError(f"{where}.prefix_caching: expected true or false")
+    sampler = raw.get("startup_sampler_bytes_per_logit", 0.0)
+    if isinstance(sampler, bool) or not isinstance(sampler, (int, float)) or not 0 <= sampler < 1e3:
+        raise CapsimError(f"{where}.startup_sampler_bytes_per_logit: expected a number of bytes >= 0")
     tiers = []
     for k, t in enumerate(raw["tiers"]):
         if not isinstance(t, dict) or set(t) - KEYS or not {"min_device_memory_gib", "max_batched_tokens",
@@ -80,4 +94,4 @@ def parse(raw, path: Path) -> SchedulerTiers | None:
         if mem < 0 or tokens < 1 or seqs < 1:
             raise CapsimError(f"{where}.tiers[{k}]: expected memory >= 0 and positive token and sequence limits")
         tiers.append(Tier(mem * GIB, str(t.get("not_device", "")).lower(), tokens, seqs))
-    return SchedulerTiers(tuple(tiers), raw["source"], bool(raw.get("prefix_caching", False)))
+    return SchedulerTiers(tuple(tiers), raw["source"], bool(raw.get("prefix_caching", False)), float(sampler))

@@ -36,13 +36,15 @@ def _stats(x: np.ndarray) -> dict[str, float | None]:
     return {"mean": float(x.mean()), **{f"p{p}": float(np.percentile(x, p)) for p in PERCENTILES}}
 
 
-def kv_capacity_tokens(sc, step_tokens: float) -> float:
+def kv_capacity_tokens(sc, step_tokens: float, startup_peak_bytes: float = 0.0) -> float:
     """Tokens of K/V one replica's devices hold beside the weights, the reserve and the activations of a step
-    of ``step_tokens`` tokens (per device: its share of every token's K/V)."""
+    of ``step_tokens`` tokens (per device: its share of every token's K/V), or beside ``startup_peak_bytes``
+    per device where the engine's start-up profiling peaked higher than that step's activations."""
     base = per_device(sc, 1, max(1.0, step_tokens), 1)
     more = per_device(sc, 1, max(1.0, step_tokens) + 1000.0, 1)
     per_token = (float(more.kv_cache) - float(base.kv_cache)) / 1000.0
     room = float(sc.target.memory_capacity_bytes) - (float(base.total) - float(base.kv_cache))
+    room -= max(0.0, startup_peak_bytes - float(base.activations))
     if not math.isfinite(room) or per_token <= 0:
         return math.inf
     if room <= 0:
@@ -62,7 +64,10 @@ def config_of(sc, max_num_seqs: int | None, max_batched_tokens: int | None) -> s
     tokens = max_batched_tokens or (tier.max_batched_tokens if tier else prof.max_batched_tokens) or math.inf
     block = int(prof.kv_block_tokens) or 1
     step = min(tokens, 65536.0)
-    cap = kv_capacity_tokens(sc, step)
+    # start-up profiling's dummy sampler: min(sequences, tokens) requests, each over the whole vocabulary on
+    # every device (vLLM all-gathers the logits to every tensor-parallel rank)
+    per_logit = prof.scheduler.startup_sampler_bytes_per_logit if prof.scheduler else 0.0
+    cap = kv_capacity_tokens(sc, step, per_logit * min(seqs, tokens) * sc.shape.vocab if per_logit else 0.0)
     return scheduler.SchedulerConfig(seqs * dp if seqs < (1 << 30) else seqs, float(tokens) * dp, block,
                                      scheduler.kv_blocks(cap, block) * dp, sc.shape.windows, sc.shape.layers,
                                      bool(prof.scheduler and prof.scheduler.prefix_caching), sc.shape.cache_windows)
