@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from capsim.engines import scheduler
 from capsim.sim import pipeline
 from capsim.sim.memory import MemoryUse, memory_use
 from capsim.sim.shape import weight_bytes
@@ -23,9 +24,11 @@ if TYPE_CHECKING:
 SEARCH_LIMIT = 1 << 24  # 16.7 M sequences or tokens: beyond any device's memory for a real model
 
 
-def per_device(sc: Scenario, batch, input_len, output_len, expert_fraction=1.0) -> MemoryUse:
+def per_device(sc: Scenario, batch, input_len, output_len, expert_fraction=1.0,
+               startup_rows: float | None = None) -> MemoryUse:
     """Memory of one device of the busiest pipeline stage (capsim.sim.pipeline): its share of the weights and
-    KV cache, the activations of one micro-batch. Arrays broadcast."""
+    KV cache, the activations of one micro-batch (or the engine's start-up peak where higher, its dummy sampler
+    over ``startup_rows`` requests: default the device's scheduler defaults). Arrays broadcast."""
     t = sc.target
 
     def use(b):
@@ -37,6 +40,12 @@ def per_device(sc: Scenario, batch, input_len, output_len, expert_fraction=1.0) 
                           max_batched_tokens=sc.profile.max_batched_tokens)
 
     m = use(batch)
+    # an engine that sizes its KV cache after a start-up profiling run holds that run's peak out of it where it
+    # exceeds the forward pass's activations (capsim.engines.scheduler.startup_peak_bytes; vLLM samples on its
+    # last pipeline stage only, which the busiest stage stands for here)
+    peak = scheduler.startup_peak_bytes(sc.profile, t.memory_capacity_bytes, t.device_id, sc.shape.vocab, startup_rows)
+    if peak:
+        m = replace(m, activations=np.maximum(m.activations, peak))
     if sc.pp == 1:
         return m
     f = pipeline.stage_fraction(sc.shape.layers, sc.pp)

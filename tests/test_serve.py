@@ -346,7 +346,8 @@ def test_vllm_start_up_sampler_peak_comes_out_of_the_kv_cache():
                                                                         startup_sampler_bytes_per_logit=0.0))
     sc_off = resolve(Query(model="gpt-oss-120b", hardware="h100-sxm5-80gb", engine="vllm", precision="mxfp4",
                            check_memory=False), DB, off)
-    act = float(per_device(sc, 1, 8192.0, 1).activations)
+    act = float(per_device(sc_off, 1, 8192.0, 1).activations)
+    assert float(per_device(sc, 1, 8192.0, 1).activations) == 1024 * 201_088 * 14  # the peak, above the step's
     lost = (1024 * 201_088 * 14 - act) / 36_864
     with_peak, without = config_of(sc, None, None), config_of(sc_off, None, None)
     assert (without.kv_blocks - with_peak.kv_blocks) * 16 == pytest.approx(lost, abs=16)

@@ -17,11 +17,13 @@ own ``max_batched_tokens`` and ``max_running_seqs`` hold everywhere.
 ``gpu_worker.determine_available_memory`` leaves the run's torch peak out of the cache) and samples, in that run,
 min(max_running_seqs, max_batched_tokens) dummy requests over the whole vocabulary on every tensor-parallel rank
 (``gpu_model_runner._dummy_sampler_run``) peaks at this many bytes per (request, vocabulary entry); the KV cache
-loses that peak where it exceeds the forward pass's activations (``capsim.serve.run.kv_capacity_tokens``).
+loses that peak where it exceeds the forward pass's activations (:func:`startup_peak_bytes`, applied by
+``capsim.capacity.per_device`` for ``predict``, ``serve`` and ``provision`` alike).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +63,25 @@ class SchedulerTiers:
                 **({"startup_sampler_bytes_per_logit": self.startup_sampler_bytes_per_logit}
                    if self.startup_sampler_bytes_per_logit else {}),
                 "source": self.source}
+
+
+def limits(prof, memory_bytes: float, device_id: str) -> tuple[float, float]:
+    """(running sequences, batched tokens per step) of the engine profile ``prof`` on a device: its scheduler
+    tier for the device, else the profile's own values (0 or unset: no limit, inf)."""
+    tier = prof.scheduler.pick(memory_bytes, device_id) if prof.scheduler else None
+    seqs = (tier.max_running_seqs if tier else prof.max_running_seqs) or math.inf
+    tokens = (tier.max_batched_tokens if tier else prof.max_batched_tokens) or math.inf
+    return float(seqs), float(tokens)
+
+
+def startup_peak_bytes(prof, memory_bytes: float, device_id: str, vocab: int, rows: float | None = None) -> float:
+    """Bytes per device the engine's start-up profiling peaks at in its dummy sampler (0: none modelled):
+    ``rows`` requests (default min(sequences, tokens) of the device's defaults) over the whole vocabulary at
+    ``startup_sampler_bytes_per_logit``."""
+    per_logit = prof.scheduler.startup_sampler_bytes_per_logit if prof.scheduler else 0.0
+    if not per_logit:
+        return 0.0
+    return per_logit * (rows if rows is not None else min(limits(prof, memory_bytes, device_id))) * vocab
 
 
 def parse(raw, path: Path) -> SchedulerTiers | None:

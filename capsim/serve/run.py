@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from capsim.capacity import per_device
+from capsim.engines import scheduler as esched
 from capsim.errors import CapsimError
 from capsim.serve import scheduler
 from capsim.serve.steps import StepCost
@@ -36,15 +37,14 @@ def _stats(x: np.ndarray) -> dict[str, float | None]:
     return {"mean": float(x.mean()), **{f"p{p}": float(np.percentile(x, p)) for p in PERCENTILES}}
 
 
-def kv_capacity_tokens(sc, step_tokens: float, startup_peak_bytes: float = 0.0) -> float:
+def kv_capacity_tokens(sc, step_tokens: float, startup_rows: float | None = None) -> float:
     """Tokens of K/V one replica's devices hold beside the weights, the reserve and the activations of a step
-    of ``step_tokens`` tokens (per device: its share of every token's K/V), or beside ``startup_peak_bytes``
-    per device where the engine's start-up profiling peaked higher than that step's activations."""
-    base = per_device(sc, 1, max(1.0, step_tokens), 1)
-    more = per_device(sc, 1, max(1.0, step_tokens) + 1000.0, 1)
+    of ``step_tokens`` tokens, or of the engine's start-up profiling where that peaked higher (per device: its
+    share of every token's K/V; its dummy sampler over ``startup_rows`` requests)."""
+    base = per_device(sc, 1, max(1.0, step_tokens), 1, startup_rows=startup_rows)
+    more = per_device(sc, 1, max(1.0, step_tokens) + 1000.0, 1, startup_rows=startup_rows)
     per_token = (float(more.kv_cache) - float(base.kv_cache)) / 1000.0
     room = float(sc.target.memory_capacity_bytes) - (float(base.total) - float(base.kv_cache))
-    room -= max(0.0, startup_peak_bytes - float(base.activations))
     if not math.isfinite(room) or per_token <= 0:
         return math.inf
     if room <= 0:
@@ -59,15 +59,12 @@ def config_of(sc, max_num_seqs: int | None, max_batched_tokens: int | None) -> s
     MoE layers are one collective): one scheduler with dp times each limit, whose steps the request pipeline splits
     evenly over the groups (capsim.sim.ops.local_work), stands for them."""
     prof, dp = sc.profile, sc.dp
-    tier = prof.scheduler.pick(sc.target.memory_capacity_bytes, sc.target.device_id) if prof.scheduler else None
-    seqs = max_num_seqs or int(tier.max_running_seqs if tier else prof.max_running_seqs) or (1 << 30)
-    tokens = max_batched_tokens or (tier.max_batched_tokens if tier else prof.max_batched_tokens) or math.inf
+    tier_seqs, tier_tokens = esched.limits(prof, sc.target.memory_capacity_bytes, sc.target.device_id)
+    seqs = max_num_seqs or (int(tier_seqs) if math.isfinite(tier_seqs) else (1 << 30))
+    tokens = max_batched_tokens or tier_tokens
     block = int(prof.kv_block_tokens) or 1
     step = min(tokens, 65536.0)
-    # start-up profiling's dummy sampler: min(sequences, tokens) requests, each over the whole vocabulary on
-    # every device (vLLM all-gathers the logits to every tensor-parallel rank)
-    per_logit = prof.scheduler.startup_sampler_bytes_per_logit if prof.scheduler else 0.0
-    cap = kv_capacity_tokens(sc, step, per_logit * min(seqs, tokens) * sc.shape.vocab if per_logit else 0.0)
+    cap = kv_capacity_tokens(sc, step, min(seqs, tokens))  # vLLM's dummy sampler: min(max_num_seqs, tokens)
     return scheduler.SchedulerConfig(seqs * dp if seqs < (1 << 30) else seqs, float(tokens) * dp, block,
                                      scheduler.kv_blocks(cap, block) * dp, sc.shape.windows, sc.shape.layers,
                                      bool(prof.scheduler and prof.scheduler.prefix_caching), sc.shape.cache_windows)
