@@ -231,6 +231,8 @@ def test_the_measured_vllm_serving_campaign_is_well_formed():
         assert res["completed"] == r["num_prompts"] and res["failed"] == 0
         assert res["total_output_tokens"] == r["num_prompts"] * r["output_len"]  # --ignore-eos: every token
         assert "vllm.benchmarks.serve" in r["command"] and res["mean_ttft_ms"] > 0
+    # three passes over the 12-point grid (validation/measured/vllm-serve/README.md): every grid point 3 times
+    assert [len(g) for g in vllm_serve.grid_points(runs)] == [3] * 12
 
 
 def test_provision_under_load_ranks_the_layouts_that_hold_the_slos_by_price():
@@ -354,3 +356,21 @@ def test_vllm_start_up_sampler_peak_comes_out_of_the_kv_cache():
     assert esched.parse({"tiers": [{"min_device_memory_gib": 0, "max_batched_tokens": 1, "max_running_seqs": 1}],
                          "source": "s", "startup_sampler_bytes_per_logit": 14}, Path("p")).to_yaml()[
         "startup_sampler_bytes_per_logit"] == 14.0
+
+
+def test_repetitions_of_a_grid_point_give_their_median_and_spread():
+    # three passes over one grid point measured p99 ITL 10, 40 and 20 ms: the measurement is their median, 20 ms,
+    # and their spread (40 - 10) / 20 = 1.5; a statistic missing from one pass uses the others (one left: no
+    # spread); another grid point (other rate) is its own group
+    from capsim.validation import vllm_serve
+
+    def run(value, itl, ttft=None):
+        res = {"p99_itl_ms": itl, **({"mean_ttft_ms": ttft} if ttft is not None else {})}
+        return {"shape": "s", "kind": "rate", "value": value, "input_len": 128, "output_len": 32, "num_prompts": 32,
+                "server_args": {"max_num_seqs": 64}, "result": res}
+
+    groups = vllm_serve.grid_points([run(1.0, 10.0, 5.0), run(2.0, 7.0), run(1.0, 40.0), run(1.0, 20.0)])
+    assert [len(g) for g in groups] == [3, 1]
+    med, spread = vllm_serve.measured(groups[0])
+    assert med["itl_p99"] == 20.0 and spread["itl_p99"] == 1.5
+    assert med["ttft_mean"] == 5.0 and spread["ttft_mean"] is None and med["tpot_mean"] is None

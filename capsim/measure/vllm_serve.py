@@ -15,7 +15,8 @@ distribution name) on the random dataset with fixed lengths and ``--ignore-eos``
 concurrencies (``--max-concurrency``, every request released at once) and Poisson request rates. Every
 statistic the benchmark saves is kept. The server is stopped at the end, or when a run overruns
 ``--max-run-s``; the whole load stays on 127.0.0.1. One JSON goes to
-``validation/measured/vllm-serve/<shape>.json`` (``"format": "capsim-vllm-serve-run"``).
+``validation/measured/vllm-serve/<shape>.json`` (``"format": "capsim-vllm-serve-run"``), or ``<name>.json`` with
+``--name``; an existing file is never replaced (a further pass over the grid is a repetition, with its own name).
 """
 
 from __future__ import annotations
@@ -93,7 +94,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--max-run-s", type=float, default=240.0)
     ap.add_argument("--only", default=None, help="comma-separated run indices of the grid (default: all)")
+    ap.add_argument("--name", default=None, help="output file stem (default: the shape); a further pass over the "
+                    "grid is another file, e.g. --name olmoe-like-rep2")
     a = ap.parse_args()
+    target = a.out / f"{a.name or a.shape}.json"
+    if target.exists():
+        sys.exit(f"{target}: exists; a further pass needs its own --name (passes are repetitions, none is replaced)")
     import vllm
 
     from capsim.measure.vllm_cpu import build_model
@@ -146,8 +152,8 @@ def main() -> None:
            "loadavg_before": load_before, "loadavg_after": loadavg(), "total_s": time.time() - t_start, "runs": runs}
     text = json.dumps(out, indent=1).replace(str(folder), "MODEL")
     a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / f"{a.shape}.json").write_text(text)
-    print(f"wrote {a.out / (a.shape + '.json')}: {len(runs)} runs")
+    target.write_text(text)
+    print(f"wrote {target}: {len(runs)} runs")
 
 
 if __name__ == "__main__":
