@@ -40,17 +40,15 @@ def per_device(sc: Scenario, batch, input_len, output_len, expert_fraction=1.0,
                           max_batched_tokens=sc.profile.max_batched_tokens)
 
     m = use(batch)
+    if sc.pp > 1:
+        f = pipeline.stage_fraction(sc.shape.layers, sc.pp)
+        m = replace(m, weights=m.weights * f, kv_cache=m.kv_cache * f,
+                    activations=use(pipeline.microbatch(batch, sc.pp)).activations)
     # an engine that sizes its KV cache after a start-up profiling run holds that run's peak out of it where it
     # exceeds the forward pass's activations (capsim.engines.scheduler.startup_peak_bytes; vLLM samples on its
     # last pipeline stage only, which the busiest stage stands for here)
     peak = scheduler.startup_peak_bytes(sc.profile, t.memory_capacity_bytes, t.device_id, sc.shape.vocab, startup_rows)
-    if peak:
-        m = replace(m, activations=np.maximum(m.activations, peak))
-    if sc.pp == 1:
-        return m
-    f = pipeline.stage_fraction(sc.shape.layers, sc.pp)
-    return replace(m, weights=m.weights * f, kv_cache=m.kv_cache * f,
-                   activations=use(pipeline.microbatch(batch, sc.pp)).activations)
+    return replace(m, activations=np.maximum(m.activations, peak)) if peak else m
 
 
 def host_kv_bytes(sc: Scenario, batch, input_len, output_len):

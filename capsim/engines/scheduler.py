@@ -99,7 +99,7 @@ def parse(raw, path: Path) -> SchedulerTiers | None:
     if not isinstance(raw.get("prefix_caching", False), bool):
         raise CapsimError(f"{where}.prefix_caching: expected true or false")
     sampler = raw.get("startup_sampler_bytes_per_logit", 0.0)
-    if isinstance(sampler, bool) or not isinstance(sampler, (int, float)) or not 0 <= sampler < 1e3:
+    if isinstance(sampler, bool) or not isinstance(sampler, (int, float)) or not math.isfinite(sampler) or sampler < 0:
         raise CapsimError(f"{where}.startup_sampler_bytes_per_logit: expected a number of bytes >= 0")
     tiers = []
     for k, t in enumerate(raw["tiers"]):

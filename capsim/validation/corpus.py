@@ -72,12 +72,15 @@ def load_corpus(root: Path, spec: Spec) -> list[PublishedRow]:
     return rows
 
 
+def first_url(text: str) -> str:
+    """The first URL in ``text`` without fragment, query or trailing punctuation (``text`` itself if none)."""
+    m = re.search(r"https?://\S+", text)
+    return (m.group(0) if m else text).split("#")[0].split("?")[0].rstrip(").,;")
+
+
 def source_key(row: PublishedRow) -> str:
-    """The source a row came from: its first URL without fragment or query (rows of one PR, post or table
-    share it)."""
-    m = re.search(r"https?://\S+", row.source)
-    url = (m.group(0) if m else row.source).split("#")[0].split("?")[0].rstrip(").,;")
-    return url
+    """The source a row came from: its first URL (rows of one PR, post or table share it)."""
+    return first_url(row.source)
 
 
 def _residuals(rows: list[PublishedRow], db):

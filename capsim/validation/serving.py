@@ -101,8 +101,7 @@ def scenario_of(row: dict[str, str]) -> dict[str, Any]:
 def page_key(url: str) -> str:
     """A published page whatever commit it was read at: ``owner/repo/path`` for a GitHub blob URL (its ref
     dropped), else the URL without query or fragment."""
-    m = re.search(r"https?://\S+", url)
-    u = (m.group(0) if m else url).split("#")[0].split("?")[0].rstrip(").,;")
+    u = corpus.first_url(url)
     g = re.match(r"https?://github\.com/([^/]+/[^/]+)/blob/[^/]+/(.+)", u)
     return f"{g.group(1)}/{g.group(2)}" if g else u
 
