@@ -261,15 +261,18 @@ def exact_text(value: float, dimension: str, prefix: str = "") -> str:
     return f"{value / scale!r} {prefix}{unit}".strip()
 
 
-def seconds_flag(flag: str, text: str | None) -> float | None:
-    """A command-line time: '50ms', '2 s' or a plain number of seconds (None stays None); a clear error naming
-    ``flag`` otherwise."""
+def seconds_flag(flag: str, text: str | None, zero_ok: bool = False) -> float | None:
+    """A command-line time: '50ms', '2 s' or a plain number of seconds (None stays None; 0 only with
+    ``zero_ok``); a clear error naming ``flag`` otherwise."""
     if text is None:
         return None
     try:
         p = parse_quantity(text)
     except CapsimError:
         p = None
-    if p is None or p.dimension not in ("s", "1") or not 0 < p.value < float("inf"):
-        raise CapsimError(f"{flag} {text}: expected a positive time such as 50ms, 2s or 0.05 (seconds)")
+    ok = p is not None and p.dimension in ("s", "1") and (0 <= p.value if zero_ok else 0 < p.value) \
+        and p.value < float("inf")
+    if not ok:
+        what = "a time >= 0" if zero_ok else "a positive time"
+        raise CapsimError(f"{flag} {text}: expected {what} such as 50ms, 2s or 0.05 (seconds)")
     return p.value

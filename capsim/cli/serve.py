@@ -48,7 +48,8 @@ def human(rep: dict) -> str:
               f"{rep['total_tokens_per_s']:,.0f} tokens/s over {_t(rep['duration_s'])}; goodput "
               f"{rep['goodput_requests_per_s']:.3g} requests/s",
               f"running sequences per step: mean {bs['mean']:.1f}, max {bs['max']}; preemptions {rep['preemptions']}; "
-              f"KV cache {rep['scheduler']['kv_cache_tokens']:,} tokens"]
+              f"KV cache {rep['scheduler']['kv_cache_tokens']:,} tokens; front end "
+              f"{_t(rep['scheduler']['intake_s_per_request'])} per request"]
     return "\n".join(lines)
 
 
@@ -90,11 +91,14 @@ def human(rep: dict) -> str:
 @click.option("--prefill-devices", type=int, default=None,
               help="Prefill/decode disaggregation: this many of the devices run a prefill instance (TP over them), the "
                    "rest a decode instance; each prompt's K/V crosses the devices' link between them.")
+@click.option("--frontend-intake", default=None, metavar="TIME",
+              help="Front-end (API server) CPU time per request, shared by the requests in intake, e.g. 5ms; 0: the "
+                   "engine alone [default: the engine profile's frontend.intake_s_per_request].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (SI units).")
 @click.pass_context
 def serve_cmd(ctx, model, hardware, devices, nodes, tp, ep, dp, pp, precision, kv_precision, engine, concurrency,
               request_rate, burstiness, num_requests, input_len, output_len, dataset, seed, slo_ttft, slo_tpot,
-              max_num_seqs, max_num_batched_tokens, routing, prefill_devices, as_json) -> None:
+              max_num_seqs, max_num_batched_tokens, routing, prefill_devices, frontend_intake, as_json) -> None:
     """Simulate serving MODEL on HARDWARE under a request load: continuous batching, chunked prefill, KV-cache
     preemption; TTFT / TPOT / ITL / E2E percentiles, throughput and goodput."""
     from capsim.predict import Query
@@ -112,6 +116,7 @@ def serve_cmd(ctx, model, hardware, devices, nodes, tp, ep, dp, pp, precision, k
     if num_requests is not None and num_requests > 10_000_000:
         raise CapsimError(f"--num-requests {num_requests}: at most 10,000,000 in one run")
     ttft, tpot = seconds_flag("--slo-ttft", slo_ttft), seconds_flag("--slo-tpot", slo_tpot)
+    intake = seconds_flag("--frontend-intake", frontend_intake, zero_ok=True)
     w = workload.build(num_requests, request_rate=math.inf if request_rate is None else request_rate,
                        concurrency=concurrency, burstiness=burstiness, input_len=input_len, output_len=output_len,
                        dataset=dataset, seed=seed)
@@ -121,10 +126,10 @@ def serve_cmd(ctx, model, hardware, devices, nodes, tp, ep, dp, pp, precision, k
               tp=tp, ep=ep, pp=pp, dp=dp, routing=routing, check_memory=False)
     sc = resolve(q, db)
     if prefill_devices is not None:
-        rep = _disaggregated(q, sc, db, w, prefill_devices, max_num_seqs, max_num_batched_tokens, ttft, tpot)
+        rep = _disaggregated(q, sc, db, w, prefill_devices, max_num_seqs, max_num_batched_tokens, ttft, tpot, intake)
     else:
         rep = serve(sc, w, max_num_seqs=max_num_seqs, max_batched_tokens=max_num_batched_tokens, slo_ttft_s=ttft,
-                    slo_tpot_s=tpot)
+                    slo_tpot_s=tpot, intake_s=intake)
     rep["scenario"] = dict(sc.describe())
     if as_json or prefill_devices is not None:
         if not as_json:
@@ -146,7 +151,7 @@ def serve_cmd(ctx, model, hardware, devices, nodes, tp, ep, dp, pp, precision, k
                                     concurrency=None if concurrency is None else max(1, round(concurrency * f)),
                                     burstiness=burstiness, input_len=input_len, output_len=output_len,
                                     dataset=dataset, seed=seed)
-                r = serve(sc, w2, max_num_seqs=max_num_seqs, max_batched_tokens=max_num_batched_tokens)
+                r = serve(sc, w2, max_num_seqs=max_num_seqs, max_batched_tokens=max_num_batched_tokens, intake_s=intake)
             load = (f"{request_rate * f:g}/s" if request_rate is not None and not math.isinf(request_rate)
                     else f"{max(1, round(concurrency * f))} in flight")
             points.append(f"{load} {_t(r['ttft_s']['p99'])} / {_t(r['tpot_s']['p99'])}")
@@ -154,7 +159,8 @@ def serve_cmd(ctx, model, hardware, devices, nodes, tp, ep, dp, pp, precision, k
     click.echo(text)
 
 
-def _disaggregated(q, sc, db, w, prefill_devices: int, max_num_seqs, max_batched_tokens, ttft, tpot) -> dict:
+def _disaggregated(q, sc, db, w, prefill_devices: int, max_num_seqs, max_batched_tokens, ttft, tpot,
+                   intake) -> dict:
     """--prefill-devices P: P devices (TP over them) prefill, the other N - P decode (TP over them); the K/V of a
     prompt crosses the devices' link, min(P, N - P) device pairs in parallel (capsim.serve.run)."""
     from dataclasses import replace
@@ -179,4 +185,5 @@ def _disaggregated(q, sc, db, w, prefill_devices: int, max_num_seqs, max_batched
     if not math.isfinite(link):
         raise CapsimError(f"--prefill-devices: {sc.target.hardware_id} has no link between its devices in the database")
     return serve_disaggregated(sc_p, sc_d, w, link * min(prefill_devices, d), max_num_seqs=max_num_seqs,
-                               max_batched_tokens=max_batched_tokens, slo_ttft_s=ttft, slo_tpot_s=tpot)
+                               max_batched_tokens=max_batched_tokens, slo_ttft_s=ttft, slo_tpot_s=tpot,
+                               intake_s=intake)

@@ -202,7 +202,7 @@ def validate_cmd(ctx: click.Context, config_path: Path, fit: bool, max_median_er
         from capsim.cli.validate_engines import validate_serving
 
         validate_serving(ctx, "vllm_serve" if vllm_serve else "serving", config_path.resolve().parent,
-                         max_median_error, report_path, as_json)
+                         max_median_error, report_path, as_json, fit)
         return
     if vllm_cpu:
         from capsim.cli.validate_engines import validate_vllm_cpu

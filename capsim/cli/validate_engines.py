@@ -12,6 +12,7 @@ import click
 
 from capsim.atomic import write_text
 from capsim.cli.table import render
+from capsim.errors import CapsimError
 from capsim.hardware import db as hwdb
 
 
@@ -83,15 +84,28 @@ def validate_llama_cpp(root: Path, max_median_error, report_path, as_json: bool)
            median=median, what=f"llama.cpp shipped-profile median error {median:.1%}")
 
 
-def validate_serving(ctx, which: str, root: Path, max_median_error, report_path, as_json: bool) -> None:
+def validate_serving(ctx, which: str, root: Path, max_median_error, report_path, as_json: bool,
+                     fit: bool = False) -> None:
     """``--vllm-serve`` (measured here, capsim.validation.vllm_serve) or ``--serving`` (published,
-    capsim.validation.serving): held-out error per statistic; --max-median-error applies to the worst mean."""
+    capsim.validation.serving; with ``--fit`` the vllm profile's front-end intake is fitted first and written):
+    held-out error per statistic; --max-median-error applies to the worst mean."""
     import importlib
+
+    from capsim.cli import progress as bars
 
     mod = importlib.import_module(f"capsim.validation.{which}")
     flag = "--" + which.replace("_", "-")
-    result = mod.run(root) if which == "vllm_serve" else mod.run(root, hwdb.load(ctx.obj.get("hardware_db")
-                                                                              if ctx.obj else None))
+    if fit and which != "serving":
+        raise CapsimError(f"--fit: {flag} fits nothing (its profile is fitted by 'capsim validate --vllm-cpu --fit')")
+    if which == "vllm_serve":
+        result = mod.run(root)
+    else:
+        db = hwdb.load(ctx.obj.get("hardware_db") if ctx.obj else None)
+        if fit:
+            a, path = mod.fit_shipped(root, db)
+            click.echo(f"front-end intake {a * 1e3:.3g} ms per request written to {path}", err=True)
+        with bars.Progress(1, "holding out by page", enabled=bars.wanted(None, as_json), unit="steps") as bar:
+            result = mod.run(root, db, progress=lambda done, total: bar.set(done, total))
     means = [s["median_abs"] for k, s in result["summary"].items() if k.endswith("_mean")]
     median = max(means) if means else None
     finish(result, report_path=report_path, as_json=as_json, max_median_error=max_median_error,

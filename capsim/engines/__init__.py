@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from capsim.atomic import write_text
-from capsim.engines import scheduler
+from capsim.engines import frontend, scheduler
 from capsim.engines.kernels import CpuKernels, parse
 from capsim.errors import CapsimError
 
@@ -187,6 +187,7 @@ class EngineProfile:
     fitted_cases: tuple[str, ...] = ()  # ids of the validation cases the parameters were fitted to
     cpu_kernels: CpuKernels | None = None  # on a CPU: the ISA paths its kernels take (capsim.engines.kernels)
     scheduler: scheduler.SchedulerTiers | None = None  # its scheduler defaults by device (capsim.engines.scheduler)
+    frontend: frontend.FrontEnd | None = None  # its API server in front of the scheduler (capsim.engines.frontend)
 
     def parameters(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in (*PARAMETERS, *SWITCHES)}
@@ -286,6 +287,7 @@ def _load(path_text: str, mtime_ns: int, size: int) -> EngineProfile:
         eager_cpu=None if raw_eager is None else eager_cpu(raw_eager, f"{path}: eager_cpu"),
         gemm_curves=curves, gemm_curves_file=curves_file, **params, **_domain(data.get("domain"), path),
         cpu_kernels=parse(data.get("cpu_kernels"), path), scheduler=scheduler.parse(data.get("scheduler"), path),
+        frontend=frontend.parse(data.get("frontend"), path),
     )
 
 
@@ -380,7 +382,7 @@ def write(profile: EngineProfile, extra: dict | None = None, folder: Path = FOLD
     if profile.domain_devices or profile.domain_offload or profile.domain_fitted_on:
         data["domain"] = {"devices": list(profile.domain_devices), "offload": list(profile.domain_offload),
                           "fitted_devices": list(profile.domain_fitted_devices), "fitted_on": profile.domain_fitted_on}
-    for key in ("cpu_kernels", "scheduler"):
+    for key in ("cpu_kernels", "scheduler", "frontend"):
         if getattr(profile, key) is not None:
             data[key] = getattr(profile, key).to_yaml()
     data["fitted_cases"] = list(profile.fitted_cases)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from capsim.capacity import per_device
+from capsim.engines import frontend
 from capsim.engines import scheduler as esched
 from capsim.errors import CapsimError
 from capsim.serve import scheduler
@@ -67,7 +68,8 @@ def config_of(sc, max_num_seqs: int | None, max_batched_tokens: int | None) -> s
     cap = kv_capacity_tokens(sc, step, min(seqs, tokens))  # vLLM's dummy sampler: min(max_num_seqs, tokens)
     return scheduler.SchedulerConfig(seqs * dp if seqs < (1 << 30) else seqs, float(tokens) * dp, block,
                                      scheduler.kv_blocks(cap, block) * dp, sc.shape.windows, sc.shape.layers,
-                                     bool(prof.scheduler and prof.scheduler.prefix_caching), sc.shape.cache_windows)
+                                     bool(prof.scheduler and prof.scheduler.prefix_caching), sc.shape.cache_windows,
+                                     frontend.intake_s(prof))
 
 
 def check(sc) -> None:
@@ -106,29 +108,33 @@ def _report(w: Workload, tr: scheduler.Trace, cfg: scheduler.SchedulerConfig, ev
         "scheduler": {"max_running_seqs": cfg.max_running if cfg.max_running < (1 << 30) else None,
                       "max_batched_tokens": None if math.isinf(cfg.max_batched_tokens) else cfg.max_batched_tokens,
                       "kv_block_tokens": cfg.block_tokens, "kv_cache_tokens": cfg.kv_blocks * cfg.block_tokens,
-                      "step_evaluations": evaluations},
+                      "step_evaluations": evaluations, "intake_s_per_request": cfg.intake_s},
         "workload": dict(w.description, slo_ttft_s=slo_ttft_s, slo_tpot_s=slo_tpot_s),
     }
 
 
-def _run(sc, w: Workload, max_num_seqs, max_batched_tokens, exact: bool):
+def _run(sc, w: Workload, max_num_seqs, max_batched_tokens, exact: bool, intake_s: float | None = None):
     check(sc)
     cfg = config_of(sc, max_num_seqs, max_batched_tokens)
+    if intake_s is not None:
+        cfg = replace(cfg, intake_s=float(intake_s))
     largest = int(min(cfg.max_batched_tokens, float(np.sum(w.input_len)) + w.n, 1 << 20))
     cost = StepCost(sc, largest, exact)
     return scheduler.run(w, cfg, cost), cfg, cost
 
 
 def serve(sc, w: Workload, *, max_num_seqs: int | None = None, max_batched_tokens: int | None = None,
-          slo_ttft_s: float | None = None, slo_tpot_s: float | None = None, exact: bool = False) -> dict[str, Any]:
-    tr, cfg, cost = _run(sc, w, max_num_seqs, max_batched_tokens, exact)
+          slo_ttft_s: float | None = None, slo_tpot_s: float | None = None, exact: bool = False,
+          intake_s: float | None = None) -> dict[str, Any]:
+    """One serving run; ``intake_s`` overrides the engine profile's front-end intake (capsim.engines.frontend)."""
+    tr, cfg, cost = _run(sc, w, max_num_seqs, max_batched_tokens, exact, intake_s)
     return _report(w, tr, cfg, cost.evaluations, slo_ttft_s, slo_tpot_s)
 
 
 def serve_disaggregated(sc_prefill, sc_decode, w: Workload, link_bytes_per_s: float, *,
                         max_num_seqs: int | None = None, max_batched_tokens: int | None = None,
                         slo_ttft_s: float | None = None, slo_tpot_s: float | None = None,
-                        exact: bool = False) -> dict[str, Any]:
+                        exact: bool = False, intake_s: float | None = None) -> dict[str, Any]:
     """Prefill/decode disaggregation: a prefill instance (``sc_prefill``) runs every prompt and samples its first
     token; the prompt's K/V then crosses ``link_bytes_per_s`` (each request's transfer on its own, no queueing for
     the link) to a decode instance (``sc_decode``), which admits the request as its scheduler allows and decodes
@@ -139,7 +145,8 @@ def serve_disaggregated(sc_prefill, sc_decode, w: Workload, link_bytes_per_s: fl
         raise CapsimError("--prefill-devices: a concurrency limit over two instances is not modelled yet; use "
                           "--request-rate")
     ones = np.ones_like(w.output_len)
-    tr_p, cfg_p, cost_p = _run(sc_prefill, replace(w, output_len=ones), max_num_seqs, max_batched_tokens, exact)
+    tr_p, cfg_p, cost_p = _run(sc_prefill, replace(w, output_len=ones), max_num_seqs, max_batched_tokens, exact,
+                               intake_s)
     kv = np.asarray(memory_use(sc_decode.shape, batch=1, input_len=w.input_len.astype(float), output_len=0,
                                kv_bytes_per_element=sc_decode.kv_bytes, capacity_bytes=math.inf,
                                reserve_fraction=0.0).kv_cache, float)

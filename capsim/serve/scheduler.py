@@ -23,7 +23,10 @@ A request handed off by a prefill instance (prefill/decode disaggregation, ``Wor
 its prompt's K/V (its blocks taken on admission) and its first token, and needs one token per step from then on.
 
 With ``concurrency`` N a request is sent when it has arrived and fewer than N are in flight; its latencies run
-from when it is sent, as the benchmark measures them. Time jumps to the next arrival when nothing can run.
+from when it is sent, as the benchmark measures them. A sent request first passes the engine's front end
+(``intake_s``, :mod:`capsim.engines.frontend`): the requests in intake share its CPU equally (processor
+sharing), and a request joins the waiting queue when its ``intake_s`` of CPU is done (at 0: when it is sent).
+Time jumps to the next arrival or intake end when nothing can run.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class SchedulerConfig:
     layers: int
     prefix_caching: bool = False  # a preempted request's blocks stay cached until evicted (vLLM V1's default)
     cache_windows: tuple[tuple[int, int], ...] = ()  # sparse attention: the dense spans its indexer scores
+    intake_s: float = 0.0  # front-end CPU seconds per request, processor-shared (capsim.engines.frontend)
 
 
 @dataclass(frozen=True)
@@ -93,18 +97,20 @@ def run(w: Workload, cfg: SchedulerConfig, cost, max_steps: int = 50_000_000) ->
     itls, step_s, step_seqs = [], [], []
     budget, bt = cfg.max_batched_tokens, cfg.block_tokens
     limit = w.concurrency or n
+    fe = _FrontEnd(cfg.intake_s if w.handoff is None else 0.0, waiting)
     for _ in range(max_steps):
         while nxt < n and w.arrival_s[nxt] <= now and in_flight < limit:
             sent[nxt] = max(w.arrival_s[nxt], now) if w.concurrency else w.arrival_s[nxt]
             if w.handoff is not None:  # its prompt's K/V and first token come from a prefill instance
                 sent[nxt], first[nxt] = w.handoff[0][nxt], w.handoff[1][nxt]
                 last[nxt], computed[nxt], gen[nxt] = first[nxt], inp[nxt], 1
-            waiting.append(nxt)
+            fe.send(float(sent[nxt]), nxt)
             nxt, in_flight = nxt + 1, in_flight + 1
+        fe.advance(now)
         if not running and not waiting:
-            if nxt >= n:
+            if nxt >= n and not fe.ids:
                 break
-            now = max(now, float(w.arrival_s[nxt]))
+            now = max(now, min(fe.next_end(), float(w.arrival_s[nxt]) if nxt < n and in_flight < limit else math.inf))
             continue
         ids = np.array(running, np.int64)
         need = inp[ids] + gen[ids] - computed[ids]
@@ -182,6 +188,42 @@ def run(w: Workload, cfg: SchedulerConfig, cost, max_steps: int = 50_000_000) ->
         raise CapsimError(f"the serving simulation did not finish in {max_steps} steps")
     return Trace(sent, first, done, np.concatenate(itls) if itls else np.zeros(0), np.array(step_s),
                  np.array(step_seqs), preempt)
+
+
+class _FrontEnd:
+    """The front end's intake as processor sharing: each request in intake has ``left`` seconds of CPU to go and
+    gets 1/k of the CPU while k are in intake; finished ones join ``waiting`` in the order they were sent."""
+
+    def __init__(self, intake_s: float, waiting: deque):
+        self.intake, self.waiting = intake_s, waiting
+        self.ids: list[int] = []
+        self.left = np.zeros(0)
+        self.t = 0.0  # the time the front end has been run to
+
+    def send(self, t: float, r: int) -> None:
+        if self.intake <= 0:
+            self.waiting.append(r)
+            return
+        self.advance(t)
+        self.ids.append(r)
+        self.left = np.append(self.left, self.intake)
+
+    def next_end(self) -> float:
+        return self.t + float(self.left.min()) * len(self.ids) if self.ids else math.inf
+
+    def advance(self, t: float) -> None:
+        while self.ids and self.t < t:
+            k, m = len(self.ids), float(self.left.min())
+            if self.t + m * k > t:  # nobody finishes before t
+                self.left = self.left - (t - self.t) / k
+                break
+            self.t += m * k
+            self.left = self.left - m
+            end = self.left <= self.intake * 1e-12  # equal shares finish together (rounding aside)
+            self.waiting.extend(r for r, e in zip(self.ids, end, strict=True) if e)
+            self.ids = [r for r, e in zip(self.ids, end, strict=True) if not e]
+            self.left = self.left[~end]
+        self.t = max(self.t, t)
 
 
 def kv_blocks(capacity_tokens: float, block_tokens: int) -> int:

@@ -8,7 +8,8 @@ stated lengths or ShareGPT, every request released at once (``--request-rate`` i
 Held out by source (a source is one published page: a gpustack performance-lab page is one model on one GPU
 type; its blocks at other commits are the same page): each page's runs are predicted by the ``vllm`` profile
 fitted (``capsim validate --gpu --fit``'s five parameters and method) to the static rows of
-validation/published/gpu/ that come from other pages. Several static rows are single statistics of these same
+validation/published/gpu/ that come from other pages, its front end's intake (capsim.engines.frontend) fitted to
+the other pages' bursts with that engine (capsim.validation.serving_frontend). Several static rows are single statistics of these same
 runs (GV010 is G032's output throughput), so the shipped profile, fitted to every static row, is not held out
 for them; the report gives its error beside the held-out one.
 
@@ -41,9 +42,11 @@ from typing import Any
 
 from capsim.errors import CapsimError
 from capsim.validation import corpus, gpu
+from capsim.validation import serving_frontend as frontend_fit
 from capsim.validation.serving_stats import error, get, summary, summary_lines
 
 FOLDER = "published/serving"
+FOLDER_NOTE = f"{FOLDER}/vllm.csv"
 ENGINE = "vllm"
 MODELS = {  # the checkpoint the serve command loads -> (catalogue id, precision)
     "deepseek-ai/DeepSeek-R1-0528": ("deepseek-v3", "fp8"), "deepseek-ai/DeepSeek-R1": ("deepseek-v3", "fp8"),
@@ -144,13 +147,46 @@ def fold_profiles(root: Path, db, pages: list[str], progress=None) -> dict[str, 
     return out
 
 
+def measured(row: dict[str, str]) -> dict[str, float | None]:
+    return {name: float(row[col]) * unit if row.get(col) else None for name, (col, unit, _) in STATS.items()}
+
+
+def fit_intake(rows: list[dict[str, str]], db, profile, skip_page: str | None = None) -> tuple[float, dict]:
+    """The front end's ``intake_s_per_request`` fitted (capsim.validation.serving_frontend) to the bursts of
+    every page but ``skip_page``, with ``profile``'s engine (its own front end left out); and the engine-alone
+    reports of every row (row id -> report)."""
+    from dataclasses import replace
+
+    alone = {row["id"]: predict_row(row, db, replace(profile, frontend=None)) for row in rows}
+    cases = [(int(row["successful"]), alone[row["id"]], measured(row)) for row in rows
+             if frontend_fit.is_burst(row) and page_key(row["source"]) != skip_page]
+    return frontend_fit.fit(cases), alone
+
+
 def run(root: Path, db, progress=None) -> dict[str, Any]:
+    """Every run held out by page: the ``vllm`` engine fitted to the static rows of the other pages, and its front
+    end's intake to the bursts of the other pages (with that engine)."""
+    from dataclasses import replace
+
+    from capsim.engines import load
+    from capsim.engines.frontend import FrontEnd, intake_s
+
     rows = load_rows(root)
     pages = sorted({page_key(r["source"]) for r in rows})
-    profiles = fold_profiles(root, db, pages, progress)
+    steps = 2 * len(pages) + 1
+
+    def tick(k):
+        if progress:
+            progress(k, steps)
+    profiles = fold_profiles(root, db, pages, lambda k, _: tick(k))
+    intake: dict[str, float] = {}
+    for k, page in enumerate(pages):
+        intake[page] = fit_intake(rows, db, profiles[page], skip_page=page)[0]
+        profiles[page] = replace(profiles[page], frontend=FrontEnd(intake[page], f"bursts of pages other than {page}"))
+        tick(len(pages) + k + 1)
     out = []
     for row in rows:
-        meas = {name: float(row[col]) * unit if row.get(col) else None for name, (col, unit, _) in STATS.items()}
+        meas = measured(row)
         pred = predict_row(row, db, profiles[page_key(row["source"])])
         shipped = predict_row(row, db)
         prd = {name: get(pred, path) for name, (_, _, path) in STATS.items()}
@@ -159,10 +195,28 @@ def run(root: Path, db, progress=None) -> dict[str, Any]:
         out.append({"id": row["id"], "page": page_key(row["source"]), "scenario": scenario_of(row), "errors": errs,
                     "errors_shipped_profile": errs_shipped, "measured": meas, "predicted": prd,
                     "source": row["source"]})
+    tick(steps)
     shipped_summary = summary([{"id": r["id"], "errors": r["errors_shipped_profile"]} for r in out], STATS)
     return {"runs": out, "summary": summary(out, STATS), "summary_shipped_profile": shipped_summary,
             "held_out_by": "page", "pages": pages, "engine": ENGINE,
-            "fold_parameters": {p: {n: getattr(prof, n) for n in gpu.FIT_NAMES} for p, prof in profiles.items()}}
+            "shipped_intake_s_per_request": intake_s(load(ENGINE)),
+            "fold_parameters": {p: {**{n: getattr(prof, n) for n in gpu.FIT_NAMES},
+                                    "intake_s_per_request": intake[p]} for p, prof in profiles.items()}}
+
+
+def fit_shipped(root: Path, db) -> tuple[float, Path]:
+    """``capsim validate --serving --fit``: the shipped ``vllm`` profile's front-end intake fitted to every burst
+    of the corpus with its engine, written to its YAML's ``frontend`` section."""
+    from capsim.engines import FOLDER as PROFILES
+    from capsim.engines import load
+
+    rows = load_rows(root)
+    a, _ = fit_intake(rows, db, load(ENGINE))
+    n = sum(1 for r in rows if frontend_fit.is_burst(r))
+    frontend_fit.write(a, f"least squares on the log error of mean and p99 TTFT of the {n} runs of validation/"
+                       f"{FOLDER_NOTE} that release every request at once, with this profile's engine (capsim "
+                       "validate --serving --fit; held out by page in validation/SERVING.md)", PROFILES / f"{ENGINE}.yaml")
+    return a, PROFILES / f"{ENGINE}.yaml"
 
 
 def markdown(result: dict[str, Any], command: str) -> str:
@@ -171,17 +225,22 @@ def markdown(result: dict[str, Any], command: str) -> str:
              f"Written by `{command}`. Runs: validation/{FOLDER}/vllm.csv (each block verbatim from the URL in its "
              "`source` column; the mapping to capsim's scenario in capsim/validation/serving.py). Held out by page: "
              "each page's runs are predicted by the `vllm` profile fitted (the five parameters of `capsim validate "
-             "--gpu --fit`) to the static rows of validation/published/gpu/ from every other page. Targets: means "
+             "--gpu --fit`) to the static rows of validation/published/gpu/ from every other page, with its front end's "
+             "intake (capsim/engines/frontend.py: API-server CPU seconds per request, shared by the requests in intake) "
+             "fitted to the other pages' bursts (runs that send every request at once) with that engine "
+             "(capsim/validation/serving_frontend.py). Targets: means "
              f"within {TARGETS['mean']:.0%}, p99 within {TARGETS['p99']:.0%}.", "",
              *summary_lines(result["summary"])]
     if shipped:
         lines += ["", "The shipped `vllm` profile is fitted to every static row, some of which are statistics of these "
-                  "same runs (GV010 is G032's output throughput), so its error here is not held out: "
-                  + "; ".join(f"{k} {v['median_abs']:.1%}" for k, v in shipped.items()) + "."]
-        lines += ["", "Parameters per held-out page:", "", "| page | " + " | ".join(gpu.FIT_NAMES) + " |",
-                  "|---|" + "---|" * len(gpu.FIT_NAMES)]
+                  "same runs (GV010 is G032's output throughput), and its front end is fitted to every burst here "
+                  f"({result['shipped_intake_s_per_request'] * 1e3:.3g} ms per request), so its error here is not "
+                  "held out: " + "; ".join(f"{k} {v['median_abs']:.1%}" for k, v in shipped.items()) + "."]
+        names = [*gpu.FIT_NAMES, "intake_s_per_request"]
+        lines += ["", "Parameters per held-out page:", "", "| page | " + " | ".join(names) + " |",
+                  "|---|" + "---|" * len(names)]
         for page, params in result["fold_parameters"].items():
-            lines.append(f"| {page} | " + " | ".join(f"{params[n]:.4g}" for n in gpu.FIT_NAMES) + " |")
+            lines.append(f"| {page} | " + " | ".join(f"{params[n]:.4g}" for n in names) + " |")
     lines += ["", "| run | model | device x n | requests | lengths (mean) | TTFT mean meas / pred (s) | TPOT mean "
               "(ms) | output tok/s |", "|---|---|---|---|---|---|---|---|"]
     for r in result["runs"]:
