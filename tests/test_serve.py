@@ -210,6 +210,9 @@ def test_the_published_serving_corpus_maps_to_scenarios():
         assert float(r["mean_ttft_ms"]) > 0 and float(r["output_tokens_per_s"]) > 0
     # G101's server ran --max-num-batched-tokens 16384: that overrides the profile's default
     assert serving.scenario_of(next(r for r in rows if r["id"] == "G101"))["max_batched_tokens"] == 16384
+    # N020's server ran -tp 1 -dp 8 --enable-expert-parallel on 8 GPUs: 8 attention data-parallel groups of one GPU
+    s = serving.scenario_of(next(r for r in rows if r["id"] == "N020"))
+    assert (s["dp"], s["ep"], s["devices"]) == (8, 8, 8)
     rep = serving.predict_row(rows[0], DB)
     assert rep["ttft_s"]["mean"] > 0 and rep["steps"] > 0
 

@@ -18,7 +18,8 @@ How a row becomes a ``capsim serve`` run (every choice the sources leave open, w
 - model: the checkpoint's catalogue entry (DeepSeek-R1 has DeepSeek-V3's architecture); precision: the
   checkpoint's native format (DeepSeek-R1 block FP8, gpt-oss MXFP4 experts, Qwen3-235B bf16 or its -FP8 release);
 - hardware: ``gpus`` of the named device (a100-sxm4-80gb, h100-sxm5-80gb, h200-sxm-141gb, mi300x) joined by its own
-  NVLink / Infinity Fabric, tensor-parallel over all of them (the serve commands' -tp; 1 without it);
+  NVLink / Infinity Fabric, tensor-parallel over all of them (the serve commands' -tp; 1 without it), or with
+  ``-dp N`` / ``--data-parallel-size N`` N attention data-parallel groups of gpus / N (``capsim serve --dp``);
 - scheduler: vLLM's server defaults for the device (the profile's ``scheduler`` tiers), or the serve command's
   ``--max-num-seqs`` / ``--max-num-batched-tokens``; other flags (``--max-model-len``, ``--block-size``, compilation
   settings) are not modelled;
@@ -53,6 +54,12 @@ MODELS = {  # the checkpoint the serve command loads -> (catalogue id, precision
     "openai/gpt-oss-120b": ("gpt-oss-120b", "mxfp4"), "openai/gpt-oss-20b": ("gpt-oss-20b", "mxfp4"),
     "Qwen/Qwen3-235B-A22B-Instruct-2507": ("qwen3-235b-a22b", "bf16"),
     "Qwen/Qwen3-235B-A22B-Instruct-2507-FP8": ("qwen3-235b-a22b", "fp8"),
+    "zai-org/GLM-4.5-Air": ("glm-4.5-air", "bf16"), "zai-org/GLM-4.6": ("glm-4.6", "bf16"),
+    "zai-org/GLM-4.6-FP8": ("glm-4.6", "fp8"),
+    # DeepSeek-V3.2 keeps V3.2-Exp's architecture (DeepseekV32Config: 61 layers, MLA 512 / 64, 256 experts top-8,
+    # the indexer's 64 heads x 128 keeping the top 2048 keys; NVIDIA NeMo AutoModel's deepseek_v32 config, whose
+    # defaults are the checkpoint's)
+    "deepseek-ai/DeepSeek-V3.2": ("deepseek-v3.2-exp", "fp8"),
 }
 DEVICES = {"/a100.md": "a100-sxm4-80gb", "/h100.md": "h100-sxm5-80gb", "/h200.md": "h200-sxm-141gb",
            "AMD_GPU": "mi300x"}
@@ -93,8 +100,9 @@ def scenario_of(row: dict[str, str]) -> dict[str, Any]:
         return int(m.group(1)) if m else None
 
     n, gpus = int(row["successful"]), int(row["gpus"])
+    dp = re.search(r"(?:\s-dp|--data-parallel-size)[ =](\d+)", cmd)
     return {"model": model, "precision": prec, "hardware": device, "devices": gpus,
-            "ep": gpus if "--enable-expert-parallel" in cmd else 1,
+            "dp": int(dp.group(1)) if dp else 1, "ep": gpus if "--enable-expert-parallel" in cmd else 1,
             "max_num_seqs": flag("max-num-seqs"), "max_batched_tokens": flag("max-num-batched-tokens"),
             "requests": n, "dataset": row["dataset"], "input_len": max(1, round(int(row["total_input_tokens"]) / n)),
             "output_len": max(1, round(int(row["total_generated_tokens"]) / n)),
@@ -120,7 +128,8 @@ def predict_row(row: dict[str, str], db, profile=None) -> dict[str, Any]:
     w = workload.build(s["requests"], request_rate=math.inf, concurrency=s["concurrency"],
                        input_len=None if sharegpt else s["input_len"], output_len=None if sharegpt else s["output_len"],
                        dataset="sharegpt" if sharegpt else None)
-    q = Query(model=s["model"], hardware=s["hardware"], devices=s["devices"], tp=s["devices"], ep=s["ep"], engine=ENGINE,
+    q = Query(model=s["model"], hardware=s["hardware"], devices=s["devices"], tp=s["devices"] // s["dp"], ep=s["ep"],
+              dp=None if s["dp"] == 1 else s["dp"], engine=ENGINE,
               precision=s["precision"], batch=1, input_len=s["input_len"], output_len=s["output_len"],
               check_memory=False)
     return serve(resolve(q, db, profile), w, max_num_seqs=s["max_num_seqs"], max_batched_tokens=s["max_batched_tokens"])
