@@ -65,7 +65,7 @@ def predict(model: str, hardware: str, *, hardware_db=None, **options: Any) -> d
 
     >>> rep = predict("mixtral", "dgx-h100", devices=2, batch=32)
     >>> round(rep["tpot_s"] * 1e3, 1), rep["bottleneck"]["decode"]  # ms per output token
-    (30.5, 'memory')
+    (30.0, 'memory')
     """
     from capsim.predict import Query
     from capsim.predict import predict as _predict

@@ -25,7 +25,7 @@ from capsim.model.catalogue import load_spec
 from capsim.model.spec import ModelSpec
 from capsim.placement import OffloadSetup, setup_offload
 from capsim.precision import Precision
-from capsim.sim.peaks import ATTENTION_DTYPES, Peaks  # noqa: F401 (Peaks: re-exported)
+from capsim.sim.peaks import ATTENTION_DTYPES, Peaks, achievable  # noqa: F401 (Peaks: re-exported)
 from capsim.sim.shape import Shape, shape_of
 
 DEFAULT_INPUT_LEN = 512  # the peers' comparison point (shared/reference/peers.md: 512 in, 128 out)
@@ -300,7 +300,9 @@ def _resolve(q: Query, db, profile: engines.EngineProfile | None) -> Scenario:
         precision=prec, kv_precision=kv_name, kv_bytes=kv_b, compute_dtype=compute,
         weight_only=compute not in prec.compute[:1], profile=profile, whole=whole, target=target,
         hop_bytes_per_s=hop, hop_bottleneck=hop_where, tp=tp, ep=ep,
-        peaks=Peaks.of(dtype_peaks, compute, kernels.attention if kernels else ""),
+        peaks=Peaks.of(dtype_peaks, compute, kernels.attention if kernels else "",
+                       achievable(dtype_peaks, target.achievable_matmul_flop_per_s)
+                       if target.device_role == "accelerator" else None),
         kernel_path=paths.get(compute, ""),
         dp=target.n_devices // tp, pp=q.pp, nodes=whole.nodes, offload=offload, price=price,
         price_error=price_error, routing=route.label, route=route)

@@ -61,7 +61,7 @@ PARAMETERS = {
     "max_running_seqs": (0.0, 1e7),
     "kv_block_tokens": (0.0, 1e6),
 }
-SWITCHES = ("mla_absorbed", "kv_on_host")  # booleans
+SWITCHES = ("mla_absorbed", "kv_on_host", "achievable_matmul")  # booleans
 EFFICIENCIES = ("compute_efficiency", "memory_efficiency", "link_efficiency", "attention_efficiency",
                 "host_memory_efficiency", "host_compute_efficiency")
 # the eager_cpu section: name -> (lower, upper) for numbers, None for switches
@@ -126,6 +126,9 @@ class EngineProfile:
     # True: MLA decode attends over the cached latent (W_UK/W_UV absorbed, vLLM/SGLang); False: the engine
     # re-expands every cached latent through kv_b_proj each step (transformers' DeepseekV2/V3 attention).
     mla_absorbed: bool = True
+    # True: matmuls run at the device's measured achievable matmul rate (capsim.sim.peaks.achievable), which
+    # compute_efficiency then scales; False: at the datasheet peaks (the ideal bound, CPU engines)
+    achievable_matmul: bool = False
     # Offloaded experts (capsim.sim.offload): the CPU's fraction of its DRAM bandwidth and of its peak FLOP/s
     # when it computes experts, and the fraction of the shorter of device / offload time hidden under the other.
     host_memory_efficiency: float = 1.0

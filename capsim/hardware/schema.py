@@ -87,6 +87,8 @@ class Accelerator(Item):
     kind: Literal["accelerator"]
     memory: DeviceMemory
     peak_flop_per_s: dict[Dtype, FlopPerS]  # DENSE
+    # measured: the matmul rate its best GEMM reaches (maximum achievable matmul FLOP/s, dense), per dtype
+    achievable_matmul_flop_per_s: dict[Dtype, FlopPerS] = Field(default_factory=dict)
     tdp_w: Watts
     host_link: str | None = None  # link id (e.g. pcie-gen5-x16, nvlink-c2c)
     scale_up_link: str | None = None  # link id of the per-device scale-up bundle (e.g. nvlink-4)
@@ -99,6 +101,10 @@ class Accelerator(Item):
     def _has_a_peak(self) -> Accelerator:
         if not self.peak_flop_per_s:
             raise ValueError("peak_flop_per_s needs at least one dtype")
+        for dt, q in self.achievable_matmul_flop_per_s.items():
+            if dt not in self.peak_flop_per_s or q.value > self.peak_flop_per_s[dt].value:
+                raise ValueError(f"achievable_matmul_flop_per_s.{dt}: expected at most the {dt} peak "
+                                 "(peak_flop_per_s)")
         return self
 
 

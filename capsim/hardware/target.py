@@ -98,6 +98,8 @@ class Target:
     cpu_paths: dict[str, float] = field(default_factory=dict)  # a CPU device: peak per ISA path (capsim.hardware.isa)
     cores: int = 0  # a CPU device: cores per socket (0 elsewhere)
     threads: int = 0  # a CPU device: threads of one engine instance (0: one per core of one socket)
+    # an accelerator's measured maximum achievable matmul FLOP/s per dtype (capsim.sim.peaks.achievable)
+    achievable_matmul_flop_per_s: dict[str, float] = field(default_factory=dict)
 
 
 def _peaks(item: Accelerator | Cpu) -> dict[str, float]:
@@ -163,6 +165,7 @@ def _bare_accelerator(db: HardwareDB, acc: Accelerator, n: int) -> Target:
         memory_capacity_bytes=acc.memory.capacity_bytes.value,
         memory_bandwidth_bytes_per_s=acc.memory.bandwidth_bytes_per_s.value, memory_type=acc.memory.type,
         peak_flop_per_s=_peaks(acc), ring_bandwidth_bytes_per_s=bw, alltoall_bandwidth_bytes_per_s=bw,
+        achievable_matmul_flop_per_s={dt: q.value for dt, q in acc.achievable_matmul_flop_per_s.items()},
         collective_link=link_id or "none", power_w=acc.tdp_w.value * n, notes=notes, ring_latency_s=lat, alltoall_latency_s=lat,
         ring_bottleneck=link_id or "", alltoall_bottleneck=link_id or "",
     )
@@ -242,6 +245,7 @@ def _system(db: HardwareDB, sysm: System, n: int | None, nodes: int = 1) -> Targ
         hardware_id=sysm.id, device_id=item.id, device_role=role, n_devices=n * nodes,
         n_available=len(per_node) * nodes, memory_capacity_bytes=cap, memory_bandwidth_bytes_per_s=bw,
         memory_type=mem_type, peak_flop_per_s=_peaks(item), ring_bandwidth_bytes_per_s=ring.bandwidth_bytes_per_s,
+        achievable_matmul_flop_per_s={dt: q.value for dt, q in getattr(item, "achievable_matmul_flop_per_s", {}).items()},
         alltoall_bandwidth_bytes_per_s=a2a.bandwidth_bytes_per_s, collective_link=", ".join(links) or "none",
         host_dram_bytes=dram_total,
         power_w=sysm.power_w.value * share * nodes if sysm.power_w else None, notes=notes, nodes=nodes,

@@ -2,6 +2,8 @@
 their links.
 
 t_op = max(FLOPs / (peak x compute_efficiency x gemm_fraction), (bytes - serial) / (bandwidth x memory_efficiency))
+       (peak: the datasheet's, or for a profile with achievable_matmul the device's measured achievable matmul rate,
+       capsim.sim.peaks.achievable)
        + serial / (bandwidth x memory_efficiency)
        (attention: bandwidth x attention_efficiency)
        + kernels x (kernel_overhead_s + sync_s_per_thread x threads)
@@ -120,6 +122,7 @@ def step_time(step: Step, sc: Scenario) -> Timing:
              "hop": (sc.hop_bytes_per_s, 0.0, 1.0)}
     op_s, comp_s, mem_s, transfer = {}, {}, {}, {}
     compute_bound = memory_bound = overhead = 0.0
+    peaks = sc.peaks.run_at(prof.achievable_matmul)  # datasheet peaks, or the device's achievable matmul rates
     for name, op in step.ops.items():
         if op.compute == LINK:
             link_bw, latency, exposed = links[op.link]
@@ -127,8 +130,8 @@ def step_time(step: Step, sc: Scenario) -> Timing:
                             + op.calls * (prof.collective_latency_s + latency), 0.0)
             transfer[name] = seconds * exposed
             continue
-        tc = _compute_s(op, f(sc.peaks[op.compute]) * prof.compute_efficiency, prof,
-                        sc.peaks.sixteen * prof.compute_efficiency)
+        tc = _compute_s(op, f(peaks[op.compute]) * prof.compute_efficiency, prof,
+                        peaks.sixteen * prof.compute_efficiency)
         op_bw = bw if op.compute != "attention" else bw / prof.memory_efficiency * prof.attention_efficiency
         tm = div(op.weight_bytes + op.kv_bytes * prof.kv_traffic_factor + op.act_bytes
                  + op.kernels * prof.memory_half_bytes, op_bw)
