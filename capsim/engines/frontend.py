@@ -39,8 +39,7 @@ class FrontEnd:
 
 def intake_s(prof) -> float:
     """Seconds of front-end CPU per request of an engine profile (0 without a ``frontend`` section)."""
-    fe = getattr(prof, "frontend", None)
-    return fe.intake_s_per_request if fe is not None else 0.0
+    return prof.frontend.intake_s_per_request if prof.frontend is not None else 0.0
 
 
 def parse(raw, path: Path) -> FrontEnd | None:

@@ -9,9 +9,9 @@ Held out by source (a source is one published page: a gpustack performance-lab p
 type; its blocks at other commits are the same page): each page's runs are predicted by the ``vllm`` profile
 fitted (``capsim validate --gpu --fit``'s five parameters and method) to the static rows of
 validation/published/gpu/ that come from other pages, its front end's intake (capsim.engines.frontend) fitted to
-the other pages' bursts with that engine (capsim.validation.serving_frontend). Several static rows are single statistics of these same
-runs (GV010 is G032's output throughput), so the shipped profile, fitted to every static row, is not held out
-for them; the report gives its error beside the held-out one.
+the other pages' bursts with that engine (capsim.validation.serving_frontend). Several static rows are single
+statistics of these same runs (GV010 is G032's output throughput), so the shipped profile, fitted to every static
+row, is not held out for them; the report gives its error beside the held-out one.
 
 How a row becomes a ``capsim serve`` run (every choice the sources leave open, written down):
 
@@ -47,7 +47,6 @@ from capsim.validation import serving_frontend as frontend_fit
 from capsim.validation.serving_stats import error, get, summary, summary_lines
 
 FOLDER = "published/serving"
-FOLDER_NOTE = f"{FOLDER}/vllm.csv"
 ENGINE = "vllm"
 MODELS = {  # the checkpoint the serve command loads -> (catalogue id, precision)
     "deepseek-ai/DeepSeek-R1-0528": ("deepseek-v3", "fp8"), "deepseek-ai/DeepSeek-R1": ("deepseek-v3", "fp8"),
@@ -160,16 +159,15 @@ def measured(row: dict[str, str]) -> dict[str, float | None]:
     return {name: float(row[col]) * unit if row.get(col) else None for name, (col, unit, _) in STATS.items()}
 
 
-def fit_intake(rows: list[dict[str, str]], db, profile, skip_page: str | None = None) -> tuple[float, dict]:
+def fit_intake(rows: list[dict[str, str]], db, profile, skip_page: str | None = None) -> float:
     """The front end's ``intake_s_per_request`` fitted (capsim.validation.serving_frontend) to the bursts of
-    every page but ``skip_page``, with ``profile``'s engine (its own front end left out); and the engine-alone
-    reports of every row (row id -> report)."""
+    every page but ``skip_page``, with ``profile``'s engine (its own front end left out)."""
     from dataclasses import replace
 
-    alone = {row["id"]: predict_row(row, db, replace(profile, frontend=None)) for row in rows}
-    cases = [(int(row["successful"]), alone[row["id"]], measured(row)) for row in rows
-             if frontend_fit.is_burst(row) and page_key(row["source"]) != skip_page]
-    return frontend_fit.fit(cases), alone
+    engine_alone = replace(profile, frontend=None)
+    return frontend_fit.fit([(int(row["successful"]), predict_row(row, db, engine_alone), measured(row))
+                             for row in rows
+                             if frontend_fit.is_burst(row) and page_key(row["source"]) != skip_page])
 
 
 def run(root: Path, db, progress=None) -> dict[str, Any]:
@@ -190,7 +188,7 @@ def run(root: Path, db, progress=None) -> dict[str, Any]:
     profiles = fold_profiles(root, db, pages, lambda k, _: tick(k))
     intake: dict[str, float] = {}
     for k, page in enumerate(pages):
-        intake[page] = fit_intake(rows, db, profiles[page], skip_page=page)[0]
+        intake[page] = fit_intake(rows, db, profiles[page], skip_page=page)
         profiles[page] = replace(profiles[page], frontend=FrontEnd(intake[page], f"bursts of pages other than {page}"))
         tick(len(pages) + k + 1)
     out = []
@@ -220,10 +218,10 @@ def fit_shipped(root: Path, db) -> tuple[float, Path]:
     from capsim.engines import load
 
     rows = load_rows(root)
-    a, _ = fit_intake(rows, db, load(ENGINE))
+    a = fit_intake(rows, db, load(ENGINE))
     n = sum(1 for r in rows if frontend_fit.is_burst(r))
     frontend_fit.write(a, f"least squares on the log error of mean and p99 TTFT of the {n} runs of validation/"
-                       f"{FOLDER_NOTE} that release every request at once, with this profile's engine (capsim "
+                       f"{FOLDER}/vllm.csv that release every request at once, with this profile's engine (capsim "
                        "validate --serving --fit; held out by page in validation/SERVING.md)", PROFILES / f"{ENGINE}.yaml")
     return a, PROFILES / f"{ENGINE}.yaml"
 
